@@ -1,0 +1,1 @@
+"""Stage 2: a linear [CLS] sentiment classifier on a (domain-adapted) encoder; publish; predict."""
