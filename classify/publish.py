@@ -1,0 +1,330 @@
+"""Build the Hugging Face repository folder from a stage-2 run directory and push it.
+
+    dapt-publish RUN_DIR --repo-id USER/NAME [--folder DIR] [--private] [--dry-run]
+
+The folder holds ``model.safetensors`` (the classifier's state dict), ``config.json`` (the
+``DaptClassifierConfig``, with ``auto_map`` for ``trust_remote_code``), the tokenizer files, a
+self-contained ``model.py`` (``classify/model.py`` with the encoder config and inference settings
+written into ``EMBEDDED_CONFIG``), ``README.md`` (the model card, metrics from ``results.json``),
+``results.json`` and the evaluation plots. It is uploaded with ``HfApi.create_repo`` +
+``HfApi.upload_folder``. The token comes from the argument, ``HF_TOKEN`` or the saved login and is
+never printed, logged or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import fnmatch
+import importlib.util
+import json
+import logging
+import os
+import pprint
+import re
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MODEL_SOURCE = Path(__file__).resolve().parent / "model.py"
+EMBED_LINE = re.compile(r"^EMBEDDED_CONFIG = None$", re.MULTILINE)
+TOKENIZER_PATTERNS = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+    "chat_template.*",
+)
+# Files this tool writes; a folder holding anything else is not ours to wipe.
+_BUILT_MARKERS = ("model.py", "config.json", "README.md")
+
+
+class PublishError(RuntimeError):
+    """Building or pushing the repository failed; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# Building the folder
+# --------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PublishError(f"{path} not found: is this a stage-2 output directory?") from None
+    except json.JSONDecodeError as error:
+        raise PublishError(f"{path} is not valid JSON: {error}") from None
+
+
+def embed_config(source: str, config: dict) -> str:
+    """``model.py`` source with ``EMBEDDED_CONFIG = None`` replaced by ``config`` (a literal)."""
+    if len(EMBED_LINE.findall(source)) != 1:
+        raise PublishError("model.py must contain exactly one line 'EMBEDDED_CONFIG = None'")
+    literal = pprint.pformat(config, indent=1, width=100, sort_dicts=False)
+    if ast.literal_eval(literal) != config:  # only plain JSON-like values may be embedded
+        raise PublishError("the classifier config does not round-trip as a Python literal")
+    return EMBED_LINE.sub(lambda _: f"EMBEDDED_CONFIG = {literal}", source, count=1)
+
+
+def _import_standalone(model_py: Path):
+    """Import a written model.py from a temp dir that has nothing else beside it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "model.py"
+        shutil.copyfile(model_py, copy)
+        name = f"_dapt_published_model_{uuid.uuid4().hex}"
+        spec = importlib.util.spec_from_file_location(name, copy)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.modules.pop(name, None)
+        return module
+
+
+def verify_folder(folder: Path) -> None:
+    """The written model.py alone rebuilds the architecture and loads the weights strictly."""
+    from transformers.modeling_utils import load_state_dict
+
+    module = _import_standalone(folder / "model.py")
+    if module.EMBEDDED_CONFIG is None:
+        raise PublishError("model.py was written without an embedded config")
+    classifier = module.DistilBERTClassifier()
+    try:
+        classifier.load_state_dict(load_state_dict(str(folder / "model.safetensors")), strict=True)
+    except RuntimeError as error:
+        raise PublishError(f"the published model.py does not match model.safetensors: {error}") from None
+
+
+def _is_our_folder(folder: Path) -> bool:
+    if not folder.exists():
+        return True
+    if not folder.is_dir():
+        return False
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    config = folder / "config.json"
+    if not all((folder / name).is_file() for name in _BUILT_MARKERS):
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "dapt-encoder-classifier"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> Path:
+    """Write the Hub repository for the stage-2 run ``run_dir`` into ``folder``; returns ``folder``.
+
+    An existing ``folder`` is replaced only if it is empty or was built by this function.
+    """
+    from classify.model import WEIGHTS_NAME, to_config_json
+    from model_card.render import render_card, validate_card
+
+    run_dir, folder = Path(run_dir), Path(folder)
+    model_dir = run_dir / "model"
+    results = _read_json(run_dir / "results.json")
+    config = _read_json(model_dir / "config.json")
+    if not (model_dir / WEIGHTS_NAME).is_file():
+        raise PublishError(f"{model_dir / WEIGHTS_NAME} not found: the run has no saved classifier")
+    if not _is_our_folder(folder):
+        raise PublishError(f"{folder} exists and was not built by dapt-publish; choose another --folder")
+    if folder.resolve() in (run_dir.resolve(), model_dir.resolve()):
+        raise PublishError("--folder must not be the run directory itself")
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+    shutil.copyfile(model_dir / WEIGHTS_NAME, folder / WEIGHTS_NAME)
+    copied_tokenizer = False
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in TOKENIZER_PATTERNS):
+            shutil.copyfile(path, folder / path.name)
+            copied_tokenizer = True
+    if not copied_tokenizer:
+        raise PublishError(f"no tokenizer files in {model_dir}")
+
+    if results.get("base_model") and not config.get("base_model"):
+        config["base_model"] = results["base_model"]
+    repo_config = to_config_json(config, auto_map=True)
+    (folder / "config.json").write_text(json.dumps(repo_config, indent=2) + "\n", encoding="utf-8")
+    embedded = to_config_json(config, auto_map=False)
+    embedded.pop("transformers_version", None)
+    (folder / "model.py").write_text(embed_config(MODEL_SOURCE.read_text(encoding="utf-8"), embedded), encoding="utf-8")
+
+    plots = []
+    for png in sorted((run_dir / "plots").glob("*.png")):
+        (folder / "plots").mkdir(exist_ok=True)
+        shutil.copyfile(png, folder / "plots" / png.name)
+        plots.append(f"plots/{png.name}")
+    shutil.copyfile(run_dir / "results.json", folder / "results.json")
+
+    card = render_card(results, repo_id, plots=plots)
+    validate_card(card, results, repo_id)
+    (folder / "README.md").write_text(card, encoding="utf-8")
+    if verify:
+        verify_folder(folder)
+    return folder
+
+
+def list_folder(folder) -> list[tuple[str, int]]:
+    folder = Path(folder)
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def format_listing(folder) -> str:
+    rows = list_folder(folder)
+    width = max([len(name) for name, _ in rows] + [5])
+    lines = [f"{name:<{width}}  {_human(size):>10}" for name, size in rows]
+    total = sum(size for _, size in rows)
+    lines.append(f"{'total':<{width}}  {_human(total):>10}  ({len(rows)} files)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Pushing
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_token(token: str | None = None) -> str:
+    """Explicit token, else ``HF_TOKEN``, else the saved login; PublishError if none."""
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise PublishError(
+            "no Hugging Face token: set HF_TOKEN, run `hf auth login`, or pass a token "
+            "(a write token is needed to create and push the repository)"
+        )
+    return token
+
+
+def _explain(error: Exception, repo_id: str, endpoint: str) -> PublishError:
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, OfflineModeIsEnabled):
+        return PublishError("the Hub is unreachable: offline mode is on (HF_HUB_OFFLINE=1); unset it to push")
+    if isinstance(error, HfHubHTTPError) and getattr(error, "response", None) is not None:
+        status = error.response.status_code
+        if status == 401:
+            return PublishError(f"the Hub rejected the token (401 Unauthorized) at {endpoint}; log in again")
+        if status == 403:
+            return PublishError(f"the token has no write access to {repo_id} (403 Forbidden)")
+        if status == 404:
+            return PublishError(f"{repo_id} not found or not accessible with this token (404)")
+        detail = f": {error.server_message}" if getattr(error, "server_message", None) else ""
+        return PublishError(f"the Hub answered {status} while pushing {repo_id}{detail}")
+    return PublishError(f"could not reach the Hub at {endpoint} ({type(error).__name__}); check the network")
+
+
+def push(
+    folder,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """``create_repo(exist_ok=True)`` + ``upload_folder``; returns the new commit's id."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        from httpx2 import HTTPError as _TransportBase  # huggingface_hub's HTTP client
+    except ImportError:  # pragma: no cover - other hub versions
+        _TransportBase = OSError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(f"{folder} is not a directory")
+    token = resolve_token(token)
+    api = HfApi(token=token)
+    endpoint = api.endpoint or constants.ENDPOINT
+    commit_message = commit_message or f"Upload {folder.name} with dapt-publish"
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message,
+        )
+    except (HfHubHTTPError, _TransportBase, OSError) as error:
+        raise _explain(error, repo_id, endpoint) from None
+    return getattr(info, "oid", None) or str(info)
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration and CLI
+# --------------------------------------------------------------------------------------------
+
+
+def default_folder(run_dir, repo_id: str) -> Path:
+    return Path(run_dir) / "hub" / repo_id.split("/")[-1]
+
+
+def publish_run(run_dir, repo_id: str, private: bool = False, dry_run: bool = False, folder=None, token=None) -> dict:
+    """Build the folder for ``run_dir`` and (unless ``dry_run``) push it to ``repo_id``.
+
+    Returns ``{"folder", "files": [(path, bytes)], "commit": id or None, "repo_id"}``.
+    """
+    if not re.match(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$", repo_id or ""):
+        raise PublishError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
+    folder = Path(folder) if folder is not None else default_folder(run_dir, repo_id)
+    build_repo_folder(run_dir, folder, repo_id)
+    result = {"repo_id": repo_id, "folder": str(folder), "files": list_folder(folder), "commit": None}
+    if dry_run:
+        return result
+    results = _read_json(Path(run_dir) / "results.json")
+    run_name = results.get("run_name") or Path(run_dir).name
+    message = f"dapt-publish: run {run_name} ({results.get('created', 'unknown date')})"
+    result["commit"] = push(folder, repo_id, private=private, token=token, commit_message=message)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dapt-publish",
+        description="Build the Hugging Face repository for a stage-2 run and push it to the Hub.",
+    )
+    parser.add_argument("run_dir", help="stage-2 output directory (model/, results.json, plots/)")
+    parser.add_argument("--repo-id", required=True, help="USER/NAME on the Hub")
+    parser.add_argument("--folder", help="where to build the repository folder (default RUN_DIR/hub/NAME)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--dry-run", action="store_true", help="build the folder and list it; upload nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = publish_run(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run, folder=args.folder)
+    except PublishError as error:
+        raise SystemExit(f"dapt-publish: error: {error}") from None
+    print(f"repository folder: {result['folder']}")
+    print(format_listing(result["folder"]))
+    if args.dry_run:
+        print(f"dry run: nothing uploaded (would push to {args.repo_id})")
+    else:
+        print(f"pushed {args.repo_id} at commit {result['commit']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
