@@ -1,0 +1,331 @@
+"""The runtime both stages share: Accelerator setup, optimizer and schedule, checkpoints, metrics.
+
+Everything a training loop needs besides the model and the data lives here once:
+
+* :func:`make_accelerator` - mixed precision, gradient accumulation, seeded sampling, CPU runs.
+* :func:`parameter_groups` / :func:`make_optimizer` - AdamW with no decay on biases and norms,
+  fused when every parameter is on a CUDA device.
+* :func:`linear_warmup_decay` - linear warmup to each group's LR, then linear decay to ``min_lr``;
+  it steps once per optimizer step, whatever the number of processes.
+* :class:`CheckpointManager` - ``accelerator.save_state`` into a temporary folder, then an atomic
+  rename: a folder named ``step_*`` is always complete. ``resume: latest | PATH``.
+* :class:`MetricsWriter` - ``metrics.jsonl`` on the main process, and TensorBoard when asked.
+* :class:`ThroughputMeter` - tokens/s and samples/s with warm-up steps excluded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration
+
+logger = get_logger(__name__)
+
+NO_DECAY_PATTERN = re.compile(r"(^|\.)(bias|LayerNorm\.weight|layer_norm\.weight|layernorm\.weight|norm\.weight)$")
+
+
+@dataclass
+class ImplConfig:
+    """How to run: precision, kernels, loaders. Nothing here changes the maths beyond rounding."""
+
+    mixed_precision: str = "bf16"  # no | fp16 | bf16
+    compile: bool = False  # torch.compile the model
+    fused_adamw: bool = True  # use the fused AdamW kernel when all parameters are on CUDA
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    tf32: bool = True  # TF32 matmuls on Ampere+ GPUs
+    dataloader_workers: int = 2
+    pin_memory: bool = True
+    cpu: bool = False  # force the CPU even when a GPU is present
+
+    def validate(self, prefix: str = "impl") -> None:
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise_config(f"{prefix}.mixed_precision", self.mixed_precision, "one of no, fp16, bf16")
+        if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
+            raise_config(f"{prefix}.attn_implementation", self.attn_implementation, "sdpa, eager or flash_attention_2")
+        if self.dataloader_workers < 0:
+            raise_config(f"{prefix}.dataloader_workers", self.dataloader_workers, "a count >= 0")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0: no intermediate checkpoints
+    keep: int = 2  # how many step_* folders to keep
+    resume: Optional[str] = None  # latest | PATH to a step_* folder
+
+
+def raise_config(key: str, value: Any, expected: str):
+    from dapt.config import ConfigError
+
+    raise ConfigError(f"config key '{key}': got {value!r}, expected {expected}")
+
+
+# --------------------------------------------------------------------------------------------
+# Accelerator, seeding, logging
+
+
+def make_accelerator(
+    impl: ImplConfig, output_dir: str | Path, grad_accum: int = 1, tensorboard: bool = False
+) -> Accelerator:
+    """An Accelerator for one run. On a machine without CUDA it runs on the CPU, several CPU
+    processes (``torchrun`` / ``accelerate launch --multi_gpu``) talk over gloo."""
+    cpu = impl.cpu or not torch.cuda.is_available()
+    mixed_precision = impl.mixed_precision
+    if cpu and mixed_precision == "fp16":
+        logger.warning("fp16 autocast is not supported on the CPU; running in fp32 (use bf16 or no)")
+        mixed_precision = "no"
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=grad_accum,
+        log_with="tensorboard" if tensorboard else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "tb")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,
+    )
+    if torch.cuda.is_available() and impl.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    setup_logging(accelerator)
+    return accelerator
+
+
+def setup_logging(accelerator: Accelerator) -> None:
+    level = logging.INFO if accelerator.is_main_process else logging.ERROR
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=level)
+    logging.getLogger().setLevel(level)
+    import datasets
+    import transformers
+
+    if accelerator.is_main_process:
+        transformers.utils.logging.set_verbosity_warning()
+        datasets.utils.logging.set_verbosity_warning()
+    else:
+        transformers.utils.logging.set_verbosity_error()
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer and schedule
+
+
+def parameter_groups(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float
+) -> list[dict]:
+    """Two AdamW groups at ``lr``: with weight decay, and without it for biases and norm weights."""
+    decay, no_decay = [], []
+    for name, parameter in named_parameters:
+        if not parameter.requires_grad:
+            continue
+        (no_decay if NO_DECAY_PATTERN.search(name) or parameter.ndim < 2 else decay).append(parameter)
+    groups = [
+        {"params": decay, "lr": lr, "weight_decay": weight_decay},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def make_optimizer(
+    groups: list[dict], *, fused: bool = True, betas=(0.9, 0.999), eps: float = 1e-8
+) -> torch.optim.AdamW:
+    """AdamW over ``groups``; the fused CUDA kernel when asked for, available and applicable."""
+    params = [p for group in groups for p in group["params"]]
+    use_fused = (
+        fused
+        and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        and all(p.is_cuda and p.is_floating_point() for p in params)
+    )
+    return torch.optim.AdamW(groups, betas=betas, eps=eps, **({"fused": True} if use_fused else {}))
+
+
+def linear_warmup_decay(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Each group: 0 -> its LR over ``warmup_steps``, then linearly down to ``min_lr`` at
+    ``total_steps`` (and held there). Step it once per optimizer step."""
+    total_steps = max(1, total_steps)
+    warmup_steps = min(max(0, warmup_steps), total_steps)
+
+    def factor(base_lr: float):
+        floor = min(1.0, min_lr / base_lr) if base_lr > 0 else 0.0
+
+        def at(step: int) -> float:
+            if step < warmup_steps:
+                return (step + 1) / (warmup_steps + 1)
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return max(floor, 1.0 - progress * (1.0 - floor))
+
+        return at
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(group["lr"]) for group in optimizer.param_groups])
+
+
+def steps_from_budget(batches_per_epoch: int, grad_accum: int, epochs: float, max_steps: int) -> int:
+    """Optimizer steps for a run: ``max_steps`` when > 0, else ``epochs`` over the loader."""
+    steps_per_epoch = math.ceil(batches_per_epoch / grad_accum)
+    if max_steps > 0:
+        return max_steps
+    return max(1, math.ceil(steps_per_epoch * epochs))
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+class CheckpointManager:
+    """``OUTPUT/checkpoints/step_00000100``: complete, or absent.
+
+    Every process calls :meth:`save` (``save_state`` writes per-process RNG states); the state is
+    written into ``.tmp-step_*`` and renamed by the main process once all of it is on disk, with
+    ``trainer_state.json`` (step, epoch, batch position, and whatever the loop adds) inside.
+    """
+
+    STATE_FILE = "trainer_state.json"
+
+    def __init__(self, accelerator: Accelerator, output_dir: str | Path, keep: int = 2):
+        self.accelerator = accelerator
+        self.directory = Path(output_dir) / "checkpoints"
+        self.keep = keep
+
+    def save(self, step: int, state: dict) -> Path:
+        final = self.directory / f"step_{step:08d}"
+        temporary = self.directory / f".tmp-step_{step:08d}"
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (temporary / self.STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(temporary, final)
+            self._prune()
+            logger.info(f"checkpoint saved: {final}")
+        accelerator.wait_for_everyone()
+        return final
+
+    def _prune(self) -> None:
+        checkpoints = self.all()
+        for old in checkpoints[: max(0, len(checkpoints) - self.keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def all(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if p.is_dir() and re.fullmatch(r"step_\d{8}", p.name)]
+        return sorted(p for p in found if (p / self.STATE_FILE).is_file())
+
+    def resolve(self, resume: Optional[str]) -> Optional[Path]:
+        """``None`` -> start fresh; ``latest`` -> newest complete checkpoint (or fresh if none);
+        a path -> that checkpoint, which must be complete."""
+        if not resume:
+            return None
+        if resume == "latest":
+            checkpoints = self.all()
+            if not checkpoints:
+                logger.info(f"resume=latest: no checkpoint under {self.directory}, starting fresh")
+                return None
+            return checkpoints[-1]
+        path = Path(resume)
+        if not (path / self.STATE_FILE).is_file():
+            raise FileNotFoundError(f"resume: {path} is not a complete checkpoint (no {self.STATE_FILE})")
+        return path
+
+    def load(self, path: Path) -> dict:
+        self.accelerator.load_state(str(path))
+        state = json.loads((path / self.STATE_FILE).read_text())
+        logger.info(f"resumed from {path} at step {state['step']}")
+        return state
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and files
+
+
+def write_json(accelerator: Accelerator, path: str | Path, payload: Any) -> None:
+    """Main process only; written to a temporary name, then renamed."""
+    if not accelerator.is_main_process:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    os.replace(temporary, path)
+
+
+def _json_default(value: Any):
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+class MetricsWriter:
+    """One JSON object per line in ``metrics.jsonl``, plus TensorBoard when the Accelerator has it."""
+
+    def __init__(self, accelerator: Accelerator, path: str | Path, append: bool = False):
+        self.accelerator = accelerator
+        self.path = Path(path)
+        if accelerator.is_main_process:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not append:
+                self.path.write_text("")
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.accelerator.is_main_process:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"step": step, **metrics}, default=_json_default) + "\n")
+        if self.accelerator.log_with:
+            numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self.accelerator.log(numeric, step=step)
+
+
+class ThroughputMeter:
+    """Counts tokens and samples; rates exclude the first ``warmup`` intervals."""
+
+    def __init__(self, warmup: int = 1):
+        self.warmup = warmup
+        self.intervals = 0
+        self.tokens = self.samples = 0
+        self.elapsed = 0.0
+        self._start = time.perf_counter()
+        self._window = (0, 0, self._start)
+
+    def update(self, tokens: int, samples: int) -> None:
+        now = time.perf_counter()
+        self.intervals += 1
+        if self.intervals > self.warmup:
+            self.tokens += tokens
+            self.samples += samples
+            self.elapsed += now - self._start
+        self._start = now
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed if self.elapsed > 0 else float("nan")
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.elapsed if self.elapsed > 0 else float("nan")
+
+
+def unwrap_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict:
+    """The model's state dict without DDP/compile wrappers (gathered under FSDP)."""
+    return accelerator.get_state_dict(model)
