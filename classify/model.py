@@ -71,6 +71,8 @@ _ENCODER_KEYS_TO_DROP = (
     "attn_implementation",
     "auto_map",
     "_commit_hash",
+    "id2label",  # the classifier's labels live at the top level, not in the encoder's config
+    "label2id",
 )
 
 
@@ -86,7 +88,9 @@ def _labels(id2label: dict | None) -> dict[int, str]:
 
 
 def _clean_encoder_dict(encoder: dict) -> dict:
+    """Architecture-only, JSON-normalised copy (what config.json / EMBEDDED_CONFIG hold)."""
     encoder = {k: v for k, v in dict(encoder).items() if k not in _ENCODER_KEYS_TO_DROP}
+    encoder = json.loads(json.dumps(encoder, default=str))
     if "model_type" not in encoder:
         raise ValueError("encoder config has no 'model_type'; cannot rebuild the encoder")
     return encoder

@@ -1,0 +1,443 @@
+"""classify/model.py: the [CLS] classifier, its no-argument construction, encoding and inference."""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import json
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from classify import model as M
+from classify.model import (
+    DaptClassifierConfig,
+    DaptForSequenceClassification,
+    DistilBERTClassifier,
+    EncoderClassifier,
+    clean_text,
+    encode_reviews,
+    infer_reviews,
+    load_classifier,
+    predict_proba,
+)
+
+MODEL_PY = Path(M.__file__)
+
+# --------------------------------------------------------------------------------------------
+# Shared helper: a tiny *trained* classifier saved as a stage-2 output directory (test data).
+# --------------------------------------------------------------------------------------------
+
+TOY_POSITIVE = [
+    "great movie", "loved this film", "excellent acting", "wonderful story",
+    "brilliant performance", "amazing film", "best movie ever", "beautiful music",
+]
+TOY_NEGATIVE = [
+    "terrible movie", "awful acting", "boring story", "worst film",
+    "hated this movie", "waste of time", "bad script", "poor performance",
+]
+
+
+_TRAINED: dict[tuple, Path] = {}
+
+
+def train_toy_classifier(encoder_dir, *, seed: int = 0, steps: int = 25, **settings):
+    """from_encoder + a few Adam steps on 16 toy phrases, so the head is not a random init.
+
+    Returns (classifier, tokenizer). Trained once per (encoder, seed, settings) and test session,
+    then reloaded from disk, so every test module can have its own copy cheaply.
+    """
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    key = (str(encoder_dir), seed, steps, tuple(sorted(settings.items())))
+    if key in _TRAINED and (_TRAINED[key] / "model.safetensors").is_file():
+        return load_classifier(_TRAINED[key])
+    torch.manual_seed(seed)
+    classifier = EncoderClassifier.from_encoder(encoder_dir, **settings)
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    texts = TOY_POSITIVE + TOY_NEGATIVE
+    labels = torch.tensor([1] * len(TOY_POSITIVE) + [0] * len(TOY_NEGATIVE))
+    ids, mask = M.pad_batch(encode_reviews(tokenizer, texts, 64), tokenizer.pad_token_id)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=5e-3)
+    classifier.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(classifier(ids, mask), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    classifier.eval()
+    cache = Path(tempfile.mkdtemp(prefix="dapt-toy-"))
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    _TRAINED[key] = classifier.save_pretrained(cache, tokenizer=tokenizer)
+    return classifier, tokenizer
+
+
+def fake_results(*, dapt: bool = False, base_model: str = "distilbert/distilbert-base-uncased",
+                 truncation: str = "head", max_length: int = 64, head_tokens: int = 16) -> dict:
+    """A results.json with the stage-2 schema; every number is made-up TEST DATA."""
+    metrics = lambda acc, n: {  # noqa: E731
+        "accuracy": acc, "f1": round(acc - 0.0123, 4), "precision": round(acc - 0.0311, 4),
+        "recall": round(acc + 0.0207, 4), "roc_auc": round(acc + 0.0456, 4), "loss": 0.3141, "n": n,
+    }
+    return {
+        "run_name": "unit-test-run",
+        "created": "2025-01-02T03:04:05+00:00",
+        "base_model": base_model,
+        "dapt": None if not dapt else {
+            "model_name_or_path": "distilbert/distilbert-base-uncased",
+            "corpus": {"sources": ["imdb:train", "imdb:unsupervised"], "documents": 75000, "dropped_empty": 3,
+                       "train_blocks": 41234, "heldout_blocks": 417},
+            "block_size": 512, "had_mlm_head": True, "perplexity_before": 12.3456,
+            "perplexity_before_random_head": None, "perplexity_after": 7.8912, "tokens_seen": 21_000_000,
+            "steps": 2000, "epochs": 1.0, "wall_time_s": 1234.5, "mixed_precision": "bf16",
+        },
+        "hyperparameters": {
+            "encoder_lr": 3e-5, "head_lr": 1e-3, "min_lr": 1e-6, "warmup_ratio": 0.06, "schedule": "linear",
+            "epochs": 2, "batch_size": 8, "grad_accum": 1, "weight_decay": 0.01, "mixed_precision": "no",
+            "max_length": max_length, "truncation": truncation, "head_tokens": head_tokens, "dropout": 0.1,
+            "seed": 0, "num_processes": 1,
+        },
+        "training": {
+            "epochs": [
+                {"epoch": 1, "train_loss": 0.6931, "train_acc": 0.51, "val_loss": 0.6712, "val_acc": 0.58,
+                 "val_f1": 0.57, "val_roc_auc": 0.61},
+                {"epoch": 2, "train_loss": 0.4321, "train_acc": 0.83, "val_loss": 0.5123, "val_acc": 0.77,
+                 "val_f1": 0.76, "val_roc_auc": 0.84},
+            ],
+            "best_epoch": 2, "best_metric": "val_acc", "best_value": 0.77, "stopped_early": False,
+            "wall_time_s": 12.5,
+        },
+        "evaluation": {
+            "imdb_test": {"dataset": "stanfordnlp/imdb", "split": "test", **metrics(0.8765, 25000)},
+            "sst2_validation": {"dataset": "stanfordnlp/sst2", "split": "validation", **metrics(0.7654, 872)},
+        },
+    }
+
+
+def make_run_dir(directory, encoder_dir, *, seed: int = 0, results: dict | None = None, **settings):
+    """A stage-2 output dir: model/ (save_pretrained + tokenizer), results.json, plots/, metrics.jsonl.
+
+    Returns (run_dir, classifier, tokenizer).
+    """
+    directory = Path(directory)
+    settings.setdefault("max_length", 64)
+    settings.setdefault("truncation", "head")
+    settings.setdefault("head_tokens", 16)
+    classifier, tokenizer = train_toy_classifier(encoder_dir, seed=seed, **settings)
+    classifier.save_pretrained(directory / "model", tokenizer=tokenizer)
+    results = results or fake_results(truncation=settings["truncation"], max_length=settings["max_length"],
+                                      head_tokens=settings["head_tokens"])
+    (directory / "results.json").write_text(json.dumps(results, indent=2))
+    (directory / "plots").mkdir(exist_ok=True)
+    (directory / "plots" / "imdb_test_roc.png").write_bytes(b"\x89PNG\r\n\x1a\n test image")
+    (directory / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.69}) + "\n")
+    return directory, classifier, tokenizer
+
+
+def import_model_file(path: Path):
+    """Import a model.py from ``path`` as a fresh module (its own lookup of config.json beside it)."""
+    name = f"_model_under_test_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_headless_encoder_dir):
+    classifier, tokenizer = train_toy_classifier(tiny_headless_encoder_dir, max_length=64)
+    return classifier, tokenizer
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture and [CLS] pooling
+# --------------------------------------------------------------------------------------------
+
+
+def test_structure_and_state_dict_keys(tiny):
+    classifier, _ = tiny
+    keys = list(classifier.state_dict())
+    assert {k.split(".")[0] for k in keys} == {"encoder", "classifier"}
+    assert "classifier.weight" in keys and "classifier.bias" in keys
+    assert not any("pooler" in k for k in keys)  # add_pooling_layer=False
+    assert tuple(classifier.classifier.weight.shape) == (2, classifier.encoder.config.hidden_size)
+    assert isinstance(classifier.dropout, torch.nn.Dropout)
+    assert classifier.encoder.config._attn_implementation == "sdpa"
+    assert DistilBERTClassifier is EncoderClassifier
+
+
+def test_logits_are_the_head_on_position_zero(tiny):
+    classifier, tokenizer = tiny
+    ids, mask = M.pad_batch(encode_reviews(tokenizer, ["great movie", "a terrible awful boring film"]), 0)
+    with torch.no_grad():
+        logits = classifier(ids, mask)
+        hidden = classifier.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        expected = classifier.classifier(hidden[:, 0])
+        mean_pooled = classifier.classifier((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+    assert logits.dtype == torch.float32 and tuple(logits.shape) == (2, 2)
+    torch.testing.assert_close(logits, expected)
+    assert not torch.allclose(logits, mean_pooled, atol=1e-4)
+
+
+def test_masked_padding_does_not_change_logits(tiny):
+    classifier, tokenizer = tiny
+    ids, mask = M.pad_batch(encode_reviews(tokenizer, ["great movie", "a terrible awful boring film"]), 0)
+    assert (mask[0] == 0).any()  # the short review is right-padded
+    with torch.no_grad():
+        base = classifier(ids, mask)
+        garbage = ids.clone()
+        garbage[mask == 0] = torch.randint(5, tokenizer.vocab_size, (int((mask == 0).sum()),))
+        assert not torch.equal(garbage, ids)
+        torch.testing.assert_close(classifier(garbage, mask), base, atol=1e-5, rtol=0)
+        # ...while a real (attended) token after position 0 does change them: the model attends.
+        changed = ids.clone()
+        changed[0, 1] = tokenizer.convert_tokens_to_ids("awful")
+        assert not torch.allclose(classifier(changed, mask)[0], base[0], atol=1e-5)
+        # Extra padding columns are masked out too.
+        wider_ids = torch.cat([ids, torch.zeros_like(ids[:, :8])], 1)
+        wider_mask = torch.cat([mask, torch.zeros_like(mask[:, :8])], 1)
+        torch.testing.assert_close(classifier(wider_ids, wider_mask), base, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# No-argument construction: embedded config > config.json beside the file > DistilBERT shape
+# --------------------------------------------------------------------------------------------
+
+
+def test_no_arg_construction_defaults_to_distilbert_shape(tmp_path):
+    shutil.copyfile(MODEL_PY, tmp_path / "model.py")
+    module = import_model_file(tmp_path / "model.py")
+    classifier = module.DistilBERTClassifier()
+    config = classifier.encoder.config
+    assert config.model_type == "distilbert"
+    assert (config.dim, config.n_layers, config.n_heads, config.vocab_size) == (768, 6, 12, 30522)
+    assert tuple(classifier.classifier.weight.shape) == (2, 768)
+    assert classifier.settings["max_length"] == 512 and classifier.settings["truncation"] == "head"
+
+
+def test_no_arg_construction_from_config_json_beside_file(tmp_path, tiny):
+    trained, _ = tiny
+    shutil.copyfile(MODEL_PY, tmp_path / "model.py")
+    (tmp_path / "config.json").write_text(json.dumps(trained.config_json()))
+    module = import_model_file(tmp_path / "model.py")
+    classifier = module.DistilBERTClassifier()
+    assert classifier.encoder.config.model_type == "bert"
+    assert classifier.encoder.config.hidden_size == trained.encoder.config.hidden_size
+    classifier.load_state_dict(trained.state_dict(), strict=True)
+
+
+def test_no_arg_construction_prefers_embedded_config(tmp_path, tiny):
+    from classify.publish import embed_config
+
+    trained, _ = tiny
+    settings = dict(trained.config_json(), truncation="head+tail", head_tokens=7, max_length=48)
+    (tmp_path / "model.py").write_text(embed_config(MODEL_PY.read_text(), settings))
+    # A conflicting config.json beside the file must lose against the embedded one.
+    other = dict(settings, encoder_config=dict(settings["encoder_config"], hidden_size=64, intermediate_size=32))
+    (tmp_path / "config.json").write_text(json.dumps(other))
+    module = import_model_file(tmp_path / "model.py")
+    classifier = module.DistilBERTClassifier()
+    assert classifier.encoder.config.hidden_size == trained.encoder.config.hidden_size
+    assert classifier.settings == {"max_length": 48, "truncation": "head+tail", "head_tokens": 7,
+                                   "id2label": {0: "Negative", 1: "Positive"}}
+    classifier.load_state_dict(trained.state_dict(), strict=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------
+
+
+def test_clean_text():
+    assert clean_text("Great<br /><br />movie<BR/>  really<br>good <Br  />end\n\tnow ") == (
+        "Great movie really good end now"
+    )
+    assert clean_text("no markup") == "no markup"
+
+
+def _word_ids(tokenizer, words):
+    ids = tokenizer.convert_tokens_to_ids(words)
+    assert tokenizer.unk_token_id not in ids
+    return ids
+
+
+def test_head_tail_keeps_head_and_tail_exactly(tiny_tokenizer):
+    vocab = ["movie", "film", "story", "plot", "actor", "scene", "cast", "music", "script", "ending"]
+    words = [vocab[i % len(vocab)] for i in range(100)] + ["great", "terrible", "boring"]
+    ids = _word_ids(tiny_tokenizer, words)
+    cls, sep = tiny_tokenizer.cls_token_id, tiny_tokenizer.sep_token_id
+    [encoded] = encode_reviews(tiny_tokenizer, [" ".join(words)], max_length=32, truncation="head+tail",
+                               head_tokens=8)
+    assert len(encoded) == 32
+    assert encoded == [cls] + ids[:8] + ids[-22:] + [sep]
+    assert encoded[-4:-1] == _word_ids(tiny_tokenizer, ["great", "terrible", "boring"])
+    # head: the standard truncation of the tokenizer.
+    [head] = encode_reviews(tiny_tokenizer, [" ".join(words)], max_length=32, truncation="head")
+    assert head == [cls] + ids[:30] + [sep]
+    assert head == tiny_tokenizer(" ".join(words), truncation=True, max_length=32)["input_ids"]
+    # Short reviews are untouched by either strategy.
+    for strategy in ("head", "head+tail"):
+        [short] = encode_reviews(tiny_tokenizer, ["great movie"], max_length=32, truncation=strategy)
+        assert short == tiny_tokenizer("great movie")["input_ids"]
+
+
+def test_sun_et_al_split_at_512(tiny_tokenizer):
+    words = ["movie"] * 200 + ["film"] * 400 + ["great"] * 10
+    [encoded] = encode_reviews(tiny_tokenizer, [" ".join(words)], 512, "head+tail", 128)
+    content = encoded[1:-1]
+    movie, film, great = _word_ids(tiny_tokenizer, ["movie", "film", "great"])
+    assert len(encoded) == 512
+    assert content[:128] == [movie] * 128 and content[128:] == [film] * 372 + [great] * 10
+
+
+def test_encode_cleans_markup_and_rejects_bad_strategy(tiny_tokenizer):
+    assert encode_reviews(tiny_tokenizer, ["great<br />movie"]) == encode_reviews(tiny_tokenizer, ["great movie"])
+    with pytest.raises(ValueError, match="truncation"):
+        encode_reviews(tiny_tokenizer, ["a " * 600], truncation="middle")
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+# --------------------------------------------------------------------------------------------
+
+
+def test_infer_single_and_batch_in_input_order(tiny):
+    classifier, tokenizer = tiny
+    label_class, label, confidence = infer_reviews("great movie", classifier, tokenizer)
+    assert isinstance(label_class, int) and isinstance(confidence, float) and isinstance(label, str)
+    assert label == {0: "Negative", 1: "Positive"}[label_class]
+    assert 0.5 <= confidence <= 1.0
+    reviews = [
+        "terrible movie",
+        "I loved this film! the acting was excellent and the story was wonderful, the best movie ever",
+        "waste of time",
+        "great",
+        "boring story, bad script, poor performance and the worst ending",
+        "amazing film",
+        "awful",
+    ]
+    batch = infer_reviews(reviews, classifier, tokenizer, batch_size=3)
+    one_by_one = [infer_reviews(r, classifier, tokenizer) for r in reviews]
+    assert [b[:2] for b in batch] == [o[:2] for o in one_by_one]
+    for b, o in zip(batch, one_by_one):
+        assert b[2] == pytest.approx(o[2], abs=1e-5)
+    # The toy training taught it the obvious ones (so order errors would show up as label swaps).
+    assert [b[1] for b in batch] == ["Negative", "Positive", "Negative", "Positive", "Negative", "Positive",
+                                     "Negative"]
+    probabilities = predict_proba(reviews, classifier, tokenizer, batch_size=2)
+    for p, (label_class, _, confidence) in zip(probabilities, batch):
+        assert p == pytest.approx(confidence if label_class == 1 else 1 - confidence, abs=1e-5)
+    single = predict_proba("great movie", classifier, tokenizer)
+    assert isinstance(single, float)
+    assert single == pytest.approx(predict_proba(["great movie"], classifier, tokenizer)[0], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("bad", "pattern"),
+    [(None, "NoneType"), (5, "int"), (["fine", 3, "ok"], r"reviews\[1\].*int"), (["ok", None], r"reviews\[1\].*None"),
+     ([b"bytes"], r"reviews\[0\].*bytes")],
+)
+def test_infer_rejects_non_strings(tiny, bad, pattern):
+    classifier, tokenizer = tiny
+    with pytest.raises(TypeError, match=pattern):
+        infer_reviews(bad, classifier, tokenizer)
+    with pytest.raises(TypeError, match=pattern):
+        predict_proba(bad, classifier, tokenizer)
+
+
+def test_infer_empty_list_and_very_long_review(tiny):
+    classifier, tokenizer = tiny
+    assert infer_reviews([], classifier, tokenizer) == []
+    assert predict_proba([], classifier, tokenizer) == []
+    long_review = "great movie " * 5000
+    for strategy in ("head", "head+tail"):
+        label_class, label, confidence = infer_reviews(long_review, classifier, tokenizer, truncation=strategy,
+                                                       max_length=10_000)
+        assert label_class in (0, 1) and 0.5 <= confidence <= 1.0
+    # max_length from the classifier's stored settings: the same as passing it explicitly.
+    assert infer_reviews(long_review, classifier, tokenizer) == infer_reviews(long_review, classifier, tokenizer,
+                                                                              max_length=64, truncation="head")
+
+
+# --------------------------------------------------------------------------------------------
+# Persistence and the Hugging Face classes
+# --------------------------------------------------------------------------------------------
+
+
+def test_save_pretrained_and_load_classifier(tmp_path, tiny):
+    from safetensors import safe_open
+
+    classifier, tokenizer = tiny
+    classifier.save_pretrained(tmp_path / "model", tokenizer=tokenizer)
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert not list((tmp_path / "model").glob("*.bin"))
+    with safe_open(str(tmp_path / "model" / "model.safetensors"), "pt") as handle:
+        assert set(handle.keys()) == set(classifier.state_dict())
+        assert handle.metadata() == {"format": "pt"}
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["model_type"] == "dapt-encoder-classifier"
+    assert config["encoder_config"]["model_type"] == "bert"
+    assert config["id2label"] == {"0": "Negative", "1": "Positive"}
+    assert "auto_map" not in config  # added by dapt-publish together with model.py
+
+    texts = ["great movie", "terrible film", "the story was boring"]
+    expected = predict_proba(texts, classifier, tokenizer)
+    for where in (tmp_path / "model", tmp_path):  # the model folder, or the run dir holding model/
+        loaded, loaded_tokenizer = load_classifier(where)
+        assert not loaded.training
+        assert predict_proba(texts, loaded, loaded_tokenizer) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(FileNotFoundError):
+        load_classifier(tmp_path / "does-not-exist")
+
+
+def test_state_dict_loads_into_both_classes(tmp_path, tiny):
+    classifier, tokenizer = tiny
+    config = DaptClassifierConfig(**classifier.config_json())
+    hf_model = DaptForSequenceClassification(config).eval()
+    assert set(hf_model.state_dict()) == set(classifier.state_dict())
+    hf_model.load_state_dict(classifier.state_dict(), strict=True)
+    ids, mask = M.pad_batch(encode_reviews(tokenizer, ["great movie", "awful film"]), 0)
+    with torch.no_grad():
+        out = hf_model(input_ids=ids, attention_mask=mask, labels=torch.tensor([1, 0]))
+        torch.testing.assert_close(out.logits, classifier(ids, mask))
+    assert out.loss is not None and out.loss.ndim == 0
+    # from_pretrained on the saved folder (the same model.safetensors) gives the same model.
+    classifier.save_pretrained(tmp_path, tokenizer=tokenizer)
+    reloaded = DaptForSequenceClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids, attention_mask=mask).logits, out.logits)
+    assert reloaded.config.id2label == {0: "Negative", 1: "Positive"}
+    assert predict_proba(["great movie"], reloaded, tokenizer) == pytest.approx(
+        predict_proba(["great movie"], classifier, tokenizer), abs=1e-6)
+
+
+def test_from_encoder_loads_pretrained_weights(tiny_encoder_dir):
+    from transformers import BertModel
+
+    classifier = EncoderClassifier.from_encoder(tiny_encoder_dir, dropout=0.2, truncation="head+tail")
+    reference = BertModel.from_pretrained(tiny_encoder_dir, add_pooling_layer=False)
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(classifier.encoder.state_dict()[name], tensor)
+    assert classifier.dropout.p == 0.2
+    assert classifier.settings["truncation"] == "head+tail"
+    assert classifier.config_dict["base_model"] == str(tiny_encoder_dir)
+    assert next(classifier.parameters()).dtype == torch.float32
+
+
+def test_from_encoder_standin_minilm_drops_pooler(standin_encoder_dir):
+    classifier = EncoderClassifier.from_encoder(standin_encoder_dir)
+    assert classifier.encoder.config.hidden_size == 384
+    assert not any("pooler" in k for k in classifier.state_dict())
+    assert tuple(classifier.classifier.weight.shape) == (2, 384)
