@@ -1,0 +1,240 @@
+"""Labelled review data for stage 2: loading, checking, seeded stratified splits, batching.
+
+* :class:`LabelledSetConfig` - one labelled split (Hub dataset or local files) and an optional
+  seeded, stratified subset of it; read through :func:`dapt.data.load_source`.
+* :func:`load_labelled` - the split as ``(texts, labels)``; labels must be 0/1, bad input raises
+  :class:`~dapt.data.DataError` naming the file (or Hub split) and the column.
+* :func:`stratified_split` / :func:`stratified_subset` - seeded, class-balanced index splits.
+* :class:`ReviewDataset` - token ids from :func:`classify.model.encode_reviews` (the tokenization
+  inference uses, text cleaning included), so training and serving see the same inputs.
+* :class:`LengthBucketBatchSampler` - batches of similar length in shuffled order, a pure function
+  of ``(seed, epoch)``; accelerate shards its batches across processes and skips into it on resume.
+* :func:`collate` - dynamic padding to a multiple of 8.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from classify.model import encode_reviews, pad_batch
+from dapt.data import DataError, SourceConfig, clean_text, detect_kind, load_source
+
+__all__ = [
+    "DataError",
+    "LabelledSetConfig",
+    "LabelledSet",
+    "load_labelled",
+    "stratified_split",
+    "stratified_subset",
+    "ReviewDataset",
+    "LengthBucketBatchSampler",
+    "collate",
+]
+
+
+@dataclass
+class LabelledSetConfig:
+    """One labelled split: ``path`` is a Hub dataset id, a file, or a directory of ``{split}.*``."""
+
+    path: str = "stanfordnlp/imdb"
+    split: str = "train"
+    kind: str = "auto"  # auto | hub | files | aclimdb
+    text_column: str = "text"
+    label_column: str = "label"
+    max_samples: int = 0  # 0: all rows; else a seeded, stratified subset of this many
+    name: Optional[str] = None  # the dataset name results.json reports (default: path)
+
+    def source(self) -> SourceConfig:
+        return SourceConfig(
+            path=self.path, kind=self.kind, splits=[self.split],
+            text_column=self.text_column, label_column=self.label_column,
+        )
+
+    def describe(self) -> str:
+        """Where the rows come from, for messages: the file, or the Hub dataset and split."""
+        path = Path(self.path)
+        if path.is_dir():
+            found = sorted(glob.glob(str(path / f"{glob.escape(self.split)}.*")))
+            return found[0] if len(found) == 1 else f"{path} split {self.split}"
+        return str(path) if path.is_file() else f"{self.path} split {self.split}"
+
+
+@dataclass
+class LabelledSet:
+    texts: list[str]
+    labels: list[int]
+    where: str  # file or Hub split, for messages and results.json
+    total: int  # rows in the full split, before any subset
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, indices: Sequence[int]) -> "LabelledSet":
+        return LabelledSet([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.where, self.total)
+
+
+def load_labelled(config: LabelledSetConfig, seed: int = 0) -> LabelledSet:
+    """The split as texts (raw; :func:`encode_reviews` cleans them) and 0/1 labels, subset if asked."""
+    where = config.describe()
+    source = config.source()
+    if config.kind == "text_dir":
+        raise DataError(f"{config.path}: kind text_dir has no labels; use files, hub or aclimdb")
+    if detect_kind(source) == "text_dir":  # a folder without tables: look for {split}.* files
+        source.kind = "files"
+    dataset = load_source(source)  # missing columns raise DataError naming file and column
+    columns = dataset[:]
+    texts, labels = columns["text"], columns["label"]
+    bad_text = next((i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)), None)
+    if bad_text is not None:
+        raise DataError(f"{where}: column {config.text_column!r} row {bad_text} is {type(texts[bad_text]).__name__}, not text")
+    check_labels(labels, where, config.label_column)
+    labelled = LabelledSet([t or "" for t in texts], [int(v) for v in labels], where, len(labels))
+    if config.max_samples and config.max_samples < len(labelled):
+        labelled = labelled.select(stratified_subset(labelled.labels, config.max_samples, seed))
+    return labelled
+
+
+def check_labels(labels: Sequence, where: str, column: str) -> None:
+    """Labels must be the integers 0 (negative) and 1 (positive); say which row is not."""
+    for row, value in enumerate(labels):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value not in (0, 1):
+            shown = "missing" if value is None else repr(value)
+            raise DataError(
+                f"{where}: column {column!r} must hold labels 0 (negative) or 1 (positive); "
+                f"row {row} is {shown}"
+            )
+
+
+def _count(size: float, total: int, what: str) -> int:
+    count = int(size) if size >= 1 else round(size * total)
+    if not 2 <= count <= total - 2:
+        raise DataError(f"{what} {size} gives {count} of {total} rows: need at least 2 on each side")
+    return count
+
+
+def stratified_split(labels: Sequence[int], size: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(rest, held_out)`` index lists; ``size`` < 1 is a fraction, >= 1 a count. Class shares
+    are kept on both sides; the same seed gives the same split."""
+    count = _count(size, len(labels), "validation_size")
+    indices = np.arange(len(labels))
+    rest, held = train_test_split(indices, test_size=count, stratify=np.asarray(labels), random_state=seed)
+    return sorted(rest.tolist()), sorted(held.tolist())
+
+
+def stratified_subset(labels: Sequence[int], count: int, seed: int) -> list[int]:
+    """A seeded, class-balanced subset of ``count`` indices (in original order)."""
+    if count >= len(labels):
+        return list(range(len(labels)))
+    indices = np.arange(len(labels))
+    if count < 2:
+        return sorted(np.random.default_rng(seed).choice(indices, size=count, replace=False).tolist())
+    subset, _ = train_test_split(indices, train_size=count, stratify=np.asarray(labels), random_state=seed)
+    return sorted(subset.tolist())
+
+
+class ReviewDataset(torch.utils.data.Dataset):
+    """Token ids (special tokens included, truncated as the classifier will be at inference), a
+    label, and the row's index - gathered with the predictions so every row is counted once."""
+
+    def __init__(self, texts: Sequence[str], labels: Sequence[int], tokenizer, max_length: int,
+                 truncation: str = "head", head_tokens: int = 128):
+        self.ids = encode_reviews(tokenizer, list(texts), max_length, truncation, head_tokens)
+        self.labels = list(labels)
+        self.lengths = [len(ids) for ids in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": self.ids[index], "label": self.labels[index], "index": index}
+
+
+def drop_empty(labelled: LabelledSet) -> tuple[LabelledSet, int]:
+    """Training rows whose text is empty after cleaning carry no signal: drop and count them."""
+    keep = [i for i, text in enumerate(labelled.texts) if clean_text(text)]
+    return (labelled.select(keep) if len(keep) < len(labelled) else labelled), len(labelled) - len(keep)
+
+
+class Collator:
+    """Right-pads a batch to its longest row rounded up to a multiple of 8."""
+
+    def __init__(self, pad_token_id: int, multiple_of: int = 8):
+        self.pad_token_id = pad_token_id
+        self.multiple_of = multiple_of
+
+    def __call__(self, rows: list[dict]) -> dict:
+        input_ids, attention_mask = pad_batch([r["input_ids"] for r in rows], self.pad_token_id, self.multiple_of)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
+            "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
+        }
+
+
+def collate(tokenizer) -> Collator:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Collator(pad)
+
+
+class LengthBucketBatchSampler:
+    """Index batches; every batch is full but the last one.
+
+    ``shuffle=True`` (training): a seeded permutation of the rows; with ``group_by_length`` it is
+    cut into buckets of ``bucket_batches`` batches, each sorted by length and cut into batches, so a
+    batch holds reviews of similar length (little padding); then the order of the batches is
+    shuffled (the short remainder batch stays last, where accelerate's sharding expects it). The
+    result depends only on ``(seed, epoch)``: every process computes the same list and takes its
+    share, and a resumed run recomputes it and skips the batches already done.
+
+    ``shuffle=False`` (evaluation): rows sorted by length (longest first) when grouping, else in
+    order. The batches do not depend on the number of processes, so neither do the predictions.
+    """
+
+    drop_last = False
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0,
+                 group_by_length: bool = True, bucket_batches: int = 50):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.bucket_batches = max(1, bucket_batches)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def batches(self) -> list[list[int]]:
+        n, size = len(self.lengths), self.batch_size
+        by_length = lambda i: (-self.lengths[i], i)  # noqa: E731 - longest first, ties by index
+        if not self.shuffle:
+            order = sorted(range(n), key=by_length) if self.group_by_length else list(range(n))
+            return [order[s : s + size] for s in range(0, n, size)]
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+        if self.group_by_length:
+            span = size * self.bucket_batches
+            order = [i for s in range(0, n, span) for i in sorted(order[s : s + span], key=by_length)]
+        batches = [order[s : s + size] for s in range(0, n, size)]
+        last = [batches.pop()] if batches and len(batches[-1]) < size else []
+        if self.group_by_length:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches + last
+
+    def __iter__(self):
+        return iter(self.batches())
