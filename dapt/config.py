@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
+_MISSING = object()
 
 
 class ConfigError(ValueError):
@@ -40,7 +41,10 @@ def _package_model_path(package: str) -> str:
 
 
 if not OmegaConf.has_resolver("pkg_model"):
-    OmegaConf.register_new_resolver("pkg_model", _package_model_path)
+    if hasattr(OmegaConf, "register_resolver"):  # omegaconf >= 2.4
+        OmegaConf.register_resolver("pkg_model", _package_model_path, annotation_validation="off")
+    else:
+        OmegaConf.register_new_resolver("pkg_model", _package_model_path)
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -59,8 +63,13 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad[0]!r}")
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(base, *layers)
+        for item in overrides:  # one by one: `data.sources.0.path=...` indexes into lists
+            key, raw = item.split("=", 1)
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
+            if OmegaConf.select(merged, key, default=_MISSING) is _MISSING:
+                raise ConfigError(f"config key '{key}': unknown key (from the override {item!r})")
+            OmegaConf.update(merged, key, value, merge=True)
         OmegaConf.resolve(merged)
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:

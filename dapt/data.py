@@ -15,6 +15,7 @@ file, split or column.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import re
 from dataclasses import dataclass, field
@@ -147,17 +148,17 @@ def _from_files(source: SourceConfig, files: list[Path]) -> datasets.Dataset:
 
 
 def _check_utf8(file: Path) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
     with file.open("rb") as handle:
-        while chunk := handle.read(1 << 22):
+        while True:
+            chunk = handle.read(1 << 22)
             try:
-                chunk.decode("utf-8")
+                decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as error:
-                if error.start >= len(chunk) - 4:  # a character split across chunks
-                    handle.seek(offset + error.start)
-                    offset += error.start
-                    continue
                 raise DataError(f"{file}: not valid UTF-8 at byte {offset + error.start}") from None
+            if not chunk:
+                return
             offset += len(chunk)
 
 

