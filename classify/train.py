@@ -1,0 +1,462 @@
+"""Stage 2: train a linear [CLS] sentiment head (and fine-tune the encoder) on IMDb, then evaluate.
+
+    accelerate launch classify/train.py --config configs/classify.yaml [key=value ...]
+    python -m classify.train --config configs/demo/classify.yaml train.epochs=1
+    dapt-classify --config ... output_dir=runs/my-classifier
+
+Reads top to bottom: config -> Accelerator -> encoder + fresh head -> data (a stratified, seeded
+validation split of IMDb train; the test sets stay untouched until the end) -> AdamW with separate
+encoder / head learning rates, linear warmup then linear decay to ``min_lr`` -> epochs (validation
+after each, the best epoch's weights kept, early stopping, checkpoints to resume from) -> the best
+weights restored -> IMDb test and SST-2 validation -> ``model/``, ``results.json``, ``plots/``.
+
+:func:`train_classifier` is the whole run as a function; it can be called repeatedly in one
+process (the ablation does: plain vs DAPT encoder, several seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, Optional
+
+if __package__ in (None, ""):  # run as a file: `accelerate launch classify/train.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+from safetensors.torch import load_file as safe_load_file
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from classify.data import (
+    Collator,
+    DataError,
+    LabelledSetConfig,
+    LengthBucketBatchSampler,
+    ReviewDataset,
+    drop_empty,
+    load_labelled,
+    stratified_split,
+    stratified_subset,
+)
+from classify.evaluate import compute_metrics, evaluate_all, make_eval_loader, predict
+from classify.model import TRUNCATION_STRATEGIES, WEIGHTS_NAME, EncoderClassifier
+from dapt.config import ConfigError, parse_cli, to_dict, to_yaml
+from dapt.runtime import (
+    CheckpointConfig,
+    CheckpointManager,
+    ImplConfig,
+    MetricsWriter,
+    linear_warmup_decay,
+    logger,
+    make_accelerator,
+    make_optimizer,
+    parameter_groups,
+    raise_config,
+    steps_from_budget,
+    write_json,
+)
+
+BEST_METRICS = {"val_acc": "max", "val_f1": "max", "val_roc_auc": "max", "val_loss": "min"}
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "runs/dapt-distilbert"  # stage-1 output dir, or any Hub encoder id
+    revision: Optional[str] = None
+    dropout: float = 0.1  # on the [CLS] state, before the linear head
+    max_length: int = 512  # tokens, special tokens included
+    truncation: str = "head"  # head | head+tail (the first head_tokens + the last ones)
+    head_tokens: int = 128
+
+
+def _imdb_train() -> LabelledSetConfig:
+    return LabelledSetConfig(path="stanfordnlp/imdb", split="train")
+
+
+def _eval_sets() -> dict:
+    return {
+        "imdb_test": LabelledSetConfig(path="stanfordnlp/imdb", split="test"),
+        "sst2_validation": LabelledSetConfig(path="stanfordnlp/sst2", split="validation", text_column="sentence"),
+    }
+
+
+@dataclass
+class DataConfig:
+    train: LabelledSetConfig = field(default_factory=_imdb_train)  # max_samples: subset of the training part
+    validation_size: float = 0.1  # stratified from train: a fraction (< 1) or a count (>= 1)
+    eval: Dict[str, Optional[LabelledSetConfig]] = field(default_factory=_eval_sets)  # results.json key -> set; null drops it
+    group_by_length: bool = True  # length-bucketed batches in shuffled order (less padding)
+    bucket_batches: int = 50  # batches per length bucket
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    epochs: int = 3
+    batch_size: int = 64  # per process; the global batch is batch_size x processes x grad_accum
+    eval_batch_size: int = 128  # per process
+    grad_accum: int = 1
+    encoder_lr: float = 1e-5
+    head_lr: float = 5e-5
+    min_lr: float = 1e-8  # where the linear decay ends
+    weight_decay: float = 0.01  # not on biases and LayerNorm weights
+    warmup_ratio: float = 0.1  # of all optimizer steps
+    max_grad_norm: float = 1.0  # 0: no clipping
+    best_metric: str = "val_acc"  # val_acc | val_f1 | val_roc_auc | val_loss (minimised)
+    early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0: never
+    log_every: int = 10  # optimizer steps between metrics.jsonl lines
+    max_nonfinite: int = 20  # skipped non-finite updates before the run stops
+
+
+@dataclass
+class ClassifyCheckpointConfig(CheckpointConfig):
+    every_epoch: bool = True  # a checkpoint after each epoch's validation
+
+
+@dataclass
+class ClassifyConfig:
+    output_dir: str = "runs/classify"
+    run_name: str = "classify"
+    tensorboard: bool = False
+    push_to_hub: bool = False  # after training: build the Hub folder and upload it (classify.publish)
+    hub_repo_id: Optional[str] = None  # USER/NAME
+    hub_private: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    impl: ImplConfig = field(default_factory=ImplConfig)
+    checkpoint: ClassifyCheckpointConfig = field(default_factory=ClassifyCheckpointConfig)
+
+    def validate(self) -> None:
+        self.impl.validate()
+        if self.model.truncation not in TRUNCATION_STRATEGIES:
+            raise_config("model.truncation", self.model.truncation, "head or head+tail")
+        if self.model.max_length < 8:
+            raise_config("model.max_length", self.model.max_length, "an integer >= 8")
+        if self.model.truncation == "head+tail" and not 0 < self.model.head_tokens < self.model.max_length - 2:
+            raise_config("model.head_tokens", self.model.head_tokens, f"between 1 and max_length - 3 ({self.model.max_length - 3})")
+        if not 0 <= self.model.dropout < 1:
+            raise_config("model.dropout", self.model.dropout, "a probability in [0, 1)")
+        for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "log_every"):
+            if getattr(self.train, key) < 1:
+                raise_config(f"train.{key}", getattr(self.train, key), "an integer >= 1")
+        if self.data.validation_size <= 0:
+            raise_config("data.validation_size", self.data.validation_size, "a fraction in (0, 1) or a count >= 1")
+        if not 0 <= self.train.warmup_ratio < 1:
+            raise_config("train.warmup_ratio", self.train.warmup_ratio, "a fraction in [0, 1)")
+        if self.train.best_metric not in BEST_METRICS:
+            raise_config("train.best_metric", self.train.best_metric, " | ".join(BEST_METRICS))
+        if self.push_to_hub and not self.hub_repo_id:
+            raise_config("hub_repo_id", self.hub_repo_id, "USER/NAME when push_to_hub is true")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def fresh_accelerator_state() -> None:
+    """Forget the previous run's ``AcceleratorState`` and ``GradientState`` (mixed precision and
+    gradient accumulation are fixed per state) but keep ``PartialState`` - the process group - so
+    that several runs can follow each other in one process, distributed or not."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
+    """Training and validation loaders (not yet prepared), the training batch sampler, and sizes.
+
+    Validation is a stratified, seeded slice of the training split; ``data.train.max_samples``
+    then takes a stratified subset of the rest. Test sets are not read here."""
+    data, model, seed = config.data, config.model, config.train.seed
+    train_set = LabelledSetConfig(**{**to_dict(data.train), "max_samples": 0})
+    with accelerator.main_process_first():
+        labelled = load_labelled(train_set, seed=seed)
+    rest, held_out = stratified_split(labelled.labels, data.validation_size, seed)
+    train, validation = labelled.select(rest), labelled.select(held_out)
+    if data.train.max_samples and data.train.max_samples < len(train):
+        train = train.select(stratified_subset(train.labels, data.train.max_samples, seed))
+    train, dropped = drop_empty(train)
+    encode = dict(tokenizer=tokenizer, max_length=model.max_length, truncation=model.truncation, head_tokens=model.head_tokens)
+    train_data = ReviewDataset(train.texts, train.labels, **encode)
+    val_data = ReviewDataset(validation.texts, validation.labels, **encode)
+
+    sampler = LengthBucketBatchSampler(
+        train_data.lengths, config.train.batch_size, shuffle=True, seed=seed,
+        group_by_length=data.group_by_length, bucket_batches=data.bucket_batches,
+    )
+    workers = config.impl.dataloader_workers
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train_loader = torch.utils.data.DataLoader(
+        train_data, batch_sampler=sampler, collate_fn=Collator(pad), num_workers=workers,
+        pin_memory=config.impl.pin_memory and torch.cuda.is_available(),
+        generator=torch.Generator(),  # iterating never draws from the global RNG (exact resume)
+    )
+    val_loader = make_eval_loader(val_data, tokenizer, config.train.eval_batch_size, data.group_by_length, workers)
+    sizes = {
+        "source": labelled.where, "rows": len(labelled), "train": len(train_data), "validation": len(val_data),
+        "dropped_empty": dropped, "train_positive": sum(train.labels), "mean_tokens": round(sum(train_data.lengths) / max(1, len(train_data)), 1),
+        "truncated": sum(n >= model.max_length for n in train_data.lengths),
+    }
+    return train_loader, val_loader, sampler, sizes
+
+
+def classifier_parameter_groups(model: EncoderClassifier, config: TrainConfig) -> list[dict]:
+    """Encoder and head each at their own LR, each split into decay / no-decay (bias, LayerNorm)."""
+    groups = []
+    for name, module, lr in (("encoder", model.encoder, config.encoder_lr), ("head", model.classifier, config.head_lr)):
+        for group in parameter_groups(module.named_parameters(), lr, config.weight_decay):
+            groups.append({**group, "name": f"{name}{'' if group['weight_decay'] else '_no_decay'}"})
+    return groups
+
+
+def format_epoch_line(record: dict) -> str:
+    return (
+        f"Epoch {record['epoch']}: Train Loss {record['train_loss']:.4f}, Train Acc {record['train_acc']:.4f} | "
+        f"Val Loss {record['val_loss']:.4f}, Val Acc {record['val_acc']:.4f}"
+    )
+
+
+def is_better(value: Optional[float], best: Optional[float], metric: str) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best if BEST_METRICS[metric] == "min" else value > best
+
+
+def read_dapt_summary(encoder: str) -> Optional[dict]:
+    path = Path(encoder) / "dapt_summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def train_classifier(config: ClassifyConfig) -> dict:
+    """Run stage 2 as configured; returns the results also written to ``results.json``."""
+    output_dir = Path(config.output_dir)
+    fresh_accelerator_state()
+    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
+    if config.tensorboard:
+        accelerator.init_trackers(config.run_name)
+    set_seed(config.train.seed)  # the head's initialisation and dropout
+    logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
+    hp, mc = config.train, config.model
+
+    # --- model and data
+    tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
+    model = EncoderClassifier.from_encoder(
+        mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation,
+        head_tokens=mc.head_tokens, revision=mc.revision, attn_implementation=config.impl.attn_implementation,
+    )
+    train_loader, val_loader, train_sampler, sizes = get_dataloaders(config, tokenizer, accelerator)
+    logger.info(f"data: {sizes}")
+
+    # --- optimizer, schedule, checkpoints
+    model.to(accelerator.device)
+    optimizer = make_optimizer(classifier_parameter_groups(model, hp), fused=config.impl.fused_adamw)
+    if config.impl.compile:
+        model = torch.compile(model)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    total_steps = steps_from_budget(len(train_loader), hp.grad_accum, hp.epochs, 0)
+    warmup_steps = round(hp.warmup_ratio * total_steps)
+    scheduler = linear_warmup_decay(optimizer.optimizer, warmup_steps, total_steps, hp.min_lr)
+    accelerator.register_for_checkpointing(scheduler)
+    group_names = [group["name"] for group in optimizer.param_groups]
+    checkpoints = CheckpointManager(accelerator, output_dir, keep=config.checkpoint.keep)
+    best_dir = output_dir / "checkpoints" / "best"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(to_yaml(config))
+
+    resume_from = checkpoints.resolve(config.checkpoint.resume)
+    metrics = MetricsWriter(accelerator, output_dir / "metrics.jsonl", append=resume_from is not None)
+    if resume_from is not None:
+        state = checkpoints.load(resume_from)
+    else:
+        state = {
+            "step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "best_epoch": None, "best_value": None,
+            "bad_epochs": 0, "stopped_early": False, "train_sums": [0.0, 0.0, 0.0], "wall_time_s": 0.0,
+            "train_time_s": 0.0, "train_samples": 0,
+        }
+        if accelerator.is_main_process:
+            shutil.rmtree(best_dir, ignore_errors=True)  # a previous run's
+    # the epoch's running sums (loss, correct, rows); a checkpoint holds the all-process totals
+    sums = torch.tensor(state["train_sums"] if accelerator.is_main_process else [0.0] * 3, dtype=torch.float64, device=accelerator.device)
+    logger.info(f"{total_steps} optimizer steps ({len(train_loader)} batches/epoch/process, {warmup_steps} warmup), "
+                f"global batch {hp.batch_size * accelerator.num_processes * hp.grad_accum}")
+
+    def save_checkpoint():
+        state["train_sums"] = accelerator.reduce(sums.clone(), "sum").tolist()
+        state["wall_time_s"] = time.time() - session_start
+        checkpoints.save(step, state)
+
+    # --- training
+    step = state["step"]
+    session_start = time.time() - state["wall_time_s"]
+    running_loss = torch.zeros((), device=accelerator.device)
+    running_batches = 0
+    progress = tqdm(total=total_steps, initial=step, desc="classifier", disable=not accelerator.is_local_main_process)
+    while state["epoch"] < hp.epochs and not state["stopped_early"]:
+        epoch = state["epoch"]
+        train_sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        skip = state["batch_in_epoch"]
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        model.train()
+        epoch_started = time.time()
+        for batch in loader:
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                losses = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+                loss = losses.mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    lrs = [group["lr"] for group in optimizer.param_groups]  # the LRs of this update
+                    max_norm = hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf")
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                    if accelerator.mixed_precision != "fp16" and not torch.isfinite(grad_norm):
+                        state["nonfinite"] = state.get("nonfinite", 0) + 1  # the fp16 scaler skips these itself
+                        logger.warning(f"step {step + 1}: non-finite gradient norm, update skipped")
+                        if state["nonfinite"] > hp.max_nonfinite:
+                            raise FloatingPointError(f"{state['nonfinite']} non-finite updates: stopping (lower the LRs?)")
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                correct = (logits.argmax(dim=-1) == batch["labels"]).sum()
+                sums += torch.stack([losses.detach().sum().double(), correct.double(), torch.tensor(float(len(losses)), dtype=torch.float64, device=sums.device)])
+            running_loss += loss.detach().float()
+            running_batches += 1
+            state["batch_in_epoch"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            progress.update(1)
+            if step % hp.log_every == 0 or step == total_steps:
+                mean_loss = accelerator.reduce(running_loss / running_batches, "mean").item()
+                record = {"loss": mean_loss, "epoch": round(epoch + state["batch_in_epoch"] / len(train_loader), 4)}
+                record.update({f"lr_{name}": lr for name, lr in zip(group_names, lrs)})
+                metrics.log(record, step=step)
+                progress.set_postfix(loss=f"{mean_loss:.3f}")
+                running_loss.zero_()
+                running_batches = 0
+            if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
+                state["train_time_s"] += time.time() - epoch_started
+                save_checkpoint()
+                epoch_started = time.time()
+        state["train_time_s"] += time.time() - epoch_started
+
+        # --- end of epoch: training totals over all processes, validation, best weights
+        loss_sum, correct, rows = accelerator.reduce(sums, "sum").tolist()
+        sums.zero_()
+        state["train_samples"] += int(rows)
+        val = predict(model, val_loader, accelerator)
+        val_metrics = compute_metrics(val.label, val.pred, val.prob, val.loss)
+        record = {
+            "epoch": epoch + 1, "train_loss": loss_sum / max(rows, 1), "train_acc": correct / max(rows, 1),
+            "val_loss": val_metrics["loss"], "val_acc": val_metrics["accuracy"], "val_f1": val_metrics["f1"],
+            "val_roc_auc": val_metrics["roc_auc"],
+        }
+        state["history"].append(record)
+        if accelerator.is_main_process:
+            tqdm.write(format_epoch_line(record))
+        metrics.log({"event": "epoch", **record}, step=step)
+        if is_better(record[hp.best_metric], state["best_value"], hp.best_metric):
+            state.update(best_epoch=epoch + 1, best_value=record[hp.best_metric], bad_epochs=0)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(best_dir)
+            accelerator.wait_for_everyone()
+        else:
+            state["bad_epochs"] += 1
+            patience = hp.early_stopping_patience
+            if patience and state["bad_epochs"] >= patience and epoch + 1 < hp.epochs:
+                state["stopped_early"] = True
+                logger.info(f"early stopping: no {hp.best_metric} improvement for {patience} epoch(s); best epoch {state['best_epoch']}")
+        state["epoch"] += 1
+        state["batch_in_epoch"] = 0
+        if config.checkpoint.every_epoch:
+            save_checkpoint()
+    progress.close()
+    state["wall_time_s"] = time.time() - session_start
+
+    # --- the best epoch's weights, evaluated on the held-out test sets
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if state["best_epoch"] is not None and state["best_epoch"] != len(state["history"]):
+        logger.info(f"restoring the weights of epoch {state['best_epoch']} ({hp.best_metric} {state['best_value']:.4f})")
+        unwrapped.load_state_dict(safe_load_file(str(best_dir / WEIGHTS_NAME), device=str(accelerator.device)))
+    plots_dir = output_dir / "plots"
+    settings = {"max_length": mc.max_length, "truncation": mc.truncation, "head_tokens": mc.head_tokens}
+    evaluation, plots = evaluate_all(
+        model, tokenizer, config.data.eval, settings, accelerator, batch_size=hp.eval_batch_size, seed=hp.seed,
+        plots_dir=plots_dir, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
+    )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(output_dir / "model", tokenizer)
+        from classify.plots import training_curves_png
+
+        curves = training_curves_png(state["history"], output_dir / "metrics.jsonl", plots_dir / "training_curves.png")
+        plots += [curves] if curves else []
+
+    results = {
+        "run_name": config.run_name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": mc.encoder,
+        "dapt": read_dapt_summary(mc.encoder),
+        "hyperparameters": {
+            "encoder_lr": hp.encoder_lr, "head_lr": hp.head_lr, "min_lr": hp.min_lr, "warmup_ratio": hp.warmup_ratio,
+            "schedule": "linear", "epochs": hp.epochs, "batch_size": hp.batch_size, "grad_accum": hp.grad_accum,
+            "weight_decay": hp.weight_decay, "mixed_precision": accelerator.mixed_precision, "max_length": mc.max_length,
+            "truncation": mc.truncation, "head_tokens": mc.head_tokens, "dropout": mc.dropout, "seed": hp.seed,
+            "num_processes": accelerator.num_processes,
+        },
+        "training": {
+            "epochs": state["history"],
+            "best_epoch": state["best_epoch"],
+            "best_metric": hp.best_metric,
+            "best_value": state["best_value"],
+            "stopped_early": state["stopped_early"],
+            "wall_time_s": round(state["wall_time_s"], 2),
+            "train_samples_per_s": round(state["train_samples"] / state["train_time_s"], 2) if state["train_time_s"] else None,
+        },
+        "evaluation": evaluation,
+        "plots": sorted(p.relative_to(output_dir).as_posix() for p in plots),
+    }
+    write_json(accelerator, output_dir / "results.json", results)
+    metrics.log({"event": "final", **{f"{k}_{m}": v[m] for k, v in evaluation.items() for m in ("accuracy", "loss")}}, step=step)
+    if config.push_to_hub and accelerator.is_main_process:
+        from classify.publish import publish_run
+
+        pushed = publish_run(output_dir, config.hub_repo_id, private=config.hub_private)
+        logger.info(f"pushed {config.hub_repo_id} at commit {pushed['commit']}")
+    accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:  # not end_training(): it would destroy the process group
+        tracker.finish()
+    return results
+
+
+def main(argv=None) -> None:
+    config = parse_cli(ClassifyConfig, argv, "Stage 2: train and evaluate the sentiment classifier", default_config=None)
+    try:
+        results = train_classifier(config)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+        logger.error(str(error))
+        raise SystemExit(f"error: {error}") from None
+    for name, block in results["evaluation"].items():
+        print(f"{name}: accuracy {block['accuracy']:.4f}, F1 {block['f1']:.4f}, n {block['n']}")
+    print(f"results: {Path(config.output_dir) / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
