@@ -346,6 +346,8 @@ class EncoderClassifier(nn.Module):
             logger.info("SDPA attention unavailable (%s); using the default attention", error)
             kwargs.pop("attn_implementation")
             encoder = AutoModel.from_pretrained(name_or_path, config=encoder_config, **kwargs)
+        if "add_pooling_layer" in kwargs:
+            logger.info("%s: encoder loaded without its pooler (a [CLS] head does not use it)", name_or_path)
         config = {
             "encoder_config": _encoder_dict_of(encoder.config),
             "classifier_dropout": dropout,
@@ -355,6 +357,11 @@ class EncoderClassifier(nn.Module):
             "base_model": name_or_path,
         }
         return cls(config, encoder=encoder)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision: str | None = None, device=None) -> "EncoderClassifier":
+        """A saved classifier (folder, stage-2 run dir or Hub repo), in eval mode; see load_classifier."""
+        return load_classifier(name_or_path, revision=revision, device=device)[0]
 
     # -- forward ----------------------------------------------------------------------------
     def forward(
@@ -449,27 +456,17 @@ def clean_text(text: str) -> str:
     return _WS.sub(" ", _BR.sub(" ", text)).strip()
 
 
-_SPECIAL_LAYOUT: dict[int, tuple[list[int], list[int]]] = {}
-
-
 def _special_layout(tokenizer) -> tuple[list[int], list[int]]:
     """The special tokens a tokenizer puts before and after one sequence (e.g. [CLS] / [SEP])."""
-    key = id(tokenizer)
-    if key not in _SPECIAL_LAYOUT:
-        for probe in ("a", "the", "hello", "x"):
-            inner = tokenizer(probe, add_special_tokens=False)["input_ids"]
-            outer = tokenizer(probe, add_special_tokens=True)["input_ids"]
-            if not inner:
-                continue
-            for start in range(len(outer) - len(inner) + 1):
-                if outer[start : start + len(inner)] == inner:
-                    _SPECIAL_LAYOUT[key] = (list(outer[:start]), list(outer[start + len(inner) :]))
-                    break
-            if key in _SPECIAL_LAYOUT:
-                break
-        else:
-            raise ValueError("cannot work out where this tokenizer puts its special tokens")
-    return _SPECIAL_LAYOUT[key]
+    for probe in ("a", "the", "hello", "x"):
+        inner = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        outer = tokenizer(probe, add_special_tokens=True)["input_ids"]
+        if not inner:
+            continue
+        for start in range(len(outer) - len(inner) + 1):
+            if outer[start : start + len(inner)] == inner:
+                return list(outer[:start]), list(outer[start + len(inner) :])
+    raise ValueError("cannot work out where this tokenizer puts its special tokens")
 
 
 def _effective_max_length(tokenizer, max_length: int) -> int:
@@ -563,6 +560,9 @@ def _probabilities(reviews, classifier, tokenizer, batch_size, max_length, trunc
     max_length = settings["max_length"] if max_length is None else max_length
     truncation = settings["truncation"] if truncation is None else truncation
     head_tokens = settings["head_tokens"] if head_tokens is None else head_tokens
+    positions = getattr(getattr(getattr(classifier, "encoder", None), "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        max_length = min(int(max_length), positions)  # never index past the position table
     if not texts:
         return torch.zeros((0, len(settings["id2label"]))), single, settings
     encoded = encode_reviews(tokenizer, texts, max_length, truncation, head_tokens)

@@ -312,7 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--dry-run", action="store_true", help="build the folder and list it; upload nothing")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         result = publish_run(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run, folder=args.folder)
     except PublishError as error:
