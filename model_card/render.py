@@ -73,6 +73,12 @@ def hub_base_model(results: dict) -> str | None:
     return None
 
 
+def _dataset_id(block: dict, spec: dict) -> str:
+    """The Hub dataset id of an evaluation block (a local path falls back to the known Hub id)."""
+    dataset = block.get("dataset")
+    return dataset if is_hub_id(dataset) else spec["default_dataset"]
+
+
 def eval_results(results: dict, repo_id: str) -> list[EvalResult]:
     """One :class:`EvalResult` per (evaluation set, metric) present in ``results["evaluation"]``."""
     out = []
@@ -87,7 +93,7 @@ def eval_results(results: dict, repo_id: str) -> list[EvalResult]:
                 EvalResult(
                     task_type="text-classification",
                     task_name="Sentiment Analysis",
-                    dataset_type=block.get("dataset", spec["default_dataset"]),
+                    dataset_type=_dataset_id(block, spec),
                     dataset_name=spec["name"],
                     dataset_split=block.get("split", spec["default_split"]),
                     metric_type=metric_type,
@@ -103,7 +109,7 @@ def card_data(results: dict, repo_id: str) -> ModelCardData:
     for key, spec in EVAL_SETS.items():
         block = (results.get("evaluation") or {}).get(key)
         if block:
-            datasets.append(block.get("dataset", spec["default_dataset"]))
+            datasets.append(_dataset_id(block, spec))
     if "stanfordnlp/imdb" not in datasets:
         datasets.insert(0, "stanfordnlp/imdb")  # the training data, evaluated or not
     tags = ["text-classification", "sentiment-analysis", "movie-reviews", "imdb"]
@@ -172,7 +178,7 @@ def render_card(results: dict, repo_id: str, *, plots: list[str] | None = None) 
         "dapt": results.get("dapt"),
         "training": results.get("training") or {},
         "eval_sets": [
-            {"key": key, "name": spec["name"], **evaluation[key]}
+            {"key": key, "name": spec["name"], **evaluation[key], "dataset": _dataset_id(evaluation[key], spec)}
             for key, spec in EVAL_SETS.items()
             if evaluation.get(key)
         ],

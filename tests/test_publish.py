@@ -222,6 +222,12 @@ def test_card_with_dapt_and_local_base_model(tmp_path):
     results = fake_results(base_model=str(local_encoder))
     card = ModelCard(render_card(results, "bob/plain"))
     assert card.data.base_model is None
+    # An evaluation subset read from a local path: the known Hub dataset id, the subset size shown.
+    local_data = tmp_path / "data" / "imdb"
+    results["evaluation"]["imdb_test"].update(dataset=str(local_data), n=1000, subset_of=25000)
+    text = render_card(results, "bob/plain")
+    assert "| 1,000 of 25,000 |" in text and str(local_data) not in text
+    assert ModelCard(text).data.eval_results[0].dataset_type == "stanfordnlp/imdb"
     # A changed metric changes the model-index (nothing is hard-coded).
     results["evaluation"]["sst2_validation"]["roc_auc"] = 0.5
     parsed = {(e.dataset_type, e.metric_type): e.metric_value for e in ModelCard(render_card(results, "b/p")).data.eval_results}
