@@ -225,7 +225,13 @@ def pretrain(config: PretrainConfig) -> dict:
     eval_collator.set_epoch(EVAL_EPOCH)
     workers = config.impl.dataloader_workers
     loader_kwargs = dict(num_workers=workers, pin_memory=config.impl.pin_memory and torch.cuda.is_available())
-    train_loader = DataLoader(train_blocks, batch_size=config.train.batch_size, shuffle=True, collate_fn=collator, **loader_kwargs)
+    # the loader's own generator: creating an iterator must not draw from the global RNG that
+    # dropout uses, or a resumed run (one extra iterator) would drift from an uninterrupted one
+    loader_generator = torch.Generator().manual_seed(config.train.seed)
+    train_loader = DataLoader(
+        train_blocks, batch_size=config.train.batch_size, shuffle=True, collate_fn=collator,
+        generator=loader_generator, **loader_kwargs,
+    )
     eval_loader = DataLoader(heldout_blocks, batch_size=config.train.eval_batch_size, collate_fn=eval_collator, **loader_kwargs)
 
     model.to(accelerator.device)

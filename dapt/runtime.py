@@ -51,6 +51,8 @@ class ImplConfig:
     cpu: bool = False  # force the CPU even when a GPU is present
 
     def validate(self, prefix: str = "impl") -> None:
+        if self.mixed_precision in ("False", "false", "None", "none", "fp32"):  # YAML reads `no` as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise_config(f"{prefix}.mixed_precision", self.mixed_precision, "one of no, fp16, bf16")
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
@@ -306,7 +308,6 @@ class ThroughputMeter:
         self.tokens = self.samples = 0
         self.elapsed = 0.0
         self._start = time.perf_counter()
-        self._window = (0, 0, self._start)
 
     def update(self, tokens: int, samples: int) -> None:
         now = time.perf_counter()
