@@ -42,6 +42,7 @@ from dapt.runtime import (
     make_accelerator,
     make_optimizer,
     parameter_groups,
+    inner_state_dict,
     raise_config,
     steps_from_budget,
     write_json,
@@ -357,7 +358,7 @@ def pretrain(config: PretrainConfig) -> dict:
     unwrapped = accelerator.unwrap_model(objective).model
     unwrapped.save_pretrained(
         output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-        state_dict={k.removeprefix("model."): v for k, v in accelerator.get_state_dict(objective).items()},
+        state_dict=inner_state_dict(accelerator, objective, "model."),
     )
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)

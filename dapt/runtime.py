@@ -327,6 +327,12 @@ class ThroughputMeter:
         return self.samples / self.elapsed if self.elapsed > 0 else float("nan")
 
 
-def unwrap_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict:
-    """The model's state dict without DDP/compile wrappers (gathered under FSDP)."""
-    return accelerator.get_state_dict(model)
+def inner_state_dict(accelerator: Accelerator, module: torch.nn.Module, prefix: str = "") -> dict:
+    """The state dict of ``module`` (gathered under FSDP) without DDP / ``torch.compile`` wrapper
+    prefixes, and with ``prefix`` (a wrapped submodule's attribute name) stripped."""
+    state = accelerator.get_state_dict(module)
+    clean = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+        clean[key.removeprefix(prefix)] = value
+    return clean

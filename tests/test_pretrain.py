@@ -192,3 +192,17 @@ def test_demo_recipe_lowers_heldout_perplexity_on_imdb(tmp_path, shared_data, st
     assert summary["perplexity_before_random_head"] > 10_000  # a random head over 30k tokens
     assert summary["perplexity_after"] < summary["perplexity_before"]
     assert math.isfinite(summary["perplexity_after"])
+
+
+def test_saved_keys_have_no_wrapper_prefixes(tiny_encoder_dir):
+    """torch.compile (impl.compile=true) and the objective wrapper must not leak into the saved keys."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForMaskedLM
+
+    from dapt.runtime import inner_state_dict
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_encoder_dir)
+    accelerator = Accelerator(cpu=True)
+    wrapped = accelerator.prepare(torch.compile(MaskedLMObjective(model)))
+    keys = set(inner_state_dict(accelerator, wrapped, "model."))
+    assert keys == set(model.state_dict())
