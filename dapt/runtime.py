@@ -111,6 +111,7 @@ def setup_logging(accelerator: Accelerator) -> None:
     import datasets
     import transformers
 
+    transformers.utils.logging.disable_propagation()  # it has its own handler: no double lines
     if accelerator.is_main_process:
         transformers.utils.logging.set_verbosity_warning()
         datasets.utils.logging.set_verbosity_warning()
