@@ -191,7 +191,9 @@ class LengthBucketBatchSampler:
     ``shuffle=True`` (training): a seeded permutation of the rows; with ``group_by_length`` it is
     cut into buckets of ``bucket_batches`` batches, each sorted by length and cut into batches, so a
     batch holds reviews of similar length (little padding); then the order of the batches is
-    shuffled (the short remainder batch stays last, where accelerate's sharding expects it). The
+    shuffled in runs of ``processes`` neighbours (accelerate deals batch ``i`` to process
+    ``i % processes``, so the processes of one step get similar lengths and wait less for each
+    other). The short remainder batch stays last, where accelerate's sharding expects it. The
     result depends only on ``(seed, epoch)``: every process computes the same list and takes its
     share, and a resumed run recomputes it and skips the batches already done.
 
@@ -202,7 +204,7 @@ class LengthBucketBatchSampler:
     drop_last = False
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0,
-                 group_by_length: bool = True, bucket_batches: int = 50):
+                 group_by_length: bool = True, bucket_batches: int = 50, processes: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lengths = list(lengths)
@@ -211,6 +213,7 @@ class LengthBucketBatchSampler:
         self.seed = seed
         self.group_by_length = group_by_length
         self.bucket_batches = max(1, bucket_batches)
+        self.processes = max(1, processes)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -233,7 +236,11 @@ class LengthBucketBatchSampler:
         batches = [order[s : s + size] for s in range(0, n, size)]
         last = [batches.pop()] if batches and len(batches[-1]) < size else []
         if self.group_by_length:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+            step = self.processes
+            runs = [batches[s : s + step] for s in range(0, len(batches), step)]
+            tail = [runs.pop()] if runs and len(runs[-1]) < step else []
+            runs = [runs[i] for i in torch.randperm(len(runs), generator=generator).tolist()] + tail
+            batches = [batch for run in runs for batch in run]
         return batches + last
 
     def __iter__(self):

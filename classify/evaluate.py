@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Optional
 
 if __package__ in (None, ""):  # run as a file: `accelerate launch classify/evaluate.py`
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)  # classify/ itself: its model.py / data.py must not shadow other imports
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np

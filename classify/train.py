@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Dict, Optional
 
 if __package__ in (None, ""):  # run as a file: `accelerate launch classify/train.py`
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)  # classify/ itself: its model.py / data.py must not shadow other imports
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
@@ -192,7 +194,7 @@ def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
 
     sampler = LengthBucketBatchSampler(
         train_data.lengths, config.train.batch_size, shuffle=True, seed=seed,
-        group_by_length=data.group_by_length, bucket_batches=data.bucket_batches,
+        group_by_length=data.group_by_length, bucket_batches=data.bucket_batches, processes=accelerator.num_processes,
     )
     workers = config.impl.dataloader_workers
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -284,7 +286,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
         state = {
             "step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "best_epoch": None, "best_value": None,
             "bad_epochs": 0, "stopped_early": False, "train_sums": [0.0, 0.0, 0.0], "wall_time_s": 0.0,
-            "train_time_s": 0.0, "train_samples": 0,
+            "train_time_s": 0.0, "train_samples": 0, "nonfinite": 0,
         }
         if accelerator.is_main_process:
             shutil.rmtree(best_dir, ignore_errors=True)  # a previous run's
@@ -293,14 +295,15 @@ def train_classifier(config: ClassifyConfig) -> dict:
     logger.info(f"{total_steps} optimizer steps ({len(train_loader)} batches/epoch/process, {warmup_steps} warmup), "
                 f"global batch {hp.batch_size * accelerator.num_processes * hp.grad_accum}")
 
+    # --- training
+    step = state["step"]
+    session_start = time.time() - state["wall_time_s"]
+
     def save_checkpoint():
         state["train_sums"] = accelerator.reduce(sums.clone(), "sum").tolist()
         state["wall_time_s"] = time.time() - session_start
         checkpoints.save(step, state)
 
-    # --- training
-    step = state["step"]
-    session_start = time.time() - state["wall_time_s"]
     running_loss = torch.zeros((), device=accelerator.device)
     running_batches = 0
     progress = tqdm(total=total_steps, initial=step, desc="classifier", disable=not accelerator.is_local_main_process)
@@ -324,7 +327,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
                     max_norm = hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf")
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
                     if accelerator.mixed_precision != "fp16" and not torch.isfinite(grad_norm):
-                        state["nonfinite"] = state.get("nonfinite", 0) + 1  # the fp16 scaler skips these itself
+                        state["nonfinite"] += 1  # the fp16 scaler skips such steps by itself
                         logger.warning(f"step {step + 1}: non-finite gradient norm, update skipped")
                         if state["nonfinite"] > hp.max_nonfinite:
                             raise FloatingPointError(f"{state['nonfinite']} non-finite updates: stopping (lower the LRs?)")
@@ -344,7 +347,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
             progress.update(1)
             if step % hp.log_every == 0 or step == total_steps:
                 mean_loss = accelerator.reduce(running_loss / running_batches, "mean").item()
-                record = {"loss": mean_loss, "epoch": round(epoch + state["batch_in_epoch"] / len(train_loader), 4)}
+                record = {"loss": mean_loss, "grad_norm": float(grad_norm), "epoch": round(epoch + state["batch_in_epoch"] / len(train_loader), 4)}
                 record.update({f"lr_{name}": lr for name, lr in zip(group_names, lrs)})
                 metrics.log(record, step=step)
                 progress.set_postfix(loss=f"{mean_loss:.3f}")
@@ -393,8 +396,11 @@ def train_classifier(config: ClassifyConfig) -> dict:
     # --- the best epoch's weights, evaluated on the held-out test sets
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if state["best_epoch"] is not None and state["best_epoch"] != len(state["history"]):
-        logger.info(f"restoring the weights of epoch {state['best_epoch']} ({hp.best_metric} {state['best_value']:.4f})")
-        unwrapped.load_state_dict(safe_load_file(str(best_dir / WEIGHTS_NAME), device=str(accelerator.device)))
+        if (best_dir / WEIGHTS_NAME).is_file():
+            logger.info(f"restoring the weights of epoch {state['best_epoch']} ({hp.best_metric} {state['best_value']:.4f})")
+            unwrapped.load_state_dict(safe_load_file(str(best_dir / WEIGHTS_NAME)))  # copied onto the device
+        else:
+            logger.warning(f"{best_dir / WEIGHTS_NAME} is missing: keeping the last epoch's weights, not epoch {state['best_epoch']}'s")
     plots_dir = output_dir / "plots"
     settings = {"max_length": mc.max_length, "truncation": mc.truncation, "head_tokens": mc.head_tokens}
     evaluation, plots = evaluate_all(

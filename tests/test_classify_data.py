@@ -145,3 +145,14 @@ def test_review_dataset_and_padding_to_multiple_of_8(tiny_tokenizer):
     assert batch["input_ids"].shape[1] % 8 == 0 and batch["input_ids"].shape[1] >= dataset.lengths[0]
     assert batch["attention_mask"].sum(1).tolist() == dataset.lengths[:2]
     assert batch["labels"].tolist() == [1, 0] and batch["index"].tolist() == [0, 1]
+
+
+def test_bucketed_batches_are_dealt_in_similar_length_runs_per_process():
+    lengths = _lengths(2000)
+    sampler = LengthBucketBatchSampler(lengths, 16, shuffle=True, seed=0, bucket_batches=50, processes=2)
+    batches = sampler.batches()
+    assert sorted(i for b in batches for i in b) == list(range(2000))
+    longest = [max(lengths[i] for i in b) for b in batches]
+    pairs = [abs(longest[i] - longest[i + 1]) for i in range(0, len(longest) - 1, 2)]  # one step's two batches
+    across = [abs(longest[i + 1] - longest[i + 2]) for i in range(0, len(longest) - 2, 2)]
+    assert sum(pairs) < 0.2 * sum(across)

@@ -1,0 +1,96 @@
+"""Two CPU processes (gloo) give exactly the metrics of one; training runs under DDP, twice per process.
+
+The test runs this file as a script under ``torch.distributed.run`` (torchrun); every run asserts
+inside itself how many processes it has. ``accelerate launch --cpu --num_processes 2`` would start
+one process only (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_ROWS, EVAL_BATCH = 43, 4  # 43 rows: not a multiple of 2 processes x 4, and an odd number of batches
+
+
+def _torchrun(nproc: int, *args: str, timeout: int = 240) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), __file__, *args]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+
+@pytest.mark.slow
+def test_two_processes_give_exactly_the_metrics_of_one(tiny_headless_encoder_dir, shared_data, tmp_path):
+    for nproc in (1, 2):
+        _torchrun(nproc, "eval", str(nproc), str(tiny_headless_encoder_dir), str(shared_data), str(tmp_path / f"eval{nproc}.json"))
+    one, two = (json.loads((tmp_path / f"eval{n}.json").read_text()) for n in (1, 2))
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    assert one["metrics"]["n"] == two["metrics"]["n"] == EVAL_ROWS
+    assert two["metrics"] == one["metrics"]  # exactly, not approximately
+    assert two["prob"] == one["prob"] and two["label"] == one["label"]
+
+
+@pytest.mark.slow
+def test_training_under_two_processes(tiny_headless_encoder_dir, shared_data, tmp_path):
+    _torchrun(2, "train", "2", str(tiny_headless_encoder_dir), str(shared_data), str(tmp_path))
+    first = json.loads((tmp_path / "run1" / "results.json").read_text())
+    second = json.loads((tmp_path / "run2" / "results.json").read_text())
+    assert first["hyperparameters"]["num_processes"] == 2 and second["hyperparameters"]["mixed_precision"] == "bf16"
+    assert first["evaluation"]["imdb_test"]["n"] == 40 and second["evaluation"]["sst2_validation"]["n"] == 24
+    assert (tmp_path / "run1" / "model" / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# the script side
+
+
+def _eval_main(expected: int, encoder_dir: str, data_dir: str, out: str) -> None:
+    import torch
+
+    from classify.data import LabelledSetConfig, load_labelled
+    from classify.evaluate import evaluate_set
+    from classify.model import EncoderClassifier
+    from classify.train import fresh_accelerator_state
+    from dapt.runtime import ImplConfig, make_accelerator
+    from transformers import AutoTokenizer
+
+    fresh_accelerator_state()
+    accelerator = make_accelerator(ImplConfig(mixed_precision="no", cpu=True, dataloader_workers=0), Path(out).parent)
+    assert accelerator.num_processes == expected, accelerator.num_processes
+    torch.manual_seed(0)  # the same random head in every process and run
+    classifier = EncoderClassifier.from_encoder(encoder_dir, max_length=64).to(accelerator.device)
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    labelled = load_labelled(LabelledSetConfig(path=f"{data_dir}/imdb", split="test", max_samples=EVAL_ROWS), seed=1)
+    settings = {"max_length": 64, "truncation": "head+tail", "head_tokens": 16}
+    metrics, predictions = evaluate_set(classifier, tokenizer, labelled, settings, accelerator, batch_size=EVAL_BATCH)
+    if accelerator.is_main_process:
+        Path(out).write_text(json.dumps({
+            "num_processes": accelerator.num_processes, "metrics": metrics,
+            "prob": predictions.prob.tolist(), "label": predictions.label.tolist(),
+        }))
+    accelerator.wait_for_everyone()
+
+
+def _train_main(expected: int, encoder_dir: str, data_dir: str, out: str) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_classify_train import tiny_config
+
+    from classify.train import train_classifier
+
+    first = train_classifier(tiny_config(encoder_dir, data_dir, f"{out}/run1", "impl.cpu=true", "checkpoint.every_steps=2"))
+    assert first["hyperparameters"]["num_processes"] == expected
+    second = train_classifier(tiny_config(encoder_dir, data_dir, f"{out}/run2", "impl.cpu=true", 'impl.mixed_precision="bf16"', "train.epochs=1"))
+    assert second["hyperparameters"]["num_processes"] == expected
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    mode, expected, *rest = sys.argv[1:]
+    {"eval": _eval_main, "train": _train_main}[mode](int(expected), *rest)
