@@ -393,31 +393,36 @@ def flops_params(shape: dict, mlm: bool) -> dict:
 
 
 class StepTimer:
-    """Timestamps at the end of every optimizer step (after a device sync) and the non-pad token
-    counts of every step's batch. The rate covers steps ``warmup .. end``: from the end of the last
-    warm-up step to the end of the last step, data loading included."""
+    """Timestamps at the end of every optimizer step and the non-pad token counts of every step's
+    batch. The rate covers steps ``warmup .. end``: from the end of the last warm-up step to the end
+    of the last step, data loading included. The device is synchronized only at those two points,
+    so neither side is slowed down by a host sync per step; the other timestamps are host times."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, warmup: int, total: int):
         self.device = device
+        self.sync_at = {warmup, total}  # 1-based step numbers whose end is synchronized
         self.ends: list[float] = []
-        self.counts: list[Any] = []  # per step: tensor [tokens, sum of squared lengths, rows, padded, masked]
+        self.counts: list[tuple] = []  # per step: (tensor [tokens, sum of squared lengths, masked], rows, padded)
 
     def count(self, attention_mask: torch.Tensor, labels: Optional[torch.Tensor] = None, mlm: bool = False) -> None:
+        """Kernels only (no tensor built from a Python number, which would wait for the device)."""
         lengths = attention_mask.sum(dim=1).long()
         masked = (labels != -100).sum() if mlm and labels is not None else lengths.new_zeros(())
-        self.counts.append(torch.stack([lengths.sum(), (lengths * lengths).sum(), lengths.new_tensor(len(lengths)),
-                                        lengths.new_tensor(attention_mask.numel()), masked.long()]))
+        self.counts.append((torch.stack([lengths.sum(), (lengths * lengths).sum(), masked.long()]),
+                            attention_mask.shape[0], attention_mask.numel()))
 
     def step_end(self) -> None:
-        sync(self.device)
+        if len(self.ends) + 1 in self.sync_at:
+            sync(self.device)
         self.ends.append(time.perf_counter())
 
     def result(self, warmup: int, params: dict, peak_tflops: Optional[float], masked_only: bool = False) -> dict:
         steps = len(self.ends)
         if steps <= warmup or len(self.counts) != steps:
             raise RuntimeError(f"timer saw {steps} steps and {len(self.counts)} batches; need more than {warmup} steps")
-        counts = torch.stack([c.detach().cpu() for c in self.counts]).double()[warmup:].sum(dim=0).tolist()
-        tokens, squares, rows, padded, masked = counts
+        measured = self.counts[warmup:]
+        tokens, squares, masked = torch.stack([c[0].detach().cpu() for c in measured]).double().sum(dim=0).tolist()
+        rows, padded = sum(c[1] for c in measured), sum(c[2] for c in measured)
         seconds = self.ends[-1] - self.ends[warmup - 1]
         model_flops = 6 * params["total"] * tokens + 12 * params["layers"] * params["hidden"] * squares
         executed = model_flops
@@ -486,7 +491,7 @@ def run_trainer(args, model, dataset, collator, tokenizer, batch_size: int, para
     from transformers.trainer_callback import PrinterCallback
 
     TimingCallback, CountingTrainer = make_trainer_classes()
-    timer = StepTimer(args.device)
+    timer = StepTimer(args.device, args.warmup, args.warmup + args.steps)
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = CountingTrainer(model=model, args=training_arguments(args, batch_size, output_dir),
                                   train_dataset=dataset, data_collator=collator, callbacks=[TimingCallback(timer)])
@@ -532,7 +537,7 @@ def project_step(args, model_call, parameters, optimizer, scheduler, batch: dict
 def run_project(args, model_call, parameters, optimizer, scheduler, loader, loss_of, params, mlm: bool,
                 masked_only: bool = False, on_epoch=None) -> dict:
     device = torch.device(args.device)
-    timer = StepTimer(args.device)
+    timer = StepTimer(args.device, args.warmup, args.warmup + args.steps)
     batches = cycle(loader, on_epoch)
     non_blocking = args.device == "cuda"
     for _ in range(args.warmup + args.steps):

@@ -122,7 +122,7 @@ def test_infer_stage(smoke_report):
 def test_timer_arithmetic():
     """Rates cover the steps after warm-up, from the end of the last warm-up step; model FLOPs
     follow the documented formula; executed FLOPs drop the head at unmasked tokens."""
-    timer = bench.StepTimer("cpu")
+    timer = bench.StepTimer("cpu", warmup=1, total=3)
     mask = torch.ones(2, 4, dtype=torch.long)
     labels = torch.full((2, 4), -100)
     labels[0, 1] = 7
