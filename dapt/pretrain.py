@@ -281,7 +281,7 @@ def pretrain(config: PretrainConfig) -> dict:
     meter = ThroughputMeter(warmup=1)
     running_loss = torch.zeros((), device=accelerator.device)
     running_batches = 0
-    local_tokens = 0
+    local_tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # no host sync per step
     out_of_time = False
     progress = tqdm(total=total_steps, initial=step, desc="DAPT", disable=not accelerator.is_local_main_process)
     objective.train()
@@ -311,7 +311,7 @@ def pretrain(config: PretrainConfig) -> dict:
             state["batch_in_epoch"] += 1
             running_loss += loss.detach().float()
             running_batches += 1
-            local_tokens += int(batch["attention_mask"].sum())
+            local_tokens += batch["attention_mask"].sum()
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -319,7 +319,7 @@ def pretrain(config: PretrainConfig) -> dict:
             progress.update(1)
 
             if step % config.train.log_every == 0 or step == total_steps:
-                tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
+                tokens = int(accelerator.reduce(local_tokens, "sum"))
                 mean_loss = accelerator.reduce(running_loss / running_batches, "mean").item()
                 state["tokens_seen"] += tokens
                 meter.update(tokens, 0)
@@ -329,7 +329,8 @@ def pretrain(config: PretrainConfig) -> dict:
                 metrics.log(record, step=step)
                 progress.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{record['lr']:.2e}")
                 running_loss.zero_()
-                running_batches, local_tokens = 0, 0
+                running_batches = 0
+                local_tokens.zero_()
                 if budget_s:
                     over = torch.tensor(float(time.time() - session_start > budget_s), device=accelerator.device)
                     out_of_time = bool(accelerator.reduce(over, "max").item())
@@ -348,8 +349,7 @@ def pretrain(config: PretrainConfig) -> dict:
     progress.close()
     if out_of_time:
         logger.warning(f"wall-clock budget of {config.train.time_budget_minutes} min reached at step {step}/{total_steps}")
-    if local_tokens:
-        state["tokens_seen"] += int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
+    state["tokens_seen"] += int(accelerator.reduce(local_tokens, "sum"))
 
     # --- the result
     after = evaluate(objective, eval_loader, accelerator)

@@ -86,7 +86,11 @@ def make_accelerator(
     cpu = impl.cpu or not torch.cuda.is_available()
     mixed_precision = impl.mixed_precision
     if cpu and mixed_precision == "fp16":
-        logger.warning("fp16 autocast is not supported on the CPU; running in fp32 (use bf16 or no)")
+        logging.getLogger(__name__).warning("fp16 autocast is not supported on the CPU; running in fp32 (use bf16 or no)")
+        mixed_precision = "no"
+    if cpu and mixed_precision == "bf16" and not _cpu_has_native_bf16():
+        # emulated bf16 measured 3-4x slower than fp32 on such CPUs (scripts/bench.py)
+        logging.getLogger(__name__).warning("this CPU has no native bf16: running in fp32 (impl.mixed_precision=no)")
         mixed_precision = "no"
     accelerator = Accelerator(
         cpu=cpu,
@@ -102,6 +106,13 @@ def make_accelerator(
         torch.backends.cudnn.allow_tf32 = True
     setup_logging(accelerator)
     return accelerator
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def setup_logging(accelerator: Accelerator) -> None:
