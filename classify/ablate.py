@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 if __package__ in (None, ""):  # run as a file: `accelerate launch classify/ablate.py`
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)  # classify/ itself: its model.py / data.py / evaluate.py must not shadow other imports
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
@@ -286,6 +288,7 @@ class RunPlan:
     encoder: str
     stage1: Optional[str]
     reuse: bool
+    fresh: bool = False  # start from scratch even if checkpoints exist (a redo, or a new stage-1 encoder)
 
 
 def stage1_finished(directory: Path) -> bool:
@@ -362,6 +365,9 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
             loaded.output_dir = str(run_dir)
             loaded.run_name = f"ablate-{arm.name}-seed{seed}"
             loaded.push_to_hub = False
+            # an interrupted run continues from its last checkpoint (checkpoint.every_epoch in the
+            # GPU configs); checkpoints of a run with other settings are deleted before it starts
+            loaded.checkpoint.resume = loaded.checkpoint.resume or "latest"
             loaded.validate()
             finished = (run_dir / "results.json").is_file() and (run_dir / "model" / "config.json").is_file()
             reuse = config.reuse_runs and finished and _same_yaml(run_dir, loaded)
@@ -369,7 +375,8 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
                 summary = stage1[stage].output_dir / "dapt_summary.json"
                 reuse = stage1[stage].reuse and (
                     json.loads((run_dir / "results.json").read_text()).get("dapt") == json.loads(summary.read_text()))
-            runs.append(RunPlan(arm, seed, loaded, run_dir, encoder, stage, reuse))
+            fresh = not reuse and (finished or (stage is not None and not stage1[stage].reuse))
+            runs.append(RunPlan(arm, seed, loaded, run_dir, encoder, stage, reuse, fresh))
     return base, stage1, runs
 
 
@@ -498,8 +505,13 @@ def execute(run: RunPlan, keep_checkpoints: bool) -> tuple[dict, dict]:
         predictions = load_predictions(run.output_dir, names)
     else:
         logger.info(f"== {run.arm.name} seed {run.seed}: encoder {run.encoder} -> {run.output_dir}")
+        from accelerate.state import PartialState
+
         if _is_main_process():  # a previous run's predictions must not pass for this one's
             shutil.rmtree(run.output_dir / PREDICTIONS_DIR, ignore_errors=True)
+            if run.fresh or (run.output_dir / "config.yaml").is_file() and not _same_yaml(run.output_dir, run.config):
+                shutil.rmtree(run.output_dir / "checkpoints", ignore_errors=True)  # not this run's to resume from
+        PartialState().wait_for_everyone()
         results = train_classifier(run.config)
         _release_memory()
         predictions = load_predictions(run.output_dir, names)  # present if stage 2 saved them itself

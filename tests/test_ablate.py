@@ -188,6 +188,7 @@ def test_arms_differ_only_in_encoder_and_their_own_overrides(tmp_path, tiny_head
         assert {k: v for k, v in plain["model"].items() if k != "encoder"} == {k: v for k, v in dapt["model"].items() if k != "encoder"}
         assert head_tail["model"]["truncation"] == "head+tail" and dapt["model"]["truncation"] == "head"
         assert plain["output_dir"] == str(tmp_path / "runs" / "plain" / f"seed_{seed}") and not plain["push_to_hub"]
+        assert plain["checkpoint"] == dapt["checkpoint"] and plain["checkpoint"]["resume"] == "latest"
 
 
 def test_an_arm_with_its_own_stage1_overrides_gets_its_own_stage1_run(tmp_path, tiny_headless_encoder_dir, shared_data):
@@ -337,6 +338,7 @@ def test_a_second_invocation_reuses_every_finished_run(ablation, tiny_headless_e
         summary_path.write_text(json.dumps({**json.loads(original), "steps": 99}))
         _, stage1, runs = plan(load_config(AblationConfig, DEMO, tiny_overrides(tiny_headless_encoder_dir, shared_data, out)))
         assert stage1["dapt"].reuse and {(r.arm.name, r.reuse) for r in runs} == {("plain", True), ("dapt", False), ("dapt-head+tail", False)}
+        assert all(r.fresh for r in runs if not r.reuse)  # redone from scratch, never resumed from the old encoder's checkpoints
     finally:
         summary_path.write_text(original)
     changed = tiny_overrides(tiny_headless_encoder_dir, shared_data, out, "arms.0.overrides=[model.truncation=head,train.epochs=3]")
