@@ -7,8 +7,9 @@
 * :func:`stratified_split` / :func:`stratified_subset` - seeded, class-balanced index splits.
 * :class:`ReviewDataset` - token ids from :func:`classify.model.encode_reviews` (the tokenization
   inference uses, text cleaning included), so training and serving see the same inputs.
-* :class:`LengthBucketBatchSampler` - batches of similar length in shuffled order, a pure function
-  of ``(seed, epoch)``; accelerate shards its batches across processes and skips into it on resume.
+* :class:`LengthBucketBatchSampler` - batches of similar length in shuffled order (optionally with
+  the classes balanced in every batch), a pure function of ``(seed, epoch)``; accelerate shards its
+  batches across processes and skips into it on resume.
 * :func:`collate` - dynamic padding to a multiple of 8.
 """
 
@@ -197,6 +198,10 @@ class LengthBucketBatchSampler:
     result depends only on ``(seed, epoch)``: every process computes the same list and takes its
     share, and a resumed run recomputes it and skips the batches already done.
 
+    With ``labels`` (training), every batch also holds the classes in the proportion of its bucket
+    (stratified batches): with small batches, a batch of mostly one class pushes the head's
+    decision threshold around, which costs accuracy when a short run ends on such a swing.
+
     ``shuffle=False`` (evaluation): rows sorted by length (longest first) when grouping, else in
     order. The batches do not depend on the number of processes, so neither do the predictions.
     """
@@ -204,7 +209,8 @@ class LengthBucketBatchSampler:
     drop_last = False
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0,
-                 group_by_length: bool = True, bucket_batches: int = 50, processes: int = 1):
+                 group_by_length: bool = True, bucket_batches: int = 50, processes: int = 1,
+                 labels: Optional[Sequence[int]] = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lengths = list(lengths)
@@ -214,6 +220,7 @@ class LengthBucketBatchSampler:
         self.group_by_length = group_by_length
         self.bucket_batches = max(1, bucket_batches)
         self.processes = max(1, processes)
+        self.labels = None if labels is None else list(labels)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -232,7 +239,9 @@ class LengthBucketBatchSampler:
         order = torch.randperm(n, generator=generator).tolist()
         if self.group_by_length:
             span = size * self.bucket_batches
-            order = [i for s in range(0, n, span) for i in sorted(order[s : s + span], key=by_length)]
+            order = [i for s in range(0, n, span) for i in self._arrange(order[s : s + span], by_length)]
+        elif self.labels is not None:
+            order = self._arrange(order, None)
         batches = [order[s : s + size] for s in range(0, n, size)]
         last = [batches.pop()] if batches and len(batches[-1]) < size else []
         if self.group_by_length:
@@ -242,6 +251,20 @@ class LengthBucketBatchSampler:
             runs = [runs[i] for i in torch.randperm(len(runs), generator=generator).tolist()] + tail
             batches = [batch for run in runs for batch in run]
         return batches + last
+
+    def _arrange(self, rows: list[int], key) -> list[int]:
+        """``rows`` sorted by ``key`` (if any); with labels, the classes interleaved so that any
+        ``batch_size`` consecutive rows hold them in the proportion of ``rows`` - each row goes to
+        its quantile within its class, so lengths stay sorted within each class."""
+        if self.labels is None:
+            return sorted(rows, key=key)
+        position = {}
+        for label in sorted({self.labels[i] for i in rows}):
+            members = [i for i in rows if self.labels[i] == label]
+            if key is not None:
+                members.sort(key=key)
+            position.update({i: ((rank + 0.5) / len(members), label) for rank, i in enumerate(members)})
+        return sorted(rows, key=position.__getitem__)
 
     def __iter__(self):
         return iter(self.batches())

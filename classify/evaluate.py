@@ -6,7 +6,8 @@
 ``--model`` is a stage-2 output directory, its ``model/`` folder, or a Hub repository. The
 evaluation sets, batch size and runtime come from the (stage-2) config; tokenization follows the
 classifier's own stored settings (max length, truncation), exactly as at inference. Writes
-``results.json`` and ``plots/`` to ``--output-dir`` (default ``runs/eval/<model name>``), so a
+``results.json``, ``plots/`` and ``predictions/NAME.npz`` (per-row P(positive), prediction, label,
+loss) to ``--output-dir`` (default ``runs/eval/<model name>``), so a
 classifier on a plain encoder and one on a DAPT encoder can be compared on the same data.
 
 Under several processes every process predicts its share of the batches; the predictions are
@@ -89,9 +90,9 @@ def predict(model, loader, accelerator) -> Predictions:
         losses = F.cross_entropy(logits, batch["labels"], reduction="none")
         probs = torch.softmax(logits, dim=-1)[:, 1]
         rows = (batch["index"], probs, logits.argmax(dim=-1), batch["labels"], losses)
-        parts.append([t.cpu() for t in accelerator.gather_for_metrics(rows)])
+        parts.append(accelerator.gather_for_metrics(rows))  # kept on the device: no sync per batch
     model.train(was_training)
-    index, prob, pred, label, loss = (torch.cat(column).numpy() for column in zip(*parts))
+    index, prob, pred, label, loss = (torch.cat(column).cpu().numpy() for column in zip(*parts))
     expected = len(loader.dataset)
     order = np.argsort(index, kind="stable")
     if len(index) != expected or not np.array_equal(index[order], np.arange(expected)):
@@ -126,9 +127,18 @@ def plot_set(name: str, predictions: Predictions, plots_dir: Path, title: str) -
     return made + ([roc] if roc else [])
 
 
+def save_predictions(predictions: Predictions, path: Path) -> Path:
+    """Per-row arrays (``prob``, ``pred``, ``label``, ``loss``) in dataset order, for paired
+    comparisons between runs (the ablation's bootstrap)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, prob=predictions.prob, pred=predictions.pred, label=predictions.label, loss=predictions.loss)
+    return path
+
+
 def evaluate_all(model, tokenizer, eval_sets: dict, settings: dict, accelerator, *, batch_size: int, seed: int,
-                 plots_dir: Optional[Path], group_by_length: bool = True, workers: int = 0) -> tuple[dict, list[Path]]:
-    """Every configured evaluation set -> (``evaluation`` block of results.json, plot paths)."""
+                 output_dir: Optional[Path], group_by_length: bool = True, workers: int = 0) -> tuple[dict, list[Path]]:
+    """Every configured evaluation set -> (``evaluation`` block of results.json, plot paths).
+    With ``output_dir``: ``plots/`` and ``predictions/NAME.npz`` go there."""
     evaluation, plots = {}, []
     for name, set_config in eval_sets.items():
         if set_config is None:
@@ -143,8 +153,9 @@ def evaluate_all(model, tokenizer, eval_sets: dict, settings: dict, accelerator,
             f"ROC AUC {metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}, "
             f"loss {metrics['loss']:.4f} [{time.time() - started:.0f} s]"
         )
-        if plots_dir is not None and accelerator.is_main_process:
-            plots += plot_set(name, predictions, plots_dir, name.replace("_", " "))
+        if output_dir is not None and accelerator.is_main_process:
+            save_predictions(predictions, Path(output_dir) / "predictions" / f"{name}.npz")
+            plots += plot_set(name, predictions, Path(output_dir) / "plots", name.replace("_", " "))
     return evaluation, plots
 
 
@@ -173,7 +184,7 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
                 f"on {accelerator.num_processes} process(es)")
     evaluation, plots = evaluate_all(
         model, tokenizer, config.data.eval, settings, accelerator, batch_size=config.train.eval_batch_size,
-        seed=config.train.seed, plots_dir=output_dir / "plots", group_by_length=config.data.group_by_length,
+        seed=config.train.seed, output_dir=output_dir, group_by_length=config.data.group_by_length,
         workers=config.impl.dataloader_workers,
     )
     base_model = classifier.config_dict.get("base_model")

@@ -98,6 +98,7 @@ class DataConfig:
     eval: Dict[str, Optional[LabelledSetConfig]] = field(default_factory=_eval_sets)  # results.json key -> set; null drops it
     group_by_length: bool = True  # length-bucketed batches in shuffled order (less padding)
     bucket_batches: int = 50  # batches per length bucket
+    balance_labels: bool = False  # every training batch holds the classes in the data's proportion
 
 
 @dataclass
@@ -195,6 +196,7 @@ def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
     sampler = LengthBucketBatchSampler(
         train_data.lengths, config.train.batch_size, shuffle=True, seed=seed,
         group_by_length=data.group_by_length, bucket_batches=data.bucket_batches, processes=accelerator.num_processes,
+        labels=train.labels if data.balance_labels else None,
     )
     workers = config.impl.dataloader_workers
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -241,6 +243,18 @@ def read_dapt_summary(encoder: str) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def check_encoder(name_or_path: str) -> None:
+    """A local encoder folder must hold a finished model; say so before transformers guesses."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if not looks_local:
+        return  # a Hub id such as distilbert/distilbert-base-uncased
+    if not path.is_dir():
+        raise FileNotFoundError(f"model.encoder: {name_or_path} not found (run stage 1 first, or set model.encoder)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.encoder: {name_or_path} has no config.json: not a finished stage-1 output or encoder folder")
+
+
 def train_classifier(config: ClassifyConfig) -> dict:
     """Run stage 2 as configured; returns the results also written to ``results.json``."""
     output_dir = Path(config.output_dir)
@@ -253,6 +267,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     hp, mc = config.train, config.model
 
     # --- model and data
+    check_encoder(mc.encoder)
     tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
     model = EncoderClassifier.from_encoder(
         mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation,
@@ -405,7 +420,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     settings = {"max_length": mc.max_length, "truncation": mc.truncation, "head_tokens": mc.head_tokens}
     evaluation, plots = evaluate_all(
         model, tokenizer, config.data.eval, settings, accelerator, batch_size=hp.eval_batch_size, seed=hp.seed,
-        plots_dir=plots_dir, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
+        output_dir=output_dir, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

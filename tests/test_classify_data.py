@@ -156,3 +156,24 @@ def test_bucketed_batches_are_dealt_in_similar_length_runs_per_process():
     pairs = [abs(longest[i] - longest[i + 1]) for i in range(0, len(longest) - 1, 2)]  # one step's two batches
     across = [abs(longest[i + 1] - longest[i + 2]) for i in range(0, len(longest) - 2, 2)]
     assert sum(pairs) < 0.2 * sum(across)
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_balanced_batches_hold_the_classes_in_proportion(group_by_length):
+    lengths = _lengths(1000, seed=3)
+    labels = [int(i % 4 == 0) for i in range(1000)]  # 25 % positive
+    sampler = LengthBucketBatchSampler(lengths, 16, shuffle=True, seed=1, bucket_batches=10,
+                                       group_by_length=group_by_length, labels=labels)
+    batches = sampler.batches()
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    # 16 x 25 % = 4 positives, +-1 where a bucket's share differs from the data's
+    assert {sum(labels[i] for i in b) for b in batches[:-1]} <= {3, 4, 5}
+    unbalanced = LengthBucketBatchSampler(lengths, 16, shuffle=True, seed=1, bucket_batches=10, group_by_length=group_by_length)
+    counts = {sum(labels[i] for i in b) for b in unbalanced.batches()[:-1]}
+    assert min(counts) <= 1 and max(counts) >= 7
+    if group_by_length:  # still length-bucketed: far less padding than random batches
+        plain = LengthBucketBatchSampler(lengths, 16, shuffle=True, seed=1, group_by_length=False, labels=labels).batches()
+        padded = lambda bs: sum(max(lengths[i] for i in b) * len(b) for b in bs)  # noqa: E731
+        assert padded(batches) < 0.8 * padded(plain)
+    sampler.set_epoch(1)
+    assert sampler.batches() != batches

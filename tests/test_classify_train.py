@@ -67,6 +67,13 @@ def test_outputs_and_results_schema(baseline_run):
         "plots/roc_imdb_test.png", "plots/roc_sst2_validation.png", "plots/training_curves.png",
     ]
     assert all((out / p).stat().st_size > 1000 for p in results["plots"])
+    import numpy as np
+
+    for name, block in results["evaluation"].items():  # per-row predictions for paired comparisons
+        with np.load(out / "predictions" / f"{name}.npz") as saved:
+            assert len(saved["label"]) == block["n"]
+            assert np.mean(saved["pred"] == saved["label"]) == pytest.approx(block["accuracy"], abs=1e-12)
+            assert np.mean(saved["loss"]) == pytest.approx(block["loss"], rel=1e-12)
     from classify.model import load_classifier
 
     classifier, _ = load_classifier(out)  # the stage-2 dir loads as a classifier
@@ -208,3 +215,11 @@ def test_configs_load_and_override(tmp_path):
         load_config(ClassifyConfig, None, ["train.best_metric=accuracy"])
     dropped = load_config(ClassifyConfig, None, ["data.eval.sst2_validation=null"])
     assert dropped.data.eval["sst2_validation"] is None
+
+
+def test_missing_or_unfinished_encoder_is_a_clear_error(tmp_path, shared_data):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("interrupted stage 1\n")
+    for encoder, message in ((tmp_path / "nope", "not found"), (tmp_path / "half", "no config.json")):
+        with pytest.raises(FileNotFoundError, match=message):
+            train_classifier(tiny_config(encoder, shared_data, tmp_path / "out"))
