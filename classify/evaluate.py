@@ -170,11 +170,9 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     from accelerate.utils import set_seed
 
     from classify.model import load_classifier
-    from classify.train import fresh_accelerator_state
     from dapt.runtime import make_accelerator, write_json
 
     output_dir = Path(output_dir)
-    fresh_accelerator_state()
     accelerator = make_accelerator(config.impl, output_dir)
     set_seed(config.train.seed)
     classifier, tokenizer = load_classifier(model_name_or_path, revision=revision)

@@ -44,7 +44,7 @@ def roc_curve_png(labels: Sequence[int], scores: Sequence[float], path: str | Pa
 
 
 def training_curves_png(history: list[dict], metrics_path: str | Path | None, path: str | Path) -> Path | None:
-    """Loss (per logged step and per epoch, train and validation) and accuracy per epoch."""
+    """Training loss per logged step; loss and accuracy per epoch, training vs validation."""
     if not history:
         return None
     steps, losses = [], []
@@ -55,24 +55,15 @@ def training_curves_png(history: list[dict], metrics_path: str | Path | None, pa
                 steps.append(record["step"])
                 losses.append(record["loss"])
     epochs = [h["epoch"] for h in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    if steps:
-        twin = left.twiny()
-        twin.plot(steps, losses, color="0.75", linewidth=0.8, label="train loss (logged steps)")
-        twin.set_xlabel("optimizer step", color="0.5")
-        twin.tick_params(axis="x", colors="0.5")
-    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    left.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
-    left.set_xlabel("epoch")
-    left.set_ylabel("cross-entropy loss")
-    left.legend()
-    left.set_zorder(twin.get_zorder() + 1 if steps else 0)
-    left.patch.set_visible(False)
-    right.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    right.plot(epochs, [h["val_acc"] for h in history], "s-", label="validation")
-    right.set_xlabel("epoch")
-    right.set_ylabel("accuracy")
-    right.legend()
-    for axes in (left, right):
+    figure, (by_step, loss, accuracy) = plt.subplots(1, 3, figsize=(12, 3.6))
+    by_step.plot(steps, losses, color="tab:blue", linewidth=1)
+    by_step.set_xlabel("optimizer step")
+    by_step.set_ylabel("training loss (logged mean)")
+    for axes, key, label in ((loss, "loss", "cross-entropy loss"), (accuracy, "acc", "accuracy")):
+        axes.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        axes.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(label)
         axes.set_xticks(epochs)
+        axes.legend()
     return _save(figure, Path(path))

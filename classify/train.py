@@ -63,6 +63,7 @@ from dapt.runtime import (
     make_optimizer,
     parameter_groups,
     raise_config,
+    reset_accelerator_state,
     steps_from_budget,
     write_json,
 )
@@ -165,14 +166,8 @@ class ClassifyConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def fresh_accelerator_state() -> None:
-    """Forget the previous run's ``AcceleratorState`` and ``GradientState`` (mixed precision and
-    gradient accumulation are fixed per state) but keep ``PartialState`` - the process group - so
-    that several runs can follow each other in one process, distributed or not."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+# make_accelerator() resets accelerate's per-run state itself; the old name stays for callers
+fresh_accelerator_state = reset_accelerator_state
 
 
 def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
@@ -258,7 +253,7 @@ def check_encoder(name_or_path: str) -> None:
 def train_classifier(config: ClassifyConfig) -> dict:
     """Run stage 2 as configured; returns the results also written to ``results.json``."""
     output_dir = Path(config.output_dir)
-    fresh_accelerator_state()
+    # make_accelerator starts a fresh AcceleratorState: repeated runs in one process work
     accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
     if config.tensorboard:
         accelerator.init_trackers(config.run_name)
@@ -462,8 +457,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
         pushed = publish_run(output_dir, config.hub_repo_id, private=config.hub_private)
         logger.info(f"pushed {config.hub_repo_id} at commit {pushed['commit']}")
     accelerator.wait_for_everyone()
-    for tracker in accelerator.trackers:  # not end_training(): it would destroy the process group
-        tracker.finish()
+    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group that a
+        tracker.finish()  # following run in the same processes (dapt-ablate) still needs
     return results
 
 

@@ -57,11 +57,9 @@ def _eval_main(expected: int, encoder_dir: str, data_dir: str, out: str) -> None
     from classify.data import LabelledSetConfig, load_labelled
     from classify.evaluate import evaluate_set
     from classify.model import EncoderClassifier
-    from classify.train import fresh_accelerator_state
     from dapt.runtime import ImplConfig, make_accelerator
     from transformers import AutoTokenizer
 
-    fresh_accelerator_state()
     accelerator = make_accelerator(ImplConfig(mixed_precision="no", cpu=True, dataloader_workers=0), Path(out).parent)
     assert accelerator.num_processes == expected, accelerator.num_processes
     torch.manual_seed(0)  # the same random head in every process and run
