@@ -53,6 +53,7 @@ if __package__ in (None, ""):  # run as a file: `accelerate launch classify/abla
 import numpy as np
 from omegaconf import MISSING
 
+from classify.plots import save_figure
 from dapt.config import ConfigError, load_config, parse_cli, to_dict, to_yaml
 from dapt.runtime import logger, raise_config
 
@@ -728,7 +729,7 @@ def bar_chart_png(report: dict, path: Path) -> Path:
         axis.set_title(f"{ds} (mean ± std, {len(report['config']['seeds'])} seeds)", fontsize=10)
         axis.grid(axis="y", alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper right", ncol=min(len(arms), 3))
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 def convergence_png(report: dict, path: Path) -> Path:
@@ -752,17 +753,7 @@ def convergence_png(report: dict, path: Path) -> Path:
     axis.set_title("Validation accuracy per epoch (mean ± std over seeds)", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    return _save_figure(figure, path)
-
-
-def _save_figure(figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------------------------

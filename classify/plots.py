@@ -17,7 +17,8 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, confusion_m
 LABELS = ("Negative", "Positive")
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
+    """Lay out, write as PNG (110 dpi) and close ``figure``; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -30,7 +31,7 @@ def confusion_matrix_png(labels: Sequence[int], predictions: Sequence[int], path
     figure, axes = plt.subplots(figsize=(4.2, 3.8))
     ConfusionMatrixDisplay(matrix, display_labels=LABELS).plot(ax=axes, cmap="Blues", colorbar=False, values_format="d")
     axes.set_title(title)
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 def roc_curve_png(labels: Sequence[int], scores: Sequence[float], path: str | Path, title: str) -> Path | None:
@@ -40,7 +41,7 @@ def roc_curve_png(labels: Sequence[int], scores: Sequence[float], path: str | Pa
     figure, axes = plt.subplots(figsize=(4.2, 4.0))
     RocCurveDisplay.from_predictions(labels, scores, ax=axes, name="classifier", plot_chance_level=True)
     axes.set_title(title)
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 def training_curves_png(history: list[dict], metrics_path: str | Path | None, path: str | Path) -> Path | None:
@@ -66,4 +67,4 @@ def training_curves_png(history: list[dict], metrics_path: str | Path | None, pa
         axes.set_ylabel(label)
         axes.set_xticks(epochs)
         axes.legend()
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))

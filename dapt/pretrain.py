@@ -178,12 +178,12 @@ def warm_up_head(objective, loader, collator, accelerator, config: PretrainConfi
     """Train only the MLM head (encoder frozen, no encoder backward) for a fresh head to become an
     honest "before" baseline. Gradients are averaged across processes by hand: the encoder's
     parameters get none, which DDP would not allow."""
-    model = accelerator.unwrap_model(objective).model
+    inner = accelerator.unwrap_model(objective)
+    model = inner.model
     params = head_parameters(model)
     optimizer = make_optimizer(parameter_groups([(str(i), p) for i, p in enumerate(params)], config.train.head_warmup_lr, 0.0))
     steps = config.train.head_warmup_steps
     schedule = linear_warmup_decay(optimizer, warmup_steps=max(1, steps // 10), total_steps=steps)
-    inner = accelerator.unwrap_model(objective)
     progress = tqdm(total=steps, desc="head warm-up", disable=not accelerator.is_local_main_process)
     done, epoch = 0, 0
     while done < steps:
