@@ -2,7 +2,7 @@
 # The whole pipeline, offline, on a CPU: DAPT (stage 1) -> classifier (stage 2) -> evaluation on
 # IMDb test and SST-2 validation -> a publishable Hub folder (dry run) -> predictions from it.
 #
-#   bash scripts/demo.sh                   # the demo budget: about 15 minutes on 2 CPU cores
+#   bash scripts/demo.sh                   # the demo budget: about 7 minutes on 2 CPU cores (+2 to set up .venv)
 #   DEMO_BUDGET=ci bash scripts/demo.sh    # the same steps on a tiny budget (a few minutes)
 #
 # Data: $DAPT_DATA_DIR, else ../shared/data, else the Hugging Face Hub (stanfordnlp/imdb, sst2).
