@@ -1,7 +1,7 @@
-"""The DAPT ablation (classify/ablate.py): statistics on known inputs, the plan (identical data,
-hyperparameters and seeds across arms), and the whole command end to end on a tiny budget - stage 1,
-then several stage-2 runs in one process, then ablation.json / .md / .png - once in one process
-and once under two (gloo) processes."""
+"""The DAPT ablation (classify/ablate.py and its classify/ablation_*.py modules): statistics on
+known inputs, the plan (identical data, hyperparameters and seeds across arms), and the whole
+command end to end on a tiny budget - stage 1, then several stage-2 runs in one process, then
+ablation.json / .md / .png - once in one process and once under two (gloo) processes."""
 
 from __future__ import annotations
 
@@ -17,16 +17,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from classify.ablate import (
-    AblationConfig,
+from classify.ablate import AblationConfig, run_ablation
+from classify.ablation_report import markdown_report
+from classify.ablation_runs import plan
+from classify.ablation_stats import (
     bootstrap_indices,
     excludes_zero,
-    markdown_report,
     paired_bootstrap,
     paired_t_interval,
-    plan,
     resampled_metric,
-    run_ablation,
     summarize,
     t_quantile,
 )

@@ -1,0 +1,296 @@
+"""The DAPT ablation's runs (``classify/ablate.py``): the plan - the stage-1 runs and the arm x seed
+grid of stage-2 runs, every config loaded and checked before anything trains, finished runs marked
+for reuse - and its execution: stage 1 in this process, each stage-2 run trained or read back, and
+the per-example test predictions (``RUN/predictions/NAME.npz``) the statistics need.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from dapt.config import ConfigError, load_config, to_yaml
+from dapt.runtime import logger
+
+if TYPE_CHECKING:
+    from classify.ablate import AblationConfig, ArmConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PREDICTIONS_DIR = "predictions"  # RUN/predictions/NAME.npz: prob, pred, label, loss in dataset order
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: stage-1 runs and the arm x seed grid, all configs loaded (and checked) before training
+
+
+@dataclass
+class Stage1Plan:
+    name: str
+    output_dir: Path
+    config: Optional[object]  # PretrainConfig, or None for a reuse_dir without a config
+    reuse: bool  # a finished output exists: read it, do not train
+    given_dir: bool  # the user's reuse_dir (vs this ablation's own folder)
+
+
+@dataclass
+class RunPlan:
+    arm: ArmConfig
+    seed: int
+    config: object  # ClassifyConfig
+    output_dir: Path
+    encoder: str
+    stage1: Optional[str]
+    reuse: bool
+    fresh: bool = False  # start from scratch even if checkpoints exist (a redo, or a new stage-1 encoder)
+
+
+def stage1_finished(directory: Path) -> bool:
+    return (directory / "dapt_summary.json").is_file() and (directory / "config.json").is_file()
+
+
+def same_yaml(directory: Path, config) -> bool:
+    saved = directory / "config.yaml"
+    return saved.is_file() and saved.read_text() == to_yaml(config)
+
+
+def _config_path(path: Optional[str]) -> Optional[Path]:
+    """A stage YAML as given, or relative to the repository when the working directory lacks it."""
+    if path is None:
+        return None
+    given = Path(path)
+    return given if given.is_file() or given.is_absolute() or not (ROOT / given).is_file() else ROOT / given
+
+
+def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPlan]]:
+    from classify.train import ClassifyConfig
+    from dapt.pretrain import PretrainConfig
+
+    out = Path(config.output_dir)
+    base = config.base_encoder
+    stage1: Dict[str, Stage1Plan] = {}
+    keys: Dict[tuple, str] = {}
+
+    def stage1_config(extra: Sequence[str], directory: Path):
+        if not config.dapt.config:
+            return None
+        loaded = load_config(PretrainConfig, _config_path(config.dapt.config), list(config.dapt.overrides) + list(extra))
+        loaded.output_dir = str(directory)
+        if base:
+            loaded.model.name_or_path = base
+        loaded.validate()
+        return loaded
+
+    for arm in config.arms:
+        if arm.encoder != "dapt":
+            continue
+        key = tuple(arm.dapt_overrides)
+        if key in keys:
+            continue
+        if not key:
+            name, given = "dapt", bool(config.dapt.reuse_dir)
+            directory = Path(config.dapt.reuse_dir) if given else out / "dapt"
+        else:
+            name, given, directory = f"dapt-{arm.name}", False, out / f"dapt-{arm.name}"
+        keys[key] = name
+        loaded = stage1_config(key, directory)
+        finished = stage1_finished(directory)
+        reuse = finished and (given or config.reuse_runs and (loaded is None or same_yaml(directory, loaded)))
+        if not reuse and loaded is None:
+            raise ConfigError(f"dapt.reuse_dir {directory} holds no finished stage-1 output (dapt_summary.json) "
+                              f"and dapt.config is not set, so stage 1 cannot run")
+        stage1[name] = Stage1Plan(name, directory, loaded, reuse, given)
+
+    if base is None:
+        first = next((s.config for s in stage1.values() if s.config is not None), None)
+        if first is None and config.dapt.config:
+            first = load_config(PretrainConfig, _config_path(config.dapt.config), list(config.dapt.overrides))
+        if first is None:
+            raise ConfigError("base_encoder is not set and there is no stage-1 config to take model.name_or_path from")
+        base = first.model.name_or_path
+
+    runs = []
+    for arm in config.arms:
+        if arm.encoder == "plain":
+            encoder, stage = base, None
+        elif arm.encoder == "dapt":
+            stage = keys[tuple(arm.dapt_overrides)]
+            encoder = str(stage1[stage].output_dir)
+        else:
+            encoder, stage = arm.encoder, None
+        for seed in config.seeds:
+            run_dir = out / "runs" / arm.name / f"seed_{seed}"
+            loaded = load_config(ClassifyConfig, _config_path(config.classify.config),
+                                 list(config.classify.overrides) + list(arm.overrides))
+            loaded.model.encoder = encoder
+            loaded.train.seed = seed
+            loaded.output_dir = str(run_dir)
+            loaded.run_name = f"ablate-{arm.name}-seed{seed}"
+            loaded.push_to_hub = False
+            # an interrupted run continues from its last checkpoint (checkpoint.every_epoch in the
+            # GPU configs); checkpoints of a run with other settings are deleted before it starts
+            loaded.checkpoint.resume = loaded.checkpoint.resume or "latest"
+            loaded.validate()
+            finished = (run_dir / "results.json").is_file() and (run_dir / "model" / "config.json").is_file()
+            reuse = config.reuse_runs and finished and same_yaml(run_dir, loaded)
+            if reuse and stage is not None:  # trained on this very stage-1 output, not an earlier one
+                summary = stage1[stage].output_dir / "dapt_summary.json"
+                reuse = stage1[stage].reuse and (
+                    json.loads((run_dir / "results.json").read_text()).get("dapt") == json.loads(summary.read_text()))
+            fresh = not reuse and (finished or (stage is not None and not stage1[stage].reuse))
+            runs.append(RunPlan(arm, seed, loaded, run_dir, encoder, stage, reuse, fresh))
+    return base, stage1, runs
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def is_main_process() -> bool:
+    from accelerate.state import PartialState
+
+    return PartialState().is_main_process
+
+
+def _release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def _process_group_kept():
+    """While stage 1 runs, ``Accelerator.end_training()`` finishes the trackers but leaves the
+    process group alone: ``dapt.pretrain.pretrain`` ends with it, and a destroyed group cannot be
+    re-created reliably for the stage-2 runs that follow in the same processes (gloo peers race)."""
+    from accelerate import Accelerator
+
+    original = Accelerator.end_training
+
+    def end_training(self):
+        for tracker in self.trackers:
+            tracker.finish()
+
+    Accelerator.end_training = end_training
+    try:
+        yield
+    finally:
+        Accelerator.end_training = original
+
+
+def run_stage1(stage: Stage1Plan) -> dict:
+    """Stage 1 in this process (every process under a launcher); the summary it wrote."""
+    from classify.train import fresh_accelerator_state
+    from dapt.pretrain import pretrain
+
+    logger.info(f"== stage 1 ({stage.name}) -> {stage.output_dir}")
+    stale = stage.output_dir / "config.yaml"
+    if not stage.given_dir and stale.is_file() and stale.read_text() != to_yaml(stage.config):
+        # this ablation's own folder, left by a stage 1 with other settings: do not resume from it
+        from accelerate.state import PartialState
+
+        if PartialState().is_main_process:
+            logger.warning(f"{stage.output_dir} holds a stage 1 with other settings: starting it afresh")
+            shutil.rmtree(stage.output_dir / "checkpoints", ignore_errors=True)
+        PartialState().wait_for_everyone()
+    fresh_accelerator_state()
+    with _process_group_kept():
+        summary = pretrain(stage.config)
+    fresh_accelerator_state()
+    _release_memory()
+    return summary
+
+
+@dataclass
+class _Predictions:  # the fields of classify.evaluate.Predictions that the statistics use
+    prob: np.ndarray
+    pred: np.ndarray
+    label: np.ndarray
+    loss: Optional[np.ndarray] = None
+
+
+def load_predictions(run_dir: Path, names: Sequence[str]) -> Optional[dict]:
+    """``RUN/predictions/NAME.npz`` for every set, or None when one is missing."""
+    found = {}
+    for name in names:
+        path = run_dir / PREDICTIONS_DIR / f"{name}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            found[name] = _Predictions(data["prob"], data["pred"], data["label"], data["loss"] if "loss" in data else None)
+    return found
+
+
+def predict_run(config, run_dir: Path) -> dict:
+    """Per-example predictions of a finished run's classifier on its evaluation sets, with the
+    evaluation code of stage 2 (same tokenization settings, subsets and batches)."""
+    from classify.data import load_labelled
+    from classify.evaluate import evaluate_set
+    from classify.model import load_classifier
+    from classify.train import fresh_accelerator_state
+    from dapt.runtime import make_accelerator
+
+    fresh_accelerator_state()
+    accelerator = make_accelerator(config.impl, run_dir)
+    classifier, tokenizer = load_classifier(run_dir / "model")
+    settings = classifier.settings | {"head_tokens": classifier.config_dict["head_tokens"]}
+    model = classifier.to(accelerator.device)
+    found = {}
+    for name, set_config in config.data.eval.items():
+        if set_config is None:
+            continue
+        with accelerator.main_process_first():
+            labelled = load_labelled(set_config, seed=config.train.seed)
+        _, predictions = evaluate_set(model, tokenizer, labelled, settings, accelerator, config.train.eval_batch_size,
+                                      config.data.group_by_length, config.impl.dataloader_workers)
+        found[name] = predictions
+        if accelerator.is_main_process:
+            path = run_dir / PREDICTIONS_DIR / f"{name}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(path, prob=predictions.prob, pred=predictions.pred, label=predictions.label, loss=predictions.loss)
+    accelerator.wait_for_everyone()
+    del model, classifier
+    _release_memory()
+    return found
+
+
+def execute(run: RunPlan, keep_checkpoints: bool) -> tuple[dict, dict]:
+    """Train (or read back) one arm x seed run; its results.json content and predictions."""
+    from classify.train import train_classifier
+
+    names = [name for name, value in run.config.data.eval.items() if value is not None]
+    if run.reuse:
+        logger.info(f"== {run.arm.name} seed {run.seed}: finished earlier, reading {run.output_dir}")
+        results = json.loads((run.output_dir / "results.json").read_text())
+        predictions = load_predictions(run.output_dir, names)
+    else:
+        logger.info(f"== {run.arm.name} seed {run.seed}: encoder {run.encoder} -> {run.output_dir}")
+        from accelerate.state import PartialState
+
+        if is_main_process():  # a previous run's predictions must not pass for this one's
+            shutil.rmtree(run.output_dir / PREDICTIONS_DIR, ignore_errors=True)
+            if run.fresh or (run.output_dir / "config.yaml").is_file() and not same_yaml(run.output_dir, run.config):
+                shutil.rmtree(run.output_dir / "checkpoints", ignore_errors=True)  # not this run's to resume from
+        PartialState().wait_for_everyone()
+        results = train_classifier(run.config)
+        _release_memory()
+        predictions = load_predictions(run.output_dir, names)  # present if stage 2 saved them itself
+    if predictions is None:
+        predictions = predict_run(run.config, run.output_dir)
+    for name in names:  # the re-prediction must be the run's own evaluation
+        recorded, recomputed = results["evaluation"][name], predictions[name]
+        accuracy = float(np.mean(recomputed.pred == recomputed.label))
+        if recorded["n"] != len(recomputed.label) or abs(recorded["accuracy"] - accuracy) > 1e-9:
+            logger.warning(f"{run.output_dir} {name}: predictions give accuracy {accuracy:.6f} on {len(recomputed.label)} rows, "
+                           f"results.json {recorded['accuracy']:.6f} on {recorded['n']}")
+    if not keep_checkpoints and is_main_process():
+        shutil.rmtree(run.output_dir / "checkpoints", ignore_errors=True)
+    return results, predictions
