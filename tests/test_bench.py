@@ -1,7 +1,7 @@
-"""scripts/bench.py: the CPU smoke run and its JSON, and the equivalences behind every speed lever
-(masked-only MLM logits under bf16 autocast, length-bucketed padded batches, batched inference)."""
+"""scripts/bench.py and its scripts/bench_*.py modules: the CPU smoke run and its JSON, and the
+equivalences behind every speed lever (masked-only MLM logits under bf16 autocast, length-bucketed
+padded batches, batched inference)."""
 
-import importlib.util
 import json
 import math
 import os
@@ -13,22 +13,26 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # as for `python scripts/bench.py`: its bench_*.py modules beside it
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("dapt_bench_script", REPO / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_bench()
+from bench_infer import naive_infer  # noqa: E402
+from bench_measure import StepTimer  # noqa: E402
+from bench_report import TARGETS  # noqa: E402
+from bench_workload import (  # noqa: E402
+    FIRST_WORD_ID,
+    build_mlm_model,
+    encoder_config,
+    flops_params,
+    imdb_lengths,
+    pack,
+    shape_of,
+    synthetic_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return bench.synthetic_tokenizer(512, tmp_path_factory.mktemp("bench_tok"))
+    return synthetic_tokenizer(512, tmp_path_factory.mktemp("bench_tok"))
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +93,7 @@ def test_training_stage_ratios_come_from_the_measured_numbers(smoke_report, stag
         assert block["ratio"][key] == pytest.approx(project[key] / baseline[key])
         assert positive(block["ratio"][key])
     assert block["ratio"]["mfu"] is None
-    assert isinstance(block["meets_target"], bool) and block["target"] == bench.TARGETS[stage]
+    assert isinstance(block["meets_target"], bool) and block["target"] == TARGETS[stage]
 
 
 def test_mlm_stage_settings_and_flops(smoke_report):
@@ -122,7 +126,7 @@ def test_infer_stage(smoke_report):
 def test_timer_arithmetic():
     """Rates cover the steps after warm-up, from the end of the last warm-up step; model FLOPs
     follow the documented formula; executed FLOPs drop the head at unmasked tokens."""
-    timer = bench.StepTimer("cpu", warmup=1, total=3)
+    timer = StepTimer("cpu", warmup=1, total=3)
     mask = torch.ones(2, 4, dtype=torch.long)
     labels = torch.full((2, 4), -100)
     labels[0, 1] = 7
@@ -140,18 +144,18 @@ def test_timer_arithmetic():
 
 
 def test_flops_parameters_of_the_distilbert_shape():
-    params = bench.flops_params(bench.shape_of(bench.encoder_config("distilbert", 30522)), mlm=True)
+    params = flops_params(shape_of(encoder_config("distilbert", 30522)), mlm=True)
     assert params["encoder"] == 6 * (4 * 768**2 + 2 * 768 * 3072)  # 42.5 M
     assert params["head"] == 768**2 + 768 * 30522  # 24.0 M, a third of the total
-    assert bench.flops_params(bench.shape_of(bench.encoder_config("distilbert", 30522)), mlm=False)["head"] == 0
+    assert flops_params(shape_of(encoder_config("distilbert", 30522)), mlm=False)["head"] == 0
 
 
 def test_synthetic_stream_has_imdb_lengths(tokenizer):
     import numpy as np
 
-    lengths = bench.imdb_lengths(20000, np.random.default_rng(0))
+    lengths = imdb_lengths(20000, np.random.default_rng(0))
     assert 285 < lengths.mean() < 315 and 0.11 < (lengths > 512).mean() < 0.15
-    blocks = bench.pack([[200, 201, 202]] * 10, 8, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    blocks = pack([[200, 201, 202]] * 10, 8, tokenizer.cls_token_id, tokenizer.sep_token_id)
     assert all(len(b) == 8 and b[0] == tokenizer.cls_token_id and b[-1] == tokenizer.sep_token_id for b in blocks)
     assert tokenizer("w104 w105")["input_ids"] == [101, 104, 105, 102]  # synthetic ids round-trip as text
 
@@ -180,15 +184,15 @@ def test_masked_only_loss_equals_full_logits_loss_fp32_and_bf16(tokenizer, arch)
     from dapt.modeling import MaskedLMObjective
 
     rng = np.random.default_rng(0)
-    docs = [rng.integers(bench.FIRST_WORD_ID, len(tokenizer), int(n)).tolist() for n in bench.imdb_lengths(12, rng)]
-    blocks = bench.pack(docs, 128, tokenizer.cls_token_id, tokenizer.sep_token_id)[:6]
+    docs = [rng.integers(FIRST_WORD_ID, len(tokenizer), int(n)).tolist() for n in imdb_lengths(12, rng)]
+    blocks = pack(docs, 128, tokenizer.cls_token_id, tokenizer.sep_token_id)[:6]
     batch = MLMCollator(tokenizer, seed=3)([{"input_ids": b, "index": i} for i, b in enumerate(blocks)])
     batch["attention_mask"][-1, 100:] = 0  # one short row: padding must not count
     batch["labels"][-1, 100:] = -100
     assert int((batch["labels"] != -100).sum()) > 50
 
-    model = bench.build_mlm_model(tiny_mlm_config(arch, len(tokenizer)), seed=0, attn_implementation="sdpa").eval()
-    plain = bench.build_mlm_model(tiny_mlm_config(arch, len(tokenizer)), seed=0, attn_implementation="eager").eval()
+    model = build_mlm_model(tiny_mlm_config(arch, len(tokenizer)), seed=0, attn_implementation="sdpa").eval()
+    plain = build_mlm_model(tiny_mlm_config(arch, len(tokenizer)), seed=0, attn_implementation="eager").eval()
     plain.load_state_dict(model.state_dict())
     objective = MaskedLMObjective(model, masked_only=True)
     with torch.no_grad():
@@ -212,7 +216,7 @@ def test_masked_only_gradients_equal_full_logits_gradients(tokenizer):
 
     blocks = [[tokenizer.cls_token_id] + list(range(150 + i, 150 + i + 30)) + [tokenizer.sep_token_id] for i in range(4)]
     batch = MLMCollator(tokenizer, seed=1)([{"input_ids": b, "index": i} for i, b in enumerate(blocks)])
-    model = bench.build_mlm_model(tiny_mlm_config("distilbert", len(tokenizer)), seed=0, attn_implementation="sdpa").eval()
+    model = build_mlm_model(tiny_mlm_config("distilbert", len(tokenizer)), seed=0, attn_implementation="sdpa").eval()
     model(**batch).loss.backward()
     full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
@@ -231,10 +235,10 @@ def test_bucketed_padded_batches_give_single_example_logits(tokenizer):
     from classify.model import EncoderClassifier
 
     rng = np.random.default_rng(1)
-    reviews = [[101] + rng.integers(bench.FIRST_WORD_ID, len(tokenizer), int(n)).tolist() + [102]
+    reviews = [[101] + rng.integers(FIRST_WORD_ID, len(tokenizer), int(n)).tolist() + [102]
                for n in rng.integers(3, 120, 24)]
     torch.manual_seed(0)
-    model = EncoderClassifier({"encoder_config": bench.encoder_config("tiny", len(tokenizer)).to_dict()}).eval()
+    model = EncoderClassifier({"encoder_config": encoder_config("tiny", len(tokenizer)).to_dict()}).eval()
     sampler = LengthBucketBatchSampler([len(r) for r in reviews], 8, shuffle=True, seed=0, bucket_batches=2)
     collate = Collator(tokenizer.pad_token_id, multiple_of=8)
     seen, padded = set(), 0
@@ -258,11 +262,11 @@ def test_infer_reviews_equals_the_naive_loop(tokenizer):
     from classify.model import EncoderClassifier, infer_reviews
 
     rng = np.random.default_rng(2)
-    texts = [" ".join(f"w{i}" for i in rng.integers(bench.FIRST_WORD_ID, len(tokenizer), int(n)))
+    texts = [" ".join(f"w{i}" for i in rng.integers(FIRST_WORD_ID, len(tokenizer), int(n)))
              for n in list(rng.integers(1, 80, 11)) + [700]]  # one review longer than 512 tokens
     torch.manual_seed(0)
-    model = EncoderClassifier({"encoder_config": bench.encoder_config("tiny", len(tokenizer)).to_dict()}).eval()
-    naive = bench.naive_infer(texts, model, tokenizer, "cpu")
+    model = EncoderClassifier({"encoder_config": encoder_config("tiny", len(tokenizer)).to_dict()}).eval()
+    naive = naive_infer(texts, model, tokenizer, "cpu")
     batched = infer_reviews(texts, model, tokenizer, batch_size=4)
     assert [label for label, _ in naive] == [label for label, _, _ in batched]
     for (_, p_naive), (_, _, p_batched) in zip(naive, batched):
