@@ -1,8 +1,9 @@
 """MLM masking whose randomness depends on (seed, epoch, example), never on batching.
 
 The masking itself is Hugging Face's :class:`~transformers.DataCollatorForLanguageModeling`
-(80 % ``[MASK]``, 10 % random, 10 % unchanged; whole-word masking as an option); this module
-only seeds it per example. So:
+(80 % ``[MASK]``, 10 % random, 10 % unchanged; whole-word masking as an option, where every
+selected word becomes ``[MASK]``: the whole-word collator has no random / unchanged replacement);
+this module only seeds it per example. So:
 
 * held-out masks are drawn once for all: the same for every evaluation, any batch size, any
   number of processes - perplexity before and after training is comparable;
@@ -12,8 +13,13 @@ only seeds it per example. So:
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
 from transformers import DataCollatorForLanguageModeling
+
+logger = logging.getLogger(__name__)
 
 EVAL_EPOCH = 1_000_003  # an epoch number training never reaches: the held-out masks
 
@@ -36,14 +42,25 @@ class MLMCollator:
         seed: int = 0,
         pad_to_multiple_of: int | None = 8,
     ):
-        self.masker = DataCollatorForLanguageModeling(
-            tokenizer,
-            mlm_probability=mlm_probability,
-            whole_word_mask=whole_word_mask,
-            mask_replace_prob=mask_replace_prob,
-            random_replace_prob=random_replace_prob,
-            seed=seed,
-        )
+        if whole_word_mask and (mask_replace_prob, random_replace_prob) != (1.0, 0.0):
+            # transformers' whole-word masking has no random / unchanged replacement: say so here,
+            # once, with the values the run really uses, instead of its generic warning
+            logger.warning(
+                "whole_word_mask: every selected word becomes [MASK] (mask_replace_prob %s -> 1.0, "
+                "random_replace_prob %s -> 0.0): transformers' whole-word masking does not replace "
+                "words with random tokens or leave them unchanged", mask_replace_prob, random_replace_prob,
+            )
+            mask_replace_prob, random_replace_prob = 1.0, 0.0
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Random token replacement is not supported", UserWarning)
+            self.masker = DataCollatorForLanguageModeling(
+                tokenizer,
+                mlm_probability=mlm_probability,
+                whole_word_mask=whole_word_mask,
+                mask_replace_prob=mask_replace_prob,
+                random_replace_prob=random_replace_prob,
+                seed=seed,
+            )
         self.masker.generator = torch.Generator()
         self.whole_word_mask = whole_word_mask
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)

@@ -370,6 +370,8 @@ def pretrain(config: PretrainConfig) -> dict:
         "block_size": config.data.block_size,
         "mlm_probability": config.data.mlm_probability,
         "whole_word_mask": config.data.whole_word_mask,
+        "mask_replace_prob": collator.masker.mask_replace_prob,
+        "random_replace_prob": collator.masker.random_replace_prob,
         "had_mlm_head": had_head,
         "baseline": state["baseline"],
         "perplexity_before": before["perplexity"],

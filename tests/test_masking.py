@@ -70,14 +70,18 @@ def test_padding_to_multiple_of_8(tiny_tokenizer):
     assert (batch["labels"][:, 20:] == -100).all()
 
 
-def test_whole_word_masking_masks_all_pieces_of_a_word(tiny_tokenizer):
+def test_whole_word_masking_masks_all_pieces_of_a_word(tiny_tokenizer, caplog, recwarn):
     import datasets
 
     from dapt.data import pack_blocks
 
     text = " ".join(["xylophone quizzical zephyr movie"] * 40)
     blocks = pack_blocks(datasets.Dataset.from_dict({"text": [text] * 4}), tiny_tokenizer, 64, with_offsets=True)
-    batch = MLMCollator(tiny_tokenizer, whole_word_mask=True, mlm_probability=0.3, seed=0)([blocks[i] for i in range(len(blocks))])
+    collator = MLMCollator(tiny_tokenizer, whole_word_mask=True, mlm_probability=0.3, seed=0)
+    # the whole-word collator only ever writes [MASK]: said once in our log, with the values in use
+    assert "mask_replace_prob 0.8 -> 1.0" in caplog.text
+    assert not [w for w in recwarn if "Random token replacement" in str(w.message)]
+    batch = collator([blocks[i] for i in range(len(blocks))])
     tokens = [tiny_tokenizer.convert_ids_to_tokens(row) for row in blocks["input_ids"]]
     masked = batch["labels"] != -100
     assert masked.any()
@@ -85,3 +89,4 @@ def test_whole_word_masking_masks_all_pieces_of_a_word(tiny_tokenizer):
         for position in range(1, len(pieces)):
             if pieces[position].startswith("##") and pieces[position - 1] != "[CLS]":  # iff its word start is
                 assert masked[row, position] == masked[row, position - 1]
+    assert (batch["input_ids"][masked] == tiny_tokenizer.mask_token_id).all()
