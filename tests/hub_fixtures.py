@@ -9,7 +9,8 @@
 
 ``huggingface_hub.constants`` computes the endpoint, cache paths, token path and the offline/Xet/telemetry flags
 once at import time, so setting environment variables is not enough in-process: :func:`patch_hub_client` patches
-those module attributes too.
+those module attributes too. ``datasets`` does the same in ``datasets.config``: :func:`patch_datasets_client`
+(used by tests/test_hub_recipes.py) patches those.
 """
 
 from __future__ import annotations
@@ -96,6 +97,35 @@ def patch_hub_client(monkeypatch: pytest.MonkeyPatch, endpoint: str, hf_home: st
     if http is not None and hasattr(http, "_HUB_ORIGINS"):  # hosts the auth header may be redirected to
         origin = urlsplit(endpoint)
         monkeypatch.setattr(http, "_HUB_ORIGINS", http._HUB_ORIGINS | {(origin.scheme, origin.hostname, origin.port)})
+
+
+def patch_datasets_client(monkeypatch: pytest.MonkeyPatch, endpoint: str, hf_home: str | os.PathLike) -> None:
+    """Point ``datasets`` (which copies its own endpoint, offline flag and cache paths into ``datasets.config``
+    at import time) at ``endpoint``, online, with its caches under ``hf_home``. Use with :func:`patch_hub_client`:
+    ``datasets`` downloads through ``huggingface_hub``.
+
+    Two calls that would leave the loopback are switched off: the download-count ping (a HEAD to an S3 URL)
+    and the dataset viewer's parquet export (``datasets-server.<host>``, a separate service this server does
+    not emulate; ``datasets`` falls back to the repo's own files without it)."""
+    home = Path(hf_home)
+    cache = home / "datasets"
+    for name in ("HF_DATASETS_OFFLINE", "HF_DATASETS_CACHE", "HF_DATASETS_DOWNLOADED_DATASETS_PATH",
+                 "HF_DATASETS_EXTRACTED_DATASETS_PATH", "HF_MODULES_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+
+    import datasets.config as config
+
+    values = {
+        "HF_ENDPOINT": endpoint,
+        "HUB_DATASETS_URL": endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+        "HF_HUB_OFFLINE": False, "HF_DATASETS_OFFLINE": False,
+        "HF_CACHE_HOME": str(home), "HF_DATASETS_CACHE": cache, "HF_MODULES_CACHE": home / "modules",
+        "DOWNLOADED_DATASETS_PATH": cache / "downloads", "EXTRACTED_DATASETS_PATH": cache / "downloads" / "extracted",
+        "HF_UPDATE_DOWNLOAD_COUNTS": False, "USE_PARQUET_EXPORT": False,
+    }
+    for name, value in values.items():
+        monkeypatch.setattr(config, name, value)
 
 
 class HubHandle:
