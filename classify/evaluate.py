@@ -135,17 +135,28 @@ def save_predictions(predictions: Predictions, path: Path) -> Path:
     return path
 
 
+def load_eval_sets(eval_sets: dict, accelerator, seed: int) -> dict[str, LabelledSet]:
+    """Every configured evaluation set, read (a missing file or Hub dataset raises DataError)."""
+    with accelerator.main_process_first():
+        return {name: load_labelled(set_config, seed=seed) for name, set_config in eval_sets.items() if set_config is not None}
+
+
 def evaluate_all(model, tokenizer, eval_sets: dict, settings: dict, accelerator, *, batch_size: int, seed: int,
-                 output_dir: Optional[Path], group_by_length: bool = True, workers: int = 0) -> tuple[dict, list[Path]]:
+                 output_dir: Optional[Path], group_by_length: bool = True, workers: int = 0,
+                 loaded: Optional[dict[str, LabelledSet]] = None) -> tuple[dict, list[Path]]:
     """Every configured evaluation set -> (``evaluation`` block of results.json, plot paths).
-    With ``output_dir``: ``plots/`` and ``predictions/NAME.npz`` go there."""
+    With ``output_dir``: ``plots/`` and ``predictions/NAME.npz`` go there. ``loaded``: sets already
+    read by :func:`load_eval_sets`."""
     evaluation, plots = {}, []
     for name, set_config in eval_sets.items():
         if set_config is None:
             continue
         started = time.time()
-        with accelerator.main_process_first():
-            labelled = load_labelled(set_config, seed=seed)
+        if loaded is not None and name in loaded:
+            labelled = loaded[name]
+        else:
+            with accelerator.main_process_first():
+                labelled = load_labelled(set_config, seed=seed)
         metrics, predictions = evaluate_set(model, tokenizer, labelled, settings, accelerator, batch_size, group_by_length, workers)
         evaluation[name] = result_block(set_config, labelled, metrics)
         logger.info(

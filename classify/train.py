@@ -49,7 +49,7 @@ from classify.data import (
     stratified_split,
     stratified_subset,
 )
-from classify.evaluate import compute_metrics, evaluate_all, make_eval_loader, predict
+from classify.evaluate import compute_metrics, evaluate_all, load_eval_sets, make_eval_loader, predict
 from classify.model import TRUNCATION_STRATEGIES, WEIGHTS_NAME, EncoderClassifier
 from dapt.config import ConfigError, parse_cli, to_dict, to_yaml
 from dapt.runtime import (
@@ -270,6 +270,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
     )
     train_loader, val_loader, train_sampler, sizes = get_dataloaders(config, tokenizer, accelerator)
     logger.info(f"data: {sizes}")
+    # read now, not after the last epoch: a missing or unreachable evaluation set fails before training
+    eval_data = load_eval_sets(config.data.eval, accelerator, seed=hp.seed)
 
     # --- optimizer, schedule, checkpoints
     model.to(accelerator.device)
@@ -416,6 +418,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     evaluation, plots = evaluate_all(
         model, tokenizer, config.data.eval, settings, accelerator, batch_size=hp.eval_batch_size, seed=hp.seed,
         output_dir=output_dir, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
+        loaded=eval_data,
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
