@@ -9,8 +9,9 @@ would be 8 GB in fp32. The loss is the same as the model's own (a test checks it
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -70,17 +71,45 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in encoder_ids]
 
 
+@contextlib.contextmanager
+def without_load_report() -> Iterator[None]:
+    """Silence transformers' table of missing / unexpected keys: :func:`load_masked_lm` says what
+    they mean instead. Load errors (size mismatches, failed conversions) still raise."""
+    # a filter, not a higher level: transformers runs extra checks (and warns) when that level is raised
+    def drop_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    report = logging.getLogger("transformers.modeling_utils")
+    report.addFilter(drop_report)
+    try:
+        yield
+    finally:
+        report.removeFilter(drop_report)
+
+
 def load_masked_lm(name_or_path: str, attn_implementation: str = "sdpa", revision: Optional[str] = None):
     """``(model, tokenizer, had_mlm_head)``. A checkpoint without MLM head weights (a sentence
     encoder such as all-MiniLM-L6-v2) gets a freshly initialised head, which is logged."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    except OSError as error:  # a wrong Hub id or path, no access, or offline without a cached copy
+        raise ValueError(f"cannot load model.name_or_path={name_or_path!r}: {error}") from error
     if tokenizer.mask_token is None:
         raise ValueError(f"tokenizer of {name_or_path} has no mask token: it cannot be trained with MLM")
-    model, info = AutoModelForMaskedLM.from_pretrained(
-        name_or_path, revision=revision, attn_implementation=attn_implementation, output_loading_info=True
-    )
+    with without_load_report():
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            name_or_path, revision=revision, attn_implementation=attn_implementation, output_loading_info=True
+        )
     head_prefixes = {n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")}
     missing = [k for k in info.get("missing_keys", []) if any(k.startswith(p.rsplit(".", 1)[0]) for p in head_prefixes)]
+    unused = sorted(info.get("unexpected_keys", []))
+    if unused:  # e.g. a sentence encoder's pooler: the MLM model has no place for it
+        logger.info(f"{name_or_path}: {len(unused)} checkpoint tensors not used by the MLM model ({', '.join(unused[:3])}"
+                    f"{', ...' if len(unused) > 3 else ''})")
+    other_missing = sorted(set(info.get("missing_keys", [])) - set(missing))
+    if other_missing:
+        logger.warning(f"{name_or_path}: {len(other_missing)} encoder tensors missing from the checkpoint and "
+                       f"initialised fresh ({', '.join(other_missing[:3])}{', ...' if len(other_missing) > 3 else ''})")
     had_head = not missing
     if not had_head:
         logger.warning(

@@ -308,7 +308,8 @@ def test_missing_hub_model_names_the_id(recipe_hub, tmp_path):
     overrides = pretrain_overrides(tmp_path / "dapt") + [f"model.name_or_path={missing}"]
     since = len(recipe_hub.requests)
     with online_clients(recipe_hub, tmp_path / "hf_home"):
-        with pytest.raises(OSError, match=f"^{missing} is not a local folder and is not a valid model identifier"):
+        with pytest.raises(ValueError, match=f"^cannot load model.name_or_path='{missing}': {missing} is not a local "
+                                             "folder and is not a valid model identifier"):
             pretrain(load_config(PretrainConfig, REPO / "configs/pretrain.yaml", overrides))
     assert any(status == 401 for *_, status in repo_requests(recipe_hub, since, f"/api/models/{missing}")
                + repo_requests(recipe_hub, since, f"/{missing}"))

@@ -1,6 +1,7 @@
 """Stage 1 end to end: loss equivalence, head detection, resume, several processes, real text."""
 
 import json
+import logging
 import math
 import os
 import random
@@ -76,9 +77,20 @@ def test_masked_only_logits_give_the_models_own_loss(tiny_encoder_dir, architect
     assert example.tolist() == sorted(example.tolist()) and len(fast) == int((labels != -100).sum())
 
 
-def test_checkpoint_without_mlm_head_is_detected(tiny_encoder_dir, tiny_headless_encoder_dir):
+def test_checkpoint_without_mlm_head_is_detected(tmp_path, tiny_encoder_dir, tiny_headless_encoder_dir, caplog, capfd):
+    from transformers import AutoConfig, AutoTokenizer, BertModel
+
     assert load_masked_lm(str(tiny_encoder_dir))[2] is True
-    assert load_masked_lm(str(tiny_headless_encoder_dir))[2] is False
+    # a sentence encoder like the stand-in: no MLM head, and a pooler the MLM model has no place for
+    BertModel(AutoConfig.from_pretrained(tiny_headless_encoder_dir)).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_headless_encoder_dir).save_pretrained(tmp_path)
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="dapt.modeling"):
+        assert load_masked_lm(str(tmp_path))[2] is False
+    # our own lines say what the missing head and the unused pooler mean; no transformers key table
+    assert "has no MLM head" in caplog.text and "not used by the MLM model (pooler.dense" in caplog.text
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "not sharded" not in err
 
 
 def test_run_outputs_and_head_warmup(tmp_path, tiny_headless_encoder_dir):
