@@ -244,6 +244,36 @@ def build_encoder(encoder_config: dict) -> PreTrainedModel:
         return AutoModel.from_config(config, **kwargs)
 
 
+class _NoLoadReport(logging.Filter):
+    """Drops transformers' table of missing / unexpected keys: :func:`_load_encoder` says what they
+    mean in one line instead. Load errors still raise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+def _load_encoder(name_or_path: str, encoder_config, kwargs: dict) -> PreTrainedModel:
+    """``AutoModel.from_pretrained``, logging which checkpoint tensors the encoder leaves out (a
+    stage-1 output's MLM head, a sentence encoder's pooler: a [CLS] head uses neither)."""
+    report, quiet = logging.getLogger("transformers.modeling_utils"), _NoLoadReport()
+    report.addFilter(quiet)
+    try:
+        encoder, info = AutoModel.from_pretrained(
+            name_or_path, config=encoder_config, output_loading_info=True, **kwargs
+        )
+    finally:
+        report.removeFilter(quiet)
+    unused = info.get("unexpected_keys", [])
+    if unused:
+        modules = ", ".join(sorted({key.split(".")[0] for key in unused}))
+        logger.info("%s: encoder loaded without the checkpoint's %s (%d tensors; a [CLS] head does not use them)",
+                    name_or_path, modules, len(unused))
+    if info.get("missing_keys"):
+        logger.warning("%s: %d encoder tensors missing from the checkpoint and initialised fresh (%s)",
+                       name_or_path, len(info["missing_keys"]), ", ".join(sorted(info["missing_keys"])[:3]))
+    return encoder
+
+
 def _hidden_size(config: PretrainedConfig) -> int:
     for name in ("hidden_size", "dim", "d_model"):
         value = getattr(config, name, None)
@@ -339,15 +369,13 @@ class EncoderClassifier(nn.Module):
         kwargs["dtype"] = torch.float32
         kwargs.update(from_pretrained_kwargs)
         try:
-            encoder = AutoModel.from_pretrained(name_or_path, config=encoder_config, **kwargs)
+            encoder = _load_encoder(name_or_path, encoder_config, kwargs)
         except (ValueError, ImportError) as error:
             if kwargs.get("attn_implementation") != "sdpa":
                 raise
             logger.info("SDPA attention unavailable (%s); using the default attention", error)
             kwargs.pop("attn_implementation")
-            encoder = AutoModel.from_pretrained(name_or_path, config=encoder_config, **kwargs)
-        if "add_pooling_layer" in kwargs:
-            logger.info("%s: encoder loaded without its pooler (a [CLS] head does not use it)", name_or_path)
+            encoder = _load_encoder(name_or_path, encoder_config, kwargs)
         config = {
             "encoder_config": _encoder_dict_of(encoder.config),
             "classifier_dropout": dropout,
