@@ -114,7 +114,6 @@ def load_masked_lm(name_or_path: str, attn_implementation: str = "sdpa", revisio
     if not had_head:
         logger.warning(
             f"{name_or_path} has no MLM head ({len(missing)} head tensors missing, e.g. {sorted(missing)[0]}): "
-            "the head is initialised fresh, so perplexity before any training reflects a random head. "
-            "Use train.head_warmup_steps > 0 for an honest baseline."
+            "the head is initialised fresh, so perplexity before any training reflects a random head"
         )
     return model, tokenizer, had_head

@@ -270,7 +270,8 @@ def pretrain(config: PretrainConfig) -> dict:
             state["before"] = evaluate(objective, eval_loader, accelerator)
             state["baseline"] = "head_warmup"
         elif not had_head:
-            logger.warning("no MLM head and train.head_warmup_steps=0: the 'before' perplexity is that of a random head")
+            logger.warning("no MLM head and train.head_warmup_steps=0: the 'before' perplexity is that of a random "
+                           "head; set train.head_warmup_steps > 0 for an honest baseline")
         metrics.log({"event": "baseline", **state["before"], "baseline": state["baseline"]}, step=0)
         logger.info(f"held-out perplexity before DAPT: {state['before']['perplexity']:.2f} ({state['baseline']})")
 
