@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -244,25 +245,30 @@ def build_encoder(encoder_config: dict) -> PreTrainedModel:
         return AutoModel.from_config(config, **kwargs)
 
 
-class _NoLoadReport(logging.Filter):
-    """Drops transformers' table of missing / unexpected keys: :func:`_load_encoder` says what they
-    mean in one line instead. Load errors still raise."""
+@contextlib.contextmanager
+def without_load_report() -> Iterator[None]:
+    """Silence transformers' table of missing / unexpected keys, for a caller that says what they
+    mean itself (here and in stage 1). Load errors (size mismatches, failed conversions) still raise.
+    A filter, not a higher level: transformers runs extra checks, and warns, when that level is raised."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def drop_report(record: logging.LogRecord) -> bool:
         return "LOAD REPORT" not in str(record.msg)
+
+    report = logging.getLogger("transformers.modeling_utils")
+    report.addFilter(drop_report)
+    try:
+        yield
+    finally:
+        report.removeFilter(drop_report)
 
 
 def _load_encoder(name_or_path: str, encoder_config, kwargs: dict) -> PreTrainedModel:
     """``AutoModel.from_pretrained``, logging which checkpoint tensors the encoder leaves out (a
     stage-1 output's MLM head, a sentence encoder's pooler: a [CLS] head uses neither)."""
-    report, quiet = logging.getLogger("transformers.modeling_utils"), _NoLoadReport()
-    report.addFilter(quiet)
-    try:
+    with without_load_report():
         encoder, info = AutoModel.from_pretrained(
             name_or_path, config=encoder_config, output_loading_info=True, **kwargs
         )
-    finally:
-        report.removeFilter(quiet)
     unused = info.get("unexpected_keys", [])
     if unused:
         modules = ", ".join(sorted({key.split(".")[0] for key in unused}))

@@ -14,7 +14,6 @@ this module only seeds it per example. So:
 from __future__ import annotations
 
 import logging
-import warnings
 
 import torch
 from transformers import DataCollatorForLanguageModeling
@@ -43,24 +42,22 @@ class MLMCollator:
         pad_to_multiple_of: int | None = 8,
     ):
         if whole_word_mask and (mask_replace_prob, random_replace_prob) != (1.0, 0.0):
-            # transformers' whole-word masking has no random / unchanged replacement: say so here,
-            # once, with the values the run really uses, instead of its generic warning
+            # transformers' whole-word masking has no random / unchanged replacement: say so,
+            # with the values the run really uses (passing those, its own warning does not fire)
             logger.warning(
                 "whole_word_mask: every selected word becomes [MASK] (mask_replace_prob %s -> 1.0, "
                 "random_replace_prob %s -> 0.0): transformers' whole-word masking does not replace "
                 "words with random tokens or leave them unchanged", mask_replace_prob, random_replace_prob,
             )
             mask_replace_prob, random_replace_prob = 1.0, 0.0
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Random token replacement is not supported", UserWarning)
-            self.masker = DataCollatorForLanguageModeling(
-                tokenizer,
-                mlm_probability=mlm_probability,
-                whole_word_mask=whole_word_mask,
-                mask_replace_prob=mask_replace_prob,
-                random_replace_prob=random_replace_prob,
-                seed=seed,
-            )
+        self.masker = DataCollatorForLanguageModeling(
+            tokenizer,
+            mlm_probability=mlm_probability,
+            whole_word_mask=whole_word_mask,
+            mask_replace_prob=mask_replace_prob,
+            random_replace_prob=random_replace_prob,
+            seed=seed,
+        )
         self.masker.generator = torch.Generator()
         self.whole_word_mask = whole_word_mask
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)

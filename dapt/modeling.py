@@ -9,14 +9,15 @@ would be 8 GB in fp32. The loss is the same as the model's own (a test checks it
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from classify.model import without_load_report
 
 logger = logging.getLogger(__name__)
 
@@ -71,20 +72,9 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in encoder_ids]
 
 
-@contextlib.contextmanager
-def without_load_report() -> Iterator[None]:
-    """Silence transformers' table of missing / unexpected keys: :func:`load_masked_lm` says what
-    they mean instead. Load errors (size mismatches, failed conversions) still raise."""
-    # a filter, not a higher level: transformers runs extra checks (and warns) when that level is raised
-    def drop_report(record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
-
-    report = logging.getLogger("transformers.modeling_utils")
-    report.addFilter(drop_report)
-    try:
-        yield
-    finally:
-        report.removeFilter(drop_report)
+def _some(keys) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
 
 
 def load_masked_lm(name_or_path: str, attn_implementation: str = "sdpa", revision: Optional[str] = None):
@@ -102,14 +92,13 @@ def load_masked_lm(name_or_path: str, attn_implementation: str = "sdpa", revisio
         )
     head_prefixes = {n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")}
     missing = [k for k in info.get("missing_keys", []) if any(k.startswith(p.rsplit(".", 1)[0]) for p in head_prefixes)]
-    unused = sorted(info.get("unexpected_keys", []))
+    unused = info.get("unexpected_keys", [])
     if unused:  # e.g. a sentence encoder's pooler: the MLM model has no place for it
-        logger.info(f"{name_or_path}: {len(unused)} checkpoint tensors not used by the MLM model ({', '.join(unused[:3])}"
-                    f"{', ...' if len(unused) > 3 else ''})")
-    other_missing = sorted(set(info.get("missing_keys", [])) - set(missing))
+        logger.info(f"{name_or_path}: {len(unused)} checkpoint tensors not used by the MLM model ({_some(unused)})")
+    other_missing = set(info.get("missing_keys", [])) - set(missing)
     if other_missing:
         logger.warning(f"{name_or_path}: {len(other_missing)} encoder tensors missing from the checkpoint and "
-                       f"initialised fresh ({', '.join(other_missing[:3])}{', ...' if len(other_missing) > 3 else ''})")
+                       f"initialised fresh ({_some(other_missing)})")
     had_head = not missing
     if not had_head:
         logger.warning(
