@@ -47,6 +47,22 @@ class SourceConfig:
         return f"{self.path} [{', '.join(self.splits)}]"
 
 
+@dataclass
+class CorpusConfig:
+    """Stage 1's ``data`` group: where the text comes from and how it is held out, packed and masked."""
+
+    sources: list[SourceConfig] = field(
+        default_factory=lambda: [SourceConfig(path="stanfordnlp/imdb", splits=["train", "unsupervised"])]
+    )
+    heldout: float = 0.01  # held-out documents: a fraction (< 1) or a count (>= 1)
+    block_size: int = 512  # packed block length, [CLS] and [SEP] included
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8  # of the selected tokens: [MASK]
+    random_replace_prob: float = 0.1  # of the selected tokens: a random token (the rest unchanged)
+    whole_word_mask: bool = False
+    num_proc: Optional[int] = None  # processes for tokenization
+
+
 def clean_text(text: str) -> str:
     """IMDb's ``<br />`` line breaks become spaces; runs of whitespace collapse to one space."""
     return _SPACE.sub(" ", _BREAK.sub(" ", text)).strip()
@@ -268,3 +284,21 @@ def pack_blocks(
         pack, batched=True, batch_size=map_batch_size, remove_columns=tokenized.column_names, num_proc=num_proc, desc="packing"
     )
     return packed.add_column("index", list(range(len(packed))))
+
+
+def build_blocks(data: CorpusConfig, tokenizer, accelerator, seed: int):
+    """Held-out and training blocks plus corpus statistics; the main process builds the
+    ``datasets`` cache first, the others then read it."""
+    with accelerator.main_process_first():
+        documents, stats = load_corpus(data.sources, seed=seed)
+        train_docs, heldout_docs = split_heldout(documents, data.heldout, seed=seed)
+        kwargs = dict(with_offsets=data.whole_word_mask, num_proc=data.num_proc)
+        train_blocks = pack_blocks(train_docs, tokenizer, data.block_size, **kwargs)
+        heldout_blocks = pack_blocks(heldout_docs, tokenizer, data.block_size, keep_remainder=True, **kwargs)
+    if len(train_blocks) == 0:
+        raise DataError(f"the corpus ({stats['documents']} documents) gives no full {data.block_size}-token block")
+    stats.update(
+        train_documents=len(train_docs), heldout_documents=len(heldout_docs),
+        train_blocks=len(train_blocks), heldout_blocks=len(heldout_blocks),
+    )
+    return train_blocks, heldout_blocks, stats

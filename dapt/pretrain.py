@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dapt.config import ConfigError, parse_cli, to_dict, to_yaml
-from dapt.data import SourceConfig, load_corpus, pack_blocks, split_heldout
+from dapt.data import CorpusConfig, build_blocks
 from dapt.masking import EVAL_EPOCH, MLMCollator
 from dapt.modeling import MaskedLMObjective, head_parameters, load_masked_lm
 from dapt.runtime import (
@@ -37,12 +37,12 @@ from dapt.runtime import (
     ImplConfig,
     MetricsWriter,
     ThroughputMeter,
+    inner_state_dict,
     linear_warmup_decay,
     logger,
     make_accelerator,
     make_optimizer,
     parameter_groups,
-    inner_state_dict,
     raise_config,
     steps_from_budget,
     write_json,
@@ -53,20 +53,6 @@ from dapt.runtime import (
 class ModelConfig:
     name_or_path: str = "distilbert/distilbert-base-uncased"
     revision: Optional[str] = None
-
-
-@dataclass
-class DataConfig:
-    sources: list[SourceConfig] = field(
-        default_factory=lambda: [SourceConfig(path="stanfordnlp/imdb", splits=["train", "unsupervised"])]
-    )
-    heldout: float = 0.01  # held-out documents: a fraction (< 1) or a count (>= 1)
-    block_size: int = 512  # packed block length, [CLS] and [SEP] included
-    mlm_probability: float = 0.15
-    mask_replace_prob: float = 0.8  # of the selected tokens: [MASK]
-    random_replace_prob: float = 0.1  # of the selected tokens: a random token (the rest unchanged)
-    whole_word_mask: bool = False
-    num_proc: Optional[int] = None  # processes for tokenization
 
 
 @dataclass
@@ -102,7 +88,7 @@ class PretrainConfig:
     run_name: str = "dapt"
     tensorboard: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     impl: PretrainImplConfig = field(default_factory=PretrainImplConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -121,25 +107,6 @@ class PretrainConfig:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def build_data(config: PretrainConfig, tokenizer, accelerator):
-    """Held-out and training blocks plus corpus statistics; the main process builds the
-    ``datasets`` cache first, the others then read it."""
-    data, seed = config.data, config.train.seed
-    with accelerator.main_process_first():
-        documents, stats = load_corpus(data.sources, seed=seed)
-        train_docs, heldout_docs = split_heldout(documents, data.heldout, seed=seed)
-        kwargs = dict(with_offsets=data.whole_word_mask, num_proc=data.num_proc)
-        train_blocks = pack_blocks(train_docs, tokenizer, data.block_size, **kwargs)
-        heldout_blocks = pack_blocks(heldout_docs, tokenizer, data.block_size, keep_remainder=True, **kwargs)
-    if len(train_blocks) == 0:
-        raise ValueError(f"the corpus ({stats['documents']} documents) gives no full {data.block_size}-token block")
-    stats.update(
-        train_documents=len(train_docs), heldout_documents=len(heldout_docs),
-        train_blocks=len(train_blocks), heldout_blocks=len(heldout_blocks),
-    )
-    return train_blocks, heldout_blocks, stats
 
 
 def make_collator(config: PretrainConfig, tokenizer) -> MLMCollator:
@@ -219,7 +186,7 @@ def pretrain(config: PretrainConfig) -> dict:
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
 
     model, tokenizer, had_head = load_masked_lm(config.model.name_or_path, config.impl.attn_implementation, config.model.revision)
-    train_blocks, heldout_blocks, corpus = build_data(config, tokenizer, accelerator)
+    train_blocks, heldout_blocks, corpus = build_blocks(config.data, tokenizer, accelerator, seed=config.train.seed)
     logger.info(f"corpus: {corpus}")
 
     collator, eval_collator = make_collator(config, tokenizer), make_collator(config, tokenizer)
