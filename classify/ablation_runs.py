@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
@@ -69,7 +68,7 @@ def _config_path(path: Optional[str]) -> Optional[Path]:
 
 
 def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPlan]]:
-    from classify.train import ClassifyConfig
+    from classify.config import ClassifyConfig
     from dapt.pretrain import PretrainConfig
 
     out = Path(config.output_dir)
@@ -166,29 +165,8 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@contextmanager
-def _process_group_kept():
-    """While stage 1 runs, ``Accelerator.end_training()`` finishes the trackers but leaves the
-    process group alone: ``dapt.pretrain.pretrain`` ends with it, and a destroyed group cannot be
-    re-created reliably for the stage-2 runs that follow in the same processes (gloo peers race)."""
-    from accelerate import Accelerator
-
-    original = Accelerator.end_training
-
-    def end_training(self):
-        for tracker in self.trackers:
-            tracker.finish()
-
-    Accelerator.end_training = end_training
-    try:
-        yield
-    finally:
-        Accelerator.end_training = original
-
-
 def run_stage1(stage: Stage1Plan) -> dict:
     """Stage 1 in this process (every process under a launcher); the summary it wrote."""
-    from classify.train import fresh_accelerator_state
     from dapt.pretrain import pretrain
 
     logger.info(f"== stage 1 ({stage.name}) -> {stage.output_dir}")
@@ -201,10 +179,7 @@ def run_stage1(stage: Stage1Plan) -> dict:
             logger.warning(f"{stage.output_dir} holds a stage 1 with other settings: starting it afresh")
             shutil.rmtree(stage.output_dir / "checkpoints", ignore_errors=True)
         PartialState().wait_for_everyone()
-    fresh_accelerator_state()
-    with _process_group_kept():
-        summary = pretrain(stage.config)
-    fresh_accelerator_state()
+    summary = pretrain(stage.config)  # keeps the process group for the stage-2 runs that follow
     _release_memory()
     return summary
 
@@ -232,30 +207,20 @@ def load_predictions(run_dir: Path, names: Sequence[str]) -> Optional[dict]:
 def predict_run(config, run_dir: Path) -> dict:
     """Per-example predictions of a finished run's classifier on its evaluation sets, with the
     evaluation code of stage 2 (same tokenization settings, subsets and batches)."""
-    from classify.data import load_labelled
-    from classify.evaluate import evaluate_set
+    from classify.evaluate import evaluate_set, load_eval_sets, save_predictions
     from classify.model import load_classifier
-    from classify.train import fresh_accelerator_state
     from dapt.runtime import make_accelerator
 
-    fresh_accelerator_state()
     accelerator = make_accelerator(config.impl, run_dir)
     classifier, tokenizer = load_classifier(run_dir / "model")
-    settings = classifier.settings | {"head_tokens": classifier.config_dict["head_tokens"]}
     model = classifier.to(accelerator.device)
     found = {}
-    for name, set_config in config.data.eval.items():
-        if set_config is None:
-            continue
-        with accelerator.main_process_first():
-            labelled = load_labelled(set_config, seed=config.train.seed)
-        _, predictions = evaluate_set(model, tokenizer, labelled, settings, accelerator, config.train.eval_batch_size,
-                                      config.data.group_by_length, config.impl.dataloader_workers)
-        found[name] = predictions
+    for name, labelled in load_eval_sets(config.data.eval, accelerator, seed=config.train.seed).items():
+        _, found[name] = evaluate_set(model, tokenizer, labelled, classifier.settings, accelerator,
+                                      config.train.eval_batch_size, config.data.group_by_length,
+                                      config.impl.dataloader_workers)
         if accelerator.is_main_process:
-            path = run_dir / PREDICTIONS_DIR / f"{name}.npz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, prob=predictions.prob, pred=predictions.pred, label=predictions.label, loss=predictions.loss)
+            save_predictions(found[name], run_dir / PREDICTIONS_DIR / f"{name}.npz")
     accelerator.wait_for_everyone()
     del model, classifier
     _release_memory()

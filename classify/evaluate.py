@@ -141,22 +141,15 @@ def load_eval_sets(eval_sets: dict, accelerator, seed: int) -> dict[str, Labelle
         return {name: load_labelled(set_config, seed=seed) for name, set_config in eval_sets.items() if set_config is not None}
 
 
-def evaluate_all(model, tokenizer, eval_sets: dict, settings: dict, accelerator, *, batch_size: int, seed: int,
-                 output_dir: Optional[Path], group_by_length: bool = True, workers: int = 0,
-                 loaded: Optional[dict[str, LabelledSet]] = None) -> tuple[dict, list[Path]]:
-    """Every configured evaluation set -> (``evaluation`` block of results.json, plot paths).
-    With ``output_dir``: ``plots/`` and ``predictions/NAME.npz`` go there. ``loaded``: sets already
-    read by :func:`load_eval_sets`."""
+def evaluate_all(model, tokenizer, eval_sets: dict, labelled_sets: dict[str, LabelledSet], settings: dict, accelerator, *,
+                 batch_size: int, output_dir: Optional[Path], group_by_length: bool = True,
+                 workers: int = 0) -> tuple[dict, list[Path]]:
+    """The sets read by :func:`load_eval_sets` -> (``evaluation`` block of results.json, plot
+    paths). With ``output_dir``: ``plots/`` and ``predictions/NAME.npz`` go there."""
     evaluation, plots = {}, []
-    for name, set_config in eval_sets.items():
-        if set_config is None:
-            continue
+    for name, labelled in labelled_sets.items():
+        set_config = eval_sets[name]
         started = time.time()
-        if loaded is not None and name in loaded:
-            labelled = loaded[name]
-        else:
-            with accelerator.main_process_first():
-                labelled = load_labelled(set_config, seed=seed)
         metrics, predictions = evaluate_set(model, tokenizer, labelled, settings, accelerator, batch_size, group_by_length, workers)
         evaluation[name] = result_block(set_config, labelled, metrics)
         logger.info(
@@ -187,14 +180,14 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     accelerator = make_accelerator(config.impl, output_dir)
     set_seed(config.train.seed)
     classifier, tokenizer = load_classifier(model_name_or_path, revision=revision)
-    settings = classifier.settings | {"head_tokens": classifier.config_dict["head_tokens"]}
+    settings = classifier.settings
     model = classifier.to(accelerator.device)  # inference only: no DDP wrapper needed
     logger.info(f"evaluating {model_name_or_path} ({settings['truncation']}, max_length {settings['max_length']}) "
                 f"on {accelerator.num_processes} process(es)")
+    labelled_sets = load_eval_sets(config.data.eval, accelerator, seed=config.train.seed)
     evaluation, plots = evaluate_all(
-        model, tokenizer, config.data.eval, settings, accelerator, batch_size=config.train.eval_batch_size,
-        seed=config.train.seed, output_dir=output_dir, group_by_length=config.data.group_by_length,
-        workers=config.impl.dataloader_workers,
+        model, tokenizer, config.data.eval, labelled_sets, settings, accelerator, batch_size=config.train.eval_batch_size,
+        output_dir=output_dir, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
     )
     base_model = classifier.config_dict.get("base_model")
     dapt = None
@@ -219,7 +212,7 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
 def main(argv=None) -> None:
     from dapt.config import ConfigError, parse_cli
 
-    from classify.train import ClassifyConfig
+    from classify.config import ClassifyConfig
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model", required=True, help="stage-2 output dir, its model/ folder, or a Hub repo id")

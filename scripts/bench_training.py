@@ -204,7 +204,8 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
 
     from classify.data import Collator, LengthBucketBatchSampler
     from classify.model import EncoderClassifier
-    from classify.train import TrainConfig, classifier_parameter_groups
+    from classify.config import TrainConfig
+    from classify.train import classifier_parameter_groups
     from dapt.runtime import linear_warmup_decay, make_optimizer
 
     device = torch.device(args.device)

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from classify.train import ClassifyConfig, train_classifier
+from classify.config import ClassifyConfig
+from classify.train import train_classifier
 from dapt.config import load_config
 
 

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from classify import train as train_module
-from classify.train import ClassifyConfig, format_epoch_line, train_classifier
+from classify.config import ClassifyConfig
+from classify.train import format_epoch_line, train_classifier
 from dapt.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,8 @@ def test_parameter_groups_and_schedule_observed_during_training(baseline_run):
 
 def test_optimizer_groups_hold_the_right_parameters(tiny_headless_encoder_dir):
     from classify.model import EncoderClassifier
-    from classify.train import TrainConfig, classifier_parameter_groups
+    from classify.config import TrainConfig
+    from classify.train import classifier_parameter_groups
 
     model = EncoderClassifier.from_encoder(tiny_headless_encoder_dir)
     groups = {g["name"]: g for g in classifier_parameter_groups(model, TrainConfig(encoder_lr=1e-5, head_lr=5e-5, weight_decay=0.01))}

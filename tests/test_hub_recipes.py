@@ -225,7 +225,8 @@ def test_pretrain_recipe_reads_model_and_corpus_from_the_hub(stage1, recipe_hub)
 
 
 def test_classify_recipe_reads_imdb_and_sst2_from_the_hub(stage1, recipe_hub, tmp_path):
-    from classify.train import ClassifyConfig, train_classifier
+    from classify.config import ClassifyConfig
+    from classify.train import train_classifier
     from dapt.config import load_config
 
     encoder_dir, summary, _ = stage1
@@ -254,7 +255,8 @@ def test_classify_recipe_reads_imdb_and_sst2_from_the_hub(stage1, recipe_hub, tm
 def test_classify_baseline_takes_the_plain_encoder_from_the_hub(recipe_hub, tmp_path):
     """classify.yaml's no-DAPT baseline: ``model.encoder=distilbert/distilbert-base-uncased``."""
     from classify.model import load_classifier
-    from classify.train import ClassifyConfig, train_classifier
+    from classify.config import ClassifyConfig
+    from classify.train import train_classifier
     from dapt.config import load_config
 
     out = tmp_path / "classify-plain"
@@ -317,7 +319,8 @@ def test_missing_hub_model_names_the_id(recipe_hub, tmp_path):
 
 def test_missing_eval_dataset_fails_before_training(stage1, recipe_hub, tmp_path):
     """A typo in an evaluation set's Hub id must not cost a whole training run: it fails up front."""
-    from classify.train import ClassifyConfig, train_classifier
+    from classify.config import ClassifyConfig
+    from classify.train import train_classifier
     from dapt.config import load_config
     from dapt.data import DataError
 

@@ -1,0 +1,108 @@
+"""Stage 2's configuration: the typed schema behind ``configs/classify*.yaml``.
+
+Loaded with :func:`dapt.config.load_config` (YAML + ``key=value`` overrides; an unknown key or a
+wrong type is an error naming the key); :meth:`ClassifyConfig.validate` checks the values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+from classify.data import LabelledSetConfig
+from classify.model import TRUNCATION_STRATEGIES
+from dapt.runtime import CheckpointConfig, ImplConfig, raise_config
+
+BEST_METRICS = {"val_acc": "max", "val_f1": "max", "val_roc_auc": "max", "val_loss": "min"}
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "runs/dapt-distilbert"  # stage-1 output dir, or any Hub encoder id
+    revision: Optional[str] = None
+    dropout: float = 0.1  # on the [CLS] state, before the linear head
+    max_length: int = 512  # tokens, special tokens included
+    truncation: str = "head"  # head | head+tail (the first head_tokens + the last ones)
+    head_tokens: int = 128
+
+
+def _imdb_train() -> LabelledSetConfig:
+    return LabelledSetConfig(path="stanfordnlp/imdb", split="train")
+
+
+def _eval_sets() -> dict:
+    return {
+        "imdb_test": LabelledSetConfig(path="stanfordnlp/imdb", split="test"),
+        "sst2_validation": LabelledSetConfig(path="stanfordnlp/sst2", split="validation", text_column="sentence"),
+    }
+
+
+@dataclass
+class DataConfig:
+    train: LabelledSetConfig = field(default_factory=_imdb_train)  # max_samples: subset of the training part
+    validation_size: float = 0.1  # stratified from train: a fraction (< 1) or a count (>= 1)
+    eval: Dict[str, Optional[LabelledSetConfig]] = field(default_factory=_eval_sets)  # results.json key -> set; null drops it
+    group_by_length: bool = True  # length-bucketed batches in shuffled order (less padding)
+    bucket_batches: int = 50  # batches per length bucket
+    balance_labels: bool = False  # every training batch holds the classes in the data's proportion
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    epochs: int = 3
+    batch_size: int = 64  # per process; the global batch is batch_size x processes x grad_accum
+    eval_batch_size: int = 128  # per process
+    grad_accum: int = 1
+    encoder_lr: float = 1e-5
+    head_lr: float = 5e-5
+    min_lr: float = 1e-8  # where the linear decay ends
+    weight_decay: float = 0.01  # not on biases and LayerNorm weights
+    warmup_ratio: float = 0.1  # of all optimizer steps
+    max_grad_norm: float = 1.0  # 0: no clipping
+    best_metric: str = "val_acc"  # val_acc | val_f1 | val_roc_auc | val_loss (minimised)
+    early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0: never
+    log_every: int = 10  # optimizer steps between metrics.jsonl lines
+    max_nonfinite: int = 20  # skipped non-finite updates before the run stops
+
+
+@dataclass
+class ClassifyCheckpointConfig(CheckpointConfig):
+    every_epoch: bool = True  # a checkpoint after each epoch's validation
+
+
+@dataclass
+class ClassifyConfig:
+    output_dir: str = "runs/classify"
+    run_name: str = "classify"
+    tensorboard: bool = False
+    push_to_hub: bool = False  # after training: build the Hub folder and upload it (classify.publish)
+    hub_repo_id: Optional[str] = None  # USER/NAME
+    hub_private: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    impl: ImplConfig = field(default_factory=ImplConfig)
+    checkpoint: ClassifyCheckpointConfig = field(default_factory=ClassifyCheckpointConfig)
+
+    def validate(self) -> None:
+        self.impl.validate()
+        if self.model.truncation not in TRUNCATION_STRATEGIES:
+            raise_config("model.truncation", self.model.truncation, "head or head+tail")
+        if self.model.max_length < 8:
+            raise_config("model.max_length", self.model.max_length, "an integer >= 8")
+        if self.model.truncation == "head+tail" and not 0 < self.model.head_tokens < self.model.max_length - 2:
+            raise_config("model.head_tokens", self.model.head_tokens, f"between 1 and max_length - 3 ({self.model.max_length - 3})")
+        if not 0 <= self.model.dropout < 1:
+            raise_config("model.dropout", self.model.dropout, "a probability in [0, 1)")
+        for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "log_every"):
+            if getattr(self.train, key) < 1:
+                raise_config(f"train.{key}", getattr(self.train, key), "an integer >= 1")
+        if self.data.validation_size <= 0:
+            raise_config("data.validation_size", self.data.validation_size, "a fraction in (0, 1) or a count >= 1")
+        if not 0 <= self.train.warmup_ratio < 1:
+            raise_config("train.warmup_ratio", self.train.warmup_ratio, "a fraction in [0, 1)")
+        if self.train.best_metric not in BEST_METRICS:
+            raise_config("train.best_metric", self.train.best_metric, " | ".join(BEST_METRICS))
+        if self.push_to_hub and not self.hub_repo_id:
+            raise_config("hub_repo_id", self.hub_repo_id, "USER/NAME when push_to_hub is true")
