@@ -55,8 +55,9 @@ from omegaconf import MISSING
 from classify.ablation_report import bar_chart_png, convergence_png, markdown_report
 from classify.ablation_runs import execute, is_main_process, plan, run_stage1, same_yaml
 from classify.ablation_stats import BOOTSTRAP_METRICS, analyse
+from classify.evaluate import METRIC_KEYS
 from dapt.config import ConfigError, parse_cli, to_dict, to_yaml
-from dapt.runtime import logger, raise_config
+from dapt.runtime import logger, raise_config, write_json
 
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -171,17 +172,18 @@ def run_ablation(config: AblationConfig) -> dict:
         if stage.reuse:
             summary = json.loads((stage.output_dir / "dapt_summary.json").read_text())
             logger.info(f"stage 1 ({stage.name}): reusing {stage.output_dir}")
-            if stage.config is not None and not same_yaml(stage.output_dir, stage.config):
+            matches = stage.config is not None and same_yaml(stage.output_dir, stage.config)
+            if stage.config is not None and not matches:
                 logger.warning(f"stage 1 ({stage.name}): {stage.output_dir}/config.yaml differs from dapt.config + overrides; "
                                f"reusing it anyway (set dapt.reuse_dir=null to train stage 1 into {out / 'dapt'})")
             if summary.get("model_name_or_path") not in (None, base):
                 logger.warning(f"stage 1 ({stage.name}): {stage.output_dir} was adapted from {summary['model_name_or_path']}, "
                                f"but the plain arm uses {base}: the comparison is only fair if they are the same encoder")
         else:
-            summary = run_stage1(stage)
+            summary, matches = run_stage1(stage), True  # it wrote stage.config
         stage1_report[stage.name] = {
             "output_dir": str(stage.output_dir), "reused": stage.reuse, "base": summary.get("model_name_or_path"),
-            "config_matches": stage.config is not None and same_yaml(stage.output_dir, stage.config),
+            "config_matches": matches,
             **{k: summary.get(k) for k in ("perplexity_before", "perplexity_after", "baseline", "steps", "epochs",
                                           "tokens_seen", "wall_time_s", "num_processes")},
         }
@@ -194,6 +196,7 @@ def run_ablation(config: AblationConfig) -> dict:
 
     analysis = analyse(config, results, predictions)
     first = results[config.arms[0].name][config.seeds[0]]
+    by_run = {(run.arm.name, run.seed): run for run in runs}
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base_encoder": base,
@@ -204,12 +207,12 @@ def run_ablation(config: AblationConfig) -> dict:
         "stage1": stage1_report,
         "arms": [{"name": arm.name, "encoder": run.encoder, "encoder_kind": arm.encoder if arm.encoder in ("plain", "dapt") else "path",
                   "stage1": run.stage1, "overrides": list(arm.overrides), "dapt_overrides": list(arm.dapt_overrides)}
-                 for arm in config.arms for run in runs if run.arm is arm and run.seed == config.seeds[0]],
+                 for arm in config.arms for run in [by_run[arm.name, config.seeds[0]]]],
         "hyperparameters": {arm.name: results[arm.name][config.seeds[0]]["hyperparameters"] for arm in config.arms},
         "runs": {arm: {str(seed): {
             "dir": str(out / "runs" / arm / f"seed_{seed}"),
-            "reused": next(r.reuse for r in runs if r.arm.name == arm and r.seed == seed),
-            "evaluation": {ds: {k: v for k, v in block.items() if k in ("accuracy", "f1", "precision", "recall", "roc_auc", "loss", "n", "subset_of")}
+            "reused": by_run[arm, seed].reuse,
+            "evaluation": {ds: {k: v for k, v in block.items() if k in (*METRIC_KEYS, "subset_of")}
                            for ds, block in res["evaluation"].items()},
             "val_acc": [e["val_acc"] for e in res["training"]["epochs"]],
             "best_epoch": res["training"]["best_epoch"],
@@ -219,13 +222,8 @@ def run_ablation(config: AblationConfig) -> dict:
         "analysis": analysis,
         "config": to_dict(config),
     }
+    write_json(PartialState(), out / "ablation.json", report)
     if is_main_process():
-        from dapt.runtime import _json_default
-
-        out.mkdir(parents=True, exist_ok=True)
-        temporary = out / "ablation.json.tmp"
-        temporary.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        temporary.replace(out / "ablation.json")
         (out / "ablation.md").write_text(markdown_report(report))
         bar_chart_png(report, out / "ablation.png")
         convergence_png(report, out / "convergence.png")

@@ -12,13 +12,13 @@ from typing import Optional
 import numpy as np
 
 from classify.ablation_stats import excludes_zero
-from classify.plots import save_figure
+from classify.plots import plt, save_figure  # pyplot on the Agg backend
 
 METRIC_TITLES = {"accuracy": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall", "roc_auc": "ROC AUC"}
 
 
-def _fmt(value: Optional[float], digits: int = 4) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def _fmt(value: Optional[float]) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
 def _mean_std(block: dict) -> str:
@@ -27,11 +27,11 @@ def _mean_std(block: dict) -> str:
     return _fmt(block["mean"]) + (f" ± {_fmt(block['std'])}" if block["std"] is not None else "")
 
 
-def _points(interval: Optional[dict], mean: Optional[float] = None) -> str:
+def _points(interval: Optional[dict]) -> str:
     """A difference and its interval in percentage points: ``+0.62 [+0.40, +0.84]``."""
     if not interval:
         return "—"
-    centre = interval.get("mean") if mean is None else mean
+    centre = interval.get("mean")
     if centre is None:
         return "—"
     text = f"{100 * centre:+.2f}"
@@ -105,11 +105,6 @@ def markdown_report(report: dict) -> str:
 
 def bar_chart_png(report: dict, path: Path) -> Path:
     """Mean ± std over seeds, one panel per dataset, one group of bars per metric, one bar per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     analysis, metrics = report["analysis"], report["config"]["metrics"]
     arms, datasets = [arm["name"] for arm in report["arms"]], analysis["datasets"]
     figure, axes = plt.subplots(1, len(datasets), figsize=(1.2 + 2.2 * len(metrics) * len(datasets), 4.2), squeeze=False)
@@ -139,11 +134,6 @@ def bar_chart_png(report: dict, path: Path) -> Path:
 
 
 def convergence_png(report: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figure, axis = plt.subplots(figsize=(5.2, 3.8))
     arms, epochs = report["arms"], set()
     for position, arm in enumerate(arms):

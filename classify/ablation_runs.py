@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from classify.evaluate import PREDICTIONS_DIR, evaluate_set, load_eval_sets, load_predictions, save_predictions
 from dapt.config import ConfigError, load_config, to_yaml
 from dapt.runtime import logger
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from classify.ablate import AblationConfig, ArmConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-PREDICTIONS_DIR = "predictions"  # RUN/predictions/NAME.npz: prob, pred, label, loss in dataset order
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +157,18 @@ def is_main_process() -> bool:
     return PartialState().is_main_process
 
 
+def _drop_stale_checkpoints(directory: Path, config, force: bool = False) -> None:
+    """Remove ``checkpoints/`` left in ``directory`` by a run with other settings (or any, with
+    ``force``) so that the run about to start does not resume from them; every process waits."""
+    from accelerate.state import PartialState
+
+    if is_main_process() and (force or (directory / "config.yaml").is_file() and not same_yaml(directory, config)):
+        if (directory / "checkpoints").is_dir():
+            logger.warning(f"{directory}: not resuming from its checkpoints (other settings, or a new stage-1 encoder); starting afresh")
+        shutil.rmtree(directory / "checkpoints", ignore_errors=True)
+    PartialState().wait_for_everyone()
+
+
 def _release_memory() -> None:
     import torch
 
@@ -170,44 +182,16 @@ def run_stage1(stage: Stage1Plan) -> dict:
     from dapt.pretrain import pretrain
 
     logger.info(f"== stage 1 ({stage.name}) -> {stage.output_dir}")
-    stale = stage.output_dir / "config.yaml"
-    if not stage.given_dir and stale.is_file() and stale.read_text() != to_yaml(stage.config):
-        # this ablation's own folder, left by a stage 1 with other settings: do not resume from it
-        from accelerate.state import PartialState
-
-        if PartialState().is_main_process:
-            logger.warning(f"{stage.output_dir} holds a stage 1 with other settings: starting it afresh")
-            shutil.rmtree(stage.output_dir / "checkpoints", ignore_errors=True)
-        PartialState().wait_for_everyone()
+    if not stage.given_dir:  # this ablation's own folder: never resume a stage 1 with other settings
+        _drop_stale_checkpoints(stage.output_dir, stage.config)
     summary = pretrain(stage.config)  # keeps the process group for the stage-2 runs that follow
     _release_memory()
     return summary
 
 
-@dataclass
-class _Predictions:  # the fields of classify.evaluate.Predictions that the statistics use
-    prob: np.ndarray
-    pred: np.ndarray
-    label: np.ndarray
-    loss: Optional[np.ndarray] = None
-
-
-def load_predictions(run_dir: Path, names: Sequence[str]) -> Optional[dict]:
-    """``RUN/predictions/NAME.npz`` for every set, or None when one is missing."""
-    found = {}
-    for name in names:
-        path = run_dir / PREDICTIONS_DIR / f"{name}.npz"
-        if not path.is_file():
-            return None
-        with np.load(path) as data:
-            found[name] = _Predictions(data["prob"], data["pred"], data["label"], data["loss"] if "loss" in data else None)
-    return found
-
-
 def predict_run(config, run_dir: Path) -> dict:
     """Per-example predictions of a finished run's classifier on its evaluation sets, with the
     evaluation code of stage 2 (same tokenization settings, subsets and batches)."""
-    from classify.evaluate import evaluate_set, load_eval_sets, save_predictions
     from classify.model import load_classifier
     from dapt.runtime import make_accelerator
 
@@ -238,13 +222,9 @@ def execute(run: RunPlan, keep_checkpoints: bool) -> tuple[dict, dict]:
         predictions = load_predictions(run.output_dir, names)
     else:
         logger.info(f"== {run.arm.name} seed {run.seed}: encoder {run.encoder} -> {run.output_dir}")
-        from accelerate.state import PartialState
-
         if is_main_process():  # a previous run's predictions must not pass for this one's
             shutil.rmtree(run.output_dir / PREDICTIONS_DIR, ignore_errors=True)
-            if run.fresh or (run.output_dir / "config.yaml").is_file() and not same_yaml(run.output_dir, run.config):
-                shutil.rmtree(run.output_dir / "checkpoints", ignore_errors=True)  # not this run's to resume from
-        PartialState().wait_for_everyone()
+        _drop_stale_checkpoints(run.output_dir, run.config, force=run.fresh)
         results = train_classifier(run.config)
         _release_memory()
         predictions = load_predictions(run.output_dir, names)  # present if stage 2 saved them itself

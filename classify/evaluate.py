@@ -38,6 +38,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from classify.data import Collator, LabelledSet, LabelledSetConfig, LengthBucketBatchSampler, ReviewDataset, load_labelled
 from dapt.runtime import logger
 
+PREDICTIONS_DIR = "predictions"  # RUN/predictions/NAME.npz: per-row predictions in dataset order
 METRIC_KEYS = ("accuracy", "f1", "precision", "recall", "roc_auc", "loss", "n")
 
 
@@ -135,6 +136,18 @@ def save_predictions(predictions: Predictions, path: Path) -> Path:
     return path
 
 
+def load_predictions(run_dir: Path, names) -> Optional[dict[str, Predictions]]:
+    """``RUN/predictions/NAME.npz`` (:func:`save_predictions`) for every set, or None when one is missing."""
+    found = {}
+    for name in names:
+        path = Path(run_dir) / PREDICTIONS_DIR / f"{name}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            found[name] = Predictions(data["prob"], data["pred"], data["label"], data["loss"])
+    return found
+
+
 def load_eval_sets(eval_sets: dict, accelerator, seed: int) -> dict[str, LabelledSet]:
     """Every configured evaluation set, read (a missing file or Hub dataset raises DataError)."""
     with accelerator.main_process_first():
@@ -158,7 +171,7 @@ def evaluate_all(model, tokenizer, eval_sets: dict, labelled_sets: dict[str, Lab
             f"loss {metrics['loss']:.4f} [{time.time() - started:.0f} s]"
         )
         if output_dir is not None and accelerator.is_main_process:
-            save_predictions(predictions, Path(output_dir) / "predictions" / f"{name}.npz")
+            save_predictions(predictions, Path(output_dir) / PREDICTIONS_DIR / f"{name}.npz")
             plots += plot_set(name, predictions, Path(output_dir) / "plots", name.replace("_", " "))
     return evaluation, plots
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -329,7 +330,21 @@ def test_a_second_invocation_reuses_every_finished_run(ablation, tiny_headless_e
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/results.json")} == stamps  # nothing retrained
     assert again["analysis"]["summary"] == first["analysis"]["summary"]
     assert again["analysis"]["comparisons"]["dapt"]["imdb_test"]["accuracy"]["bootstrap"]["samples"] <= 100
-    run_ablation(load_config(AblationConfig, DEMO, tiny_overrides(tiny_headless_encoder_dir, shared_data, out)))  # leave the fixture as it was
+    # a finished run whose predictions went missing: read back, and re-predicted by stage 2's evaluation code
+    lost = out / "runs" / "plain" / "seed_0" / "predictions"
+    before = {}
+    for path in lost.glob("*.npz"):
+        with np.load(path) as data:
+            before[path.name] = (data["prob"], data["pred"])
+    assert set(before) == {"imdb_test.npz", "sst2_validation.npz"}
+    shutil.rmtree(lost)
+    restored = run_ablation(load_config(AblationConfig, DEMO, tiny_overrides(tiny_headless_encoder_dir, shared_data, out)))
+    assert restored["runs"]["plain"]["0"]["reused"]
+    for name, (prob, pred) in before.items():
+        with np.load(lost / name) as data:
+            np.testing.assert_allclose(data["prob"], prob, atol=1e-6)
+            assert np.array_equal(data["pred"], pred)
+    assert restored["analysis"]["summary"] == first["analysis"]["summary"]
     # a stage-1 output that changed since: the runs on it are stale, the plain runs are not
     summary_path = out / "dapt" / "dapt_summary.json"
     original = summary_path.read_text()
