@@ -89,7 +89,7 @@ def make_accelerator(
     if cpu and mixed_precision == "fp16":
         logging.getLogger(__name__).warning("fp16 autocast is not supported on the CPU; running in fp32 (use bf16 or no)")
         mixed_precision = "no"
-    if cpu and mixed_precision == "bf16" and not _cpu_has_native_bf16():
+    if cpu and mixed_precision == "bf16" and not cpu_has_native_bf16():
         # kept as asked (tests run bf16 code paths on such CPUs), but say what it costs
         logging.getLogger(__name__).warning(
             "this CPU has no native bf16: bf16 autocast is emulated (measured 3-4x slower than fp32 by "
@@ -121,7 +121,9 @@ def reset_accelerator_state() -> None:
     GradientState._reset_state()
 
 
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 matmuls natively (AVX512-BF16 / AMX); elsewhere CPU bf16
+    autocast is emulated and slower than fp32."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -70,10 +70,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch
 
 from bench_infer import run_infer
-from bench_measure import cpu_has_native_bf16, device_info, free, thread_sync_latency_ms, versions
+from bench_measure import device_info, free, thread_sync_latency_ms, versions
 from bench_report import compare, markdown_table, summarize
 from bench_training import classify_baseline, classify_project, mlm_baseline, mlm_project
 from bench_workload import SIZES, build_corpus, encoder_config, flops_params, load_tokenizer, pack, review_ids, shape_of
+from dapt.runtime import cpu_has_native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imdb"
@@ -172,10 +173,9 @@ def run_training_stage(stage: str, args, baseline_fn, project_fn) -> dict:
     baselines, projects = [], []
     for repeat in range(args.repeats):
         for side, fn, bucket in (("baseline", baseline_fn, baselines), ("project", project_fn, projects)):
-            free(args.device)
+            free(args.device)  # the previous run's memory, and the peak-memory counter
             print(f"[{stage}] {side} run {repeat + 1}/{args.repeats} ...", flush=True)
             bucket.append(fn())
-            free(args.device)
     keys = ("tokens_per_s", "samples_per_s", "mfu", "model_tflops_per_s")
     return {**compare(stage, summarize(baselines), summarize(projects), keys),
             "wall_time_s": round(time.perf_counter() - started, 1)}
@@ -190,6 +190,8 @@ def run(args) -> dict:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if not cuda and args.threads:
+        torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
         "benchmark": "dapt scripts/bench.py",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -204,10 +206,7 @@ def run(args) -> dict:
         },
         "stages": {},
     }
-    if not cuda and args.threads:
-        torch.set_num_threads(args.threads)
     if not cuda:
-        report["device"]["torch_threads"] = torch.get_num_threads()
         report["device"]["thread_sync_latency_ms"] = thread_sync_latency_ms(args.infer_threads)
     with tempfile.TemporaryDirectory() as workdir:
         tokenizer = load_tokenizer(args, Path(workdir))

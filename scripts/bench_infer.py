@@ -138,6 +138,5 @@ def run_infer(args, tokenizer, config, texts: list[str]) -> dict:
                          same_label_as_naive=sum(l == b[0] for l, b in zip(labels, outputs["baseline"])) / len(texts))
             sweep[name] = entry
         result["sweep"] = sweep
-    del classifier
     torch.set_num_threads(previous_threads)
     return result

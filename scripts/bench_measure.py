@@ -15,17 +15,10 @@ from typing import Optional
 
 import torch
 
+from dapt.runtime import cpu_has_native_bf16
+
 # --------------------------------------------------------------------------------------------
 # Environment
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where oneDNN runs bf16 matmuls natively (AVX512-BF16 / AMX); elsewhere CPU bf16
-    autocast is emulated and slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def device_info(device: str) -> dict:
@@ -73,7 +66,7 @@ def peak_memory_gib(device: str) -> Optional[float]:
 
 
 def thread_sync_latency_ms(threads: int = 2, n: int = 200) -> float:
-    """Median time of a small ``threads``-way parallel op: ~0.05 ms on an idle machine, several ms
+    """Median time of a small ``threads``-way parallel op: ~0.015 ms on an idle machine, several ms
     when the cores are busy with other work (each parallel region then waits for a descheduled
     thread). Recorded with the CPU figures because it decides how noisy they are."""
     previous = torch.get_num_threads()

@@ -75,7 +75,6 @@ def run_trainer(args, model, dataset, collator, tokenizer, batch_size: int, para
                       precision=args.baseline_precision,
                       attn_implementation=getattr(model.config, "_attn_implementation", None))
         trainer.accelerator.free_memory()
-        del trainer
     return result
 
 
@@ -94,7 +93,8 @@ def cycle(loader, on_epoch=None):
 
 def project_step(args, model_call, parameters, optimizer, scheduler, batch: dict, loss_of) -> None:
     """The optimizer step of dapt/pretrain.py and classify/train.py: autocast forward, backward,
-    clip to 1.0, skip a non-finite update, step, schedule, zero the gradients."""
+    clip to 1.0 (both stages' train.max_grad_norm), skip a non-finite update, step, schedule, zero
+    the gradients."""
     with autocast(args):
         output = model_call(batch)
     loss = loss_of(output, batch)
@@ -141,7 +141,6 @@ def mlm_baseline(args, tokenizer, config, blocks: list[list[int]], params: dict)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     result = run_trainer(args, model, dataset, collator, tokenizer, args.baseline_batch, params, mlm=True)
     result.update(block=args.baseline_block, batch=args.baseline_batch, logits="full vocabulary")
-    del model
     return result
 
 
@@ -150,14 +149,16 @@ def mlm_project(args, tokenizer, config, blocks: list[list[int]], params: dict) 
 
     from dapt.masking import MLMCollator
     from dapt.modeling import MaskedLMObjective
+    from dapt.pretrain import TrainConfig
     from dapt.runtime import linear_warmup_decay, make_optimizer, parameter_groups
 
     device = torch.device(args.device)
     model = build_mlm_model(config, args.seed, attn_implementation="sdpa").to(device)
     objective = MaskedLMObjective(model, masked_only=args.masked_only)
-    optimizer = make_optimizer(parameter_groups(model.named_parameters(), 1e-4, 0.01), fused=args.fused_adamw)
+    hp = TrainConfig(batch_size=args.mlm_batch)  # stage 1's defaults: LR, weight decay, schedule
+    optimizer = make_optimizer(parameter_groups(model.named_parameters(), hp.lr, hp.weight_decay), fused=args.fused_adamw)
     total = args.warmup + args.steps
-    scheduler = linear_warmup_decay(optimizer, warmup_steps=max(1, total // 10), total_steps=total)
+    scheduler = linear_warmup_decay(optimizer, round(hp.warmup_ratio * total), total, hp.min_lr)
     forward = torch.compile(objective) if args.compile else objective
     collator = MLMCollator(tokenizer, seed=args.seed)
     dataset = [{"input_ids": block, "index": i} for i, block in enumerate(blocks)]
@@ -173,7 +174,6 @@ def mlm_project(args, tokenizer, config, blocks: list[list[int]], params: dict) 
                   precision=args.precision, compile=args.compile, attn_implementation="sdpa",
                   logits="masked positions only" if args.masked_only else "full vocabulary",
                   optimizer="AdamW fused" if getattr(optimizer, "defaults", {}).get("fused") else "AdamW")
-    del model, objective, forward, optimizer, loader
     return result
 
 
@@ -194,7 +194,6 @@ def classify_baseline(args, tokenizer, config, reviews: list[list[int]], labels:
     collator = DataCollatorWithPadding(tokenizer)
     result = run_trainer(args, model, dataset, collator, tokenizer, args.classify_batch, params, mlm=False)
     result.update(batch=args.classify_batch, batching="random order, dynamic padding")
-    del model
     return result
 
 
@@ -215,7 +214,7 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
     optimizer = make_optimizer(classifier_parameter_groups(model, hp), fused=args.fused_adamw)
     total = args.warmup + args.steps
     scheduler = linear_warmup_decay(optimizer, round(hp.warmup_ratio * total), total, hp.min_lr)
-    forward = torch.compile(model, dynamic=True) if args.compile else model
+    forward = torch.compile(model) if args.compile else model  # as classify/train.py compiles
     sampler = LengthBucketBatchSampler([len(r) for r in reviews], args.classify_batch, shuffle=True, seed=args.seed,
                                        group_by_length=args.group_by_length)
     dataset = [{"input_ids": r, "label": y, "index": i} for i, (r, y) in enumerate(zip(reviews, labels))]
@@ -231,5 +230,4 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
                   compile=args.compile, attn_implementation="sdpa",
                   batching=(f"shuffled length buckets, pad to {args.pad_multiple}" if args.group_by_length
                             else f"random order, pad to {args.pad_multiple}"))
-    del model, forward, optimizer, loader
     return result

@@ -113,6 +113,7 @@ def test_classify_stage_pads_less(smoke_report):
     classify = smoke_report["stages"]["classify"]
     assert classify["project"]["batching"].startswith("shuffled length buckets")
     assert classify["baseline"]["samples"] == classify["project"]["samples"] == 2 * 8
+    assert classify["project"]["padding_fraction"] < classify["baseline"]["padding_fraction"]
 
 
 def test_infer_stage(smoke_report):
