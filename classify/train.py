@@ -51,14 +51,13 @@ from classify.data import (
 )
 from classify.evaluate import compute_metrics, evaluate_all, load_eval_sets, make_eval_loader, predict
 from classify.model import WEIGHTS_NAME, EncoderClassifier
-from dapt.config import ConfigError, parse_cli, to_dict, to_yaml
+from dapt.config import ConfigError, parse_cli, to_dict
 from dapt.runtime import (
-    CheckpointManager,
-    MetricsWriter,
     linear_warmup_decay,
     logger,
     make_accelerator,
     make_optimizer,
+    open_run_dir,
     parameter_groups,
     steps_from_budget,
     write_json,
@@ -179,14 +178,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
     scheduler = linear_warmup_decay(optimizer.optimizer, warmup_steps, total_steps, hp.min_lr)
     accelerator.register_for_checkpointing(scheduler)
     group_names = [group["name"] for group in optimizer.param_groups]
-    checkpoints = CheckpointManager(accelerator, output_dir, keep=config.checkpoint.keep)
+    checkpoints, resume_from, metrics = open_run_dir(accelerator, output_dir, config, config.checkpoint)
     best_dir = output_dir / "checkpoints" / "best"
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(to_yaml(config))
-
-    resume_from = checkpoints.resolve(config.checkpoint.resume)
-    metrics = MetricsWriter(accelerator, output_dir / "metrics.jsonl", append=resume_from is not None)
     if resume_from is not None:
         state = checkpoints.load(resume_from)
     else:

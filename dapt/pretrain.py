@@ -27,21 +27,20 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dapt.config import ConfigError, parse_cli, to_dict, to_yaml
+from dapt.config import ConfigError, parse_cli, to_dict
 from dapt.data import CorpusConfig, build_blocks
 from dapt.masking import EVAL_EPOCH, MLMCollator
 from dapt.modeling import MaskedLMObjective, head_parameters, load_masked_lm
 from dapt.runtime import (
     CheckpointConfig,
-    CheckpointManager,
     ImplConfig,
-    MetricsWriter,
     ThroughputMeter,
     inner_state_dict,
     linear_warmup_decay,
     logger,
     make_accelerator,
     make_optimizer,
+    open_run_dir,
     parameter_groups,
     raise_config,
     steps_from_budget,
@@ -215,14 +214,9 @@ def pretrain(config: PretrainConfig) -> dict:
     warmup = config.train.warmup_steps or round(config.train.warmup_ratio * total_steps)
     scheduler = linear_warmup_decay(optimizer.optimizer, warmup, total_steps, config.train.min_lr)
     accelerator.register_for_checkpointing(scheduler)
-    checkpoints = CheckpointManager(accelerator, output_dir, keep=config.checkpoint.keep)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(to_yaml(config))
+    checkpoints, resume_from, metrics = open_run_dir(accelerator, output_dir, config, config.checkpoint)
 
     # --- the pretrained baseline, or where a run left off
-    resume_from = checkpoints.resolve(config.checkpoint.resume)
-    metrics = MetricsWriter(accelerator, output_dir / "metrics.jsonl", append=resume_from is not None)
     if resume_from is not None:
         state = checkpoints.load(resume_from)
     else:

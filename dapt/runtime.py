@@ -326,6 +326,21 @@ class MetricsWriter:
             self.accelerator.log(numeric, step=step)
 
 
+def open_run_dir(accelerator: Accelerator, output_dir: Path, config, checkpoint: CheckpointConfig):
+    """A run's folder, for both stages: ``config.yaml`` written (main process), the
+    :class:`CheckpointManager`, the checkpoint to resume from (``None``: a fresh start) and
+    ``metrics.jsonl`` (appended to when resuming). Returns ``(checkpoints, resume_from, metrics)``."""
+    from dapt.config import to_yaml
+
+    checkpoints = CheckpointManager(accelerator, output_dir, keep=checkpoint.keep)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(to_yaml(config))
+    resume_from = checkpoints.resolve(checkpoint.resume)
+    metrics = MetricsWriter(accelerator, output_dir / "metrics.jsonl", append=resume_from is not None)
+    return checkpoints, resume_from, metrics
+
+
 class ThroughputMeter:
     """Counts tokens and samples; rates exclude the first ``warmup`` intervals."""
 
