@@ -9,6 +9,11 @@ written into ``EMBEDDED_CONFIG``), ``README.md`` (the model card, metrics from `
 ``results.json`` and the evaluation plots. It is uploaded with ``HfApi.create_repo`` +
 ``HfApi.upload_folder``. The token comes from the argument, ``HF_TOKEN`` or the saved login and is
 never printed, logged or written.
+
+Safety (:mod:`classify.publish_guard`): only regular files are read (a symbolic link is refused by
+name), local paths are written as path-free names, a folder holding the token or a local path is
+never uploaded, and visibility is never weakened: ``--private`` makes an existing public repository
+private before uploading; without it an existing private repository stays private.
 """
 
 from __future__ import annotations
@@ -28,6 +33,16 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from classify.publish_guard import (  # noqa: F401 - PublishError is part of this module's interface
+    PublishError,
+    check_regular,
+    copy_regular,
+    find_leaks,
+    local_prefixes,
+    read_regular,
+    scrub_paths,
+)
+
 logger = logging.getLogger(__name__)
 
 MODEL_SOURCE = Path(__file__).resolve().parent / "model.py"
@@ -43,12 +58,9 @@ TOKENIZER_PATTERNS = (
     "*.model",
     "chat_template.*",
 )
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Files this tool writes; a folder holding anything else is not ours to wipe.
 _BUILT_MARKERS = ("model.py", "config.json", "README.md")
-
-
-class PublishError(RuntimeError):
-    """Building or pushing the repository failed; the message says why and what to do."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,12 +68,13 @@ class PublishError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, run_dir: Path) -> dict:
+    """A run's JSON file (a regular file, not a link), local paths made path-free."""
+    if not path.exists() and not path.is_symlink():
+        raise PublishError(f"{path} not found: is this a stage-2 output directory?")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PublishError(f"{path} not found: is this a stage-2 output directory?") from None
-    except json.JSONDecodeError as error:
+        return scrub_paths(json.loads(read_regular(check_regular(path, run_dir))))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PublishError(f"{path} is not valid JSON: {error}") from None
 
 
@@ -122,20 +135,46 @@ def _is_our_folder(folder: Path) -> bool:
         return False
 
 
+def _sources(run_dir: Path) -> dict[str, Path]:
+    """Repository path -> run file for every file copied as is, all checked to be regular files
+    (not links) before anything is written."""
+    from classify.model import WEIGHTS_NAME
+
+    model_dir = run_dir / "model"
+    weights = model_dir / WEIGHTS_NAME
+    if not weights.exists() and not weights.is_symlink():
+        raise PublishError(f"{weights} not found: the run has no saved classifier")
+    sources = {WEIGHTS_NAME: check_regular(weights, run_dir)}
+    for path in sorted(model_dir.iterdir()):
+        if any(fnmatch.fnmatch(path.name, p) for p in TOKENIZER_PATTERNS):
+            sources[path.name] = check_regular(path, run_dir)
+    if len(sources) == 1:
+        raise PublishError(f"no tokenizer files in {model_dir}")
+    plots = run_dir / "plots"
+    if plots.exists() or plots.is_symlink():
+        for png in sorted(plots.glob("*.png")):
+            check_regular(png, run_dir)  # also refuses plots/ itself being a link
+            if read_regular(png)[:8] != PNG_SIGNATURE:
+                raise PublishError(f"{png} is not a PNG image; only the run's own plots are published")
+            sources[f"plots/{png.name}"] = png
+    return sources
+
+
 def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> Path:
     """Write the Hub repository for the stage-2 run ``run_dir`` into ``folder``; returns ``folder``.
 
-    An existing ``folder`` is replaced only if it is empty or was built by this function.
+    An existing ``folder`` is replaced only if it is empty or was built by this function. Only
+    regular files are read (a link is refused by name), and local paths in ``results.json`` and the
+    config are written as path-free names (:mod:`classify.publish_guard`).
     """
-    from classify.model import WEIGHTS_NAME, to_config_json
+    from classify.model import to_config_json
     from model_card.render import render_card, validate_card
 
     run_dir, folder = Path(run_dir), Path(folder)
     model_dir = run_dir / "model"
-    results = _read_json(run_dir / "results.json")
-    config = _read_json(model_dir / "config.json")
-    if not (model_dir / WEIGHTS_NAME).is_file():
-        raise PublishError(f"{model_dir / WEIGHTS_NAME} not found: the run has no saved classifier")
+    results = _read_json(run_dir / "results.json", run_dir)
+    config = _read_json(model_dir / "config.json", run_dir)
+    sources = _sources(run_dir)
     if not _is_our_folder(folder):
         raise PublishError(f"{folder} exists and was not built by dapt-publish; choose another --folder")
     if folder.resolve() in (run_dir.resolve(), model_dir.resolve()):
@@ -144,14 +183,15 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
 
-    shutil.copyfile(model_dir / WEIGHTS_NAME, folder / WEIGHTS_NAME)
-    copied_tokenizer = False
-    for path in sorted(model_dir.iterdir()):
-        if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in TOKENIZER_PATTERNS):
-            shutil.copyfile(path, folder / path.name)
-            copied_tokenizer = True
-    if not copied_tokenizer:
-        raise PublishError(f"no tokenizer files in {model_dir}")
+    for name, source in sources.items():
+        (folder / name).parent.mkdir(exist_ok=True)
+        copy_regular(source, folder / name)
+    plots = [name for name in sources if name.startswith("plots/")]
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file():  # may record where the tokenizer was loaded from
+        original = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+        if scrub_paths(original) != original:
+            tokenizer_config.write_text(json.dumps(scrub_paths(original), indent=2) + "\n", encoding="utf-8")
 
     if results.get("base_model") and not config.get("base_model"):
         config["base_model"] = results["base_model"]
@@ -160,17 +200,14 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
     embedded = to_config_json(config, auto_map=False)
     embedded.pop("transformers_version", None)
     (folder / "model.py").write_text(embed_config(MODEL_SOURCE.read_text(encoding="utf-8"), embedded), encoding="utf-8")
-
-    plots = []
-    for png in sorted((run_dir / "plots").glob("*.png")):
-        (folder / "plots").mkdir(exist_ok=True)
-        shutil.copyfile(png, folder / "plots" / png.name)
-        plots.append(f"plots/{png.name}")
-    shutil.copyfile(run_dir / "results.json", folder / "results.json")
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
     card = render_card(results, repo_id, plots=plots)
     validate_card(card, results, repo_id)
     (folder / "README.md").write_text(card, encoding="utf-8")
+    leaks = find_leaks(folder, local_prefixes(run_dir.resolve()))
+    if leaks:
+        raise PublishError(f"{folder} would publish local information: {'; '.join(leaks[:5])}")
     if verify:
         verify_folder(folder)
     return folder
@@ -237,6 +274,26 @@ def _explain(error: Exception, repo_id: str, endpoint: str) -> PublishError:
     return PublishError(f"could not reach the Hub at {endpoint} ({type(error).__name__}); check the network")
 
 
+def _ensure_repo(api, repo_id: str, private: bool) -> bool:
+    """Create ``repo_id`` if needed and return whether it is private.
+
+    Visibility is never weakened: ``private=True`` on an existing public repository makes it private
+    *before* anything is uploaded (and refuses if the Hub does not), ``private=False`` on an
+    existing private repository keeps it private. Both are logged as warnings.
+    """
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    is_private = bool(api.repo_info(repo_id, repo_type="model").private)
+    if private and not is_private:
+        logger.warning(f"{repo_id} exists and is public: making it private before uploading, as --private asks")
+        api.update_repo_settings(repo_id, private=True, repo_type="model")
+        is_private = bool(api.repo_info(repo_id, repo_type="model").private)
+        if not is_private:
+            raise PublishError(f"{repo_id} is still public after asking the Hub to make it private; nothing uploaded")
+    elif not private and is_private:
+        logger.warning(f"{repo_id} exists and is private: it stays private (dapt-publish never makes a repository public)")
+    return is_private
+
+
 def push(
     folder,
     repo_id: str,
@@ -244,7 +301,8 @@ def push(
     token: str | None = None,
     commit_message: str | None = None,
 ) -> str:
-    """``create_repo(exist_ok=True)`` + ``upload_folder``; returns the new commit's id."""
+    """Create the repository (see :func:`_ensure_repo` for visibility) and ``upload_folder``;
+    returns the new commit's id. A folder holding the token or a local path is refused first."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -260,8 +318,11 @@ def push(
     api = HfApi(token=token)
     endpoint = api.endpoint or constants.ENDPOINT
     commit_message = commit_message or f"Upload {folder.name} with dapt-publish"
+    leaks = find_leaks(folder, local_prefixes(), token=token)
+    if leaks:  # never name the token itself
+        raise PublishError(f"refusing to upload {folder}: {'; '.join(leaks[:5])}")
     try:
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        _ensure_repo(api, repo_id, private)
         info = api.upload_folder(
             folder_path=str(folder),
             repo_id=repo_id,
@@ -294,7 +355,7 @@ def publish_run(run_dir, repo_id: str, private: bool = False, dry_run: bool = Fa
     result = {"repo_id": repo_id, "folder": str(folder), "files": list_folder(folder), "commit": None}
     if dry_run:
         return result
-    results = _read_json(Path(run_dir) / "results.json")
+    results = json.loads((folder / "results.json").read_text(encoding="utf-8"))  # paths already scrubbed
     run_name = results.get("run_name") or Path(run_dir).name
     message = f"dapt-publish: run {run_name} ({results.get('created', 'unknown date')})"
     result["commit"] = push(folder, repo_id, private=private, token=token, commit_message=message)
@@ -309,7 +370,9 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="stage-2 output directory (model/, results.json, plots/)")
     parser.add_argument("--repo-id", required=True, help="USER/NAME on the Hub")
     parser.add_argument("--folder", help="where to build the repository folder (default RUN_DIR/hub/NAME)")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--private", action="store_true",
+                        help="the repository is private: created private, or made private if it exists and is public "
+                             "(without --private an existing private repository stays private)")
     parser.add_argument("--dry-run", action="store_true", help="build the folder and list it; upload nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -1,0 +1,184 @@
+"""What may leave this machine when a run is published (used by :mod:`classify.publish`).
+
+* **Regular files only.** A symbolic link in a run folder (``plots/x.png`` or ``model/vocab.txt``
+  pointing at ``~/.ssh/id_rsa``) would upload the target's bytes; :func:`check_regular` refuses
+  links, FIFOs and devices by name before anything is written, and :func:`copy_regular` opens with
+  ``O_NOFOLLOW`` and re-checks the inode, so a file swapped for a link in between is refused too.
+* **No local paths.** ``results.json`` and the classifier config record where things were on this
+  machine (the encoder as ``/home/me/.venv/.../site-packages/...``, ``output_dir``, data files).
+  :func:`scrub_paths` rewrites every such string into a path-free name: a Hub id where the path is
+  a Hub cache snapshot, ``pypi:<distribution>`` for a file inside an installed package, else the
+  file or directory's own name. :func:`find_leaks` is the last check over the built folder.
+* **No tokens.** :func:`find_leaks` also refuses a folder holding the token about to be used, or
+  anything shaped like a Hugging Face token, in any file.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+from pathlib import Path, PureWindowsPath
+from typing import Any, Iterable
+
+# An absolute (or ~) POSIX path inside a longer string; not the path part of a URL (":" or "/" or a
+# word character before the slash), not the "/" of "pos/neg".
+_EMBEDDED_PATH = re.compile(r"(?<![\w.~/:-])~?/[^\s'\"`,;()\[\]{}<>|]+")
+_HUB_CACHE_DIR = re.compile(r"^(models|datasets|spaces)--(.+)$")
+# Hugging Face user access tokens: "hf_" and 34 letters (older ones: "api_...").
+_TOKEN_SHAPE = re.compile(rb"(?<![A-Za-z0-9_])(hf|api)_[A-Za-z0-9]{30,}(?![A-Za-z0-9_])")
+_PACKAGE_DIRS = ("site-packages", "dist-packages")
+
+
+class PublishError(RuntimeError):
+    """Building or pushing the repository failed; the message says why and what to do."""
+
+
+class UnsafeFileError(PublishError):
+    """A file that must not be published (a link, not a regular file, a local path, a token)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Regular files only
+# --------------------------------------------------------------------------------------------
+
+
+def check_regular(path: Path, under: Path | None = None) -> Path:
+    """``path`` if it and every directory between ``under`` and it are real (not links)."""
+    path = Path(path)
+    chain = [path]
+    if under is not None:
+        chain = [parent for parent in reversed(path.parents) if Path(under) in parent.parents] + chain
+    for item in chain:
+        try:
+            mode = os.lstat(item).st_mode
+        except FileNotFoundError:
+            raise UnsafeFileError(f"{item} not found") from None
+        if stat.S_ISLNK(mode):
+            raise UnsafeFileError(
+                f"{item} is a symbolic link: dapt-publish uploads regular files only "
+                "(a link could publish any file on this machine); replace it with the file itself"
+            )
+        wanted = stat.S_ISREG if item is path else stat.S_ISDIR
+        if not wanted(mode):
+            raise UnsafeFileError(f"{item} is not a regular {'file' if item is path else 'directory'}")
+    return path
+
+
+def read_regular(path: Path) -> bytes:
+    with _open_regular(path) as handle:
+        return handle.read()
+
+
+def copy_regular(source: Path, target: Path) -> None:
+    with _open_regular(source) as handle, open(target, "wb") as out:
+        shutil.copyfileobj(handle, out, 1 << 20)
+
+
+def _open_regular(path: Path):
+    before = os.lstat(path)
+    if not stat.S_ISREG(before.st_mode):
+        raise UnsafeFileError(f"{path} is not a regular file (a link or special file); refusing to publish it")
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    after = os.fstat(descriptor)
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+        os.close(descriptor)
+        raise UnsafeFileError(f"{path} changed while it was being copied; refusing to publish it")
+    return os.fdopen(descriptor, "rb")
+
+
+# --------------------------------------------------------------------------------------------
+# No local paths
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
+
+
+def public_name(path: str) -> str:
+    """A path-free name for a local ``path`` (see the module docstring)."""
+    if re.match(r"^[A-Za-z]:[\\/]", path):
+        parts = PureWindowsPath(path).parts
+    else:
+        parts = Path(os.path.expanduser(path.rstrip("/") or "/")).parts
+    for index, part in enumerate(parts):
+        match = _HUB_CACHE_DIR.match(part)
+        if match:
+            return match.group(2).replace("--", "/")
+    for marker in _PACKAGE_DIRS:
+        if marker in parts[:-1]:
+            module = parts[parts.index(marker) + 1].split(".")[0]
+            dists = _distributions().get(module)
+            return f"pypi:{dists[0]}" if dists else module
+    return parts[-1] if len(parts) > 1 else "."
+
+
+def _is_local_path(value: str) -> bool:
+    if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
+        return True
+    # A relative path that exists here and has a directory part ("runs/encoder", "../data/imdb").
+    return ("/" in value or os.sep in value) and len(value) < 4096 and Path(value).exists()
+
+
+def scrub_paths(value: Any) -> Any:
+    """``value`` (JSON-like) with every local path replaced by :func:`public_name`."""
+    if isinstance(value, dict):
+        return {key: scrub_paths(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_paths(item) for item in value]
+    if not isinstance(value, str):
+        return value
+    if "\n" not in value and _is_local_path(value):
+        return public_name(value)
+    return _EMBEDDED_PATH.sub(lambda match: public_name(match.group(0)), value)
+
+
+def local_prefixes(*extra: str | os.PathLike) -> list[str]:
+    """Absolute directories whose names must not appear in a published file (with a trailing /)."""
+    candidates = [Path.home(), Path.cwd(), sys.prefix, sys.base_prefix, tempfile.gettempdir(), *extra]
+    out = set()
+    for candidate in candidates:
+        text = str(candidate).rstrip("/")
+        if text.count("/") >= 1 and len(text) > 1:  # "/" itself says nothing
+            out.add(text + "/")
+            out.add(str(Path(text).resolve()).rstrip("/") + "/")
+    return sorted(out, key=len, reverse=True)
+
+
+def find_leaks(folder: Path, prefixes: Iterable[str], token: str | None = None) -> list[str]:
+    """``"FILE: what"`` for every file of ``folder`` holding a local path prefix or a token."""
+    problems = []
+    encoded = [(prefix, prefix.encode()) for prefix in prefixes]
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if path.is_symlink() or not path.is_file():
+            problems.append(f"{path.relative_to(folder).as_posix()}: not a regular file (upload_folder would follow it)")
+            continue
+        data = _safetensors_header(path) if path.suffix == ".safetensors" else path.read_bytes()
+        name = path.relative_to(folder).as_posix()
+        if token and token.encode() in data:
+            problems.append(f"{name}: holds the Hugging Face token this push would use")
+        elif _TOKEN_SHAPE.search(data):
+            problems.append(f"{name}: holds something shaped like a Hugging Face token (hf_...)")
+        for prefix, raw in encoded:
+            if raw in data:
+                problems.append(f"{name}: holds the local path {prefix}")
+                break
+    return problems
+
+
+def _safetensors_header(path: Path) -> bytes:
+    """The JSON header (names, shapes, metadata): the only text a weights file carries. Random
+    weight bytes are not scanned, where a short prefix such as ``/tmp/`` would match by chance."""
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        return handle.read(min(size, 100 << 20))
