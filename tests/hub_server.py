@@ -7,7 +7,8 @@ headers that ``hf_raise_for_status`` maps to ``RepositoryNotFoundError``, ``Gate
 
 * ``HfApi.whoami``                      GET  /api/whoami-v2
 * ``HfApi.create_repo`` / ``delete_repo``  POST /api/repos/create, DELETE /api/repos/delete
-* ``HfApi.update_repo_settings``        PUT  /api/{type}s/{id}/settings  (private / gated)
+* ``HfApi.update_repo_settings``        PUT  /api/{type}s/{id}/settings  (visibility or the older
+                                        private flag, gated; other values are a 400)
 * ``model_info`` / ``repo_info`` / ``repo_exists`` / ``revision_exists``
                                         GET  /api/{type}s/{id}[/revision/{rev}]
 * ``list_repo_tree`` / ``list_repo_files``  GET /api/{type}s/{id}/tree/{rev}[/{path}]
@@ -281,8 +282,11 @@ class HubServer:
                                           for b, oid in repo.branches.items()], "converts": [], "tags": []}
         if method == "PUT" and rest == ["settings"]:
             repo, settings = self._write_repo(rtype, repo_id, user), json.loads(body or b"{}")
-            if "visibility" in settings:
-                repo.private = settings["visibility"] == "private"
+            visibility = settings.get("visibility", {True: "private", False: "public"}.get(settings.get("private")))
+            if visibility not in (None, "public", "private") or settings.get("gated", False) not in ("auto", "manual", False):
+                raise HubError(400, f"Invalid settings: {settings}")
+            if visibility is not None:
+                repo.private = visibility == "private"
             repo.gated = settings.get("gated", repo.gated)
             return 200, {}, {}
         if method == "POST" and len(rest) == 2 and rest[0] in ("preupload", "commit"):

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -201,6 +202,27 @@ def test_private_repo_only_readable_by_its_owner(hub_env, tmp_path):
                             cache_dir=tmp_path / f"cache-{user}")  # alice's download is in the default cache
     hub_env.login("alice")  # implicit token through HF_TOKEN
     assert HfApi(endpoint=hub_env.endpoint).model_info(repo_id).sha == sha
+
+
+def test_visibility_setting(hub_env, tmp_path):
+    repo_id, _ = make_repo(hub_env, tmp_path, {"a.txt": b"x"})
+    alice, bob = hub_env.api("alice"), hub_env.api("bob")
+    alice.update_repo_settings(repo_id, private=True)
+    assert alice.model_info(repo_id).private is True and not bob.repo_exists(repo_id)
+    with pytest.raises(RepositoryNotFoundError):  # bob cannot even see it, let alone change it
+        bob.update_repo_settings(repo_id, private=False)
+    alice.update_repo_settings(repo_id, visibility="public")
+    assert bob.model_info(repo_id).private is False
+    with pytest.raises(HfHubHTTPError) as info:
+        bob.update_repo_settings(repo_id, private=True)
+    assert info.value.response.status_code == 403
+    request = urllib.request.Request(f"{hub_env.endpoint}/api/models/{repo_id}/settings", method="PUT",
+                                     data=json.dumps({"visibility": "secret"}).encode(),
+                                     headers={"Authorization": f"Bearer {hub_env.tokens['alice']}"})
+    with pytest.raises(urllib.error.HTTPError) as info:  # not a value the Hub knows
+        urllib.request.urlopen(request)
+    assert info.value.code == 400
+    assert alice.model_info(repo_id).private is False
 
 
 def test_gated_repo(hub_env, tmp_path):
