@@ -104,14 +104,25 @@ def load_labelled(config: LabelledSetConfig, seed: int = 0) -> LabelledSet:
 
 
 def check_labels(labels: Sequence, where: str, column: str) -> None:
-    """Labels must be the integers 0 (negative) and 1 (positive); say which row is not."""
-    for row, value in enumerate(labels):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value not in (0, 1):
-            shown = "missing" if value is None else repr(value)
-            raise DataError(
-                f"{where}: column {column!r} must hold labels 0 (negative) or 1 (positive); "
-                f"row {row} is {shown}"
-            )
+    """Labels must be 0 (negative) and 1 (positive); say which row is not, and how many.
+
+    ``1.0``/``0.0`` are accepted: one missing value (NaN) turns a whole integer column into floats
+    (pandas, CSV), and the row to name is then the NaN's, not the first row's ``1.0``.
+    """
+    def problem(value) -> Optional[str]:
+        if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+            return "missing (empty or NaN)"
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+            return repr(value)
+        return None if value in (0, 1) else repr(value)
+
+    bad = [(row, shown) for row, shown in ((row, problem(value)) for row, value in enumerate(labels)) if shown]
+    if bad:
+        row, shown = bad[0]
+        raise DataError(
+            f"{where}: column {column!r} must hold labels 0 (negative) or 1 (positive); "
+            f"row {row} is {shown}; {len(bad)} of {len(labels)} rows are not 0/1 (rows count from 0)"
+        )
 
 
 def _count(size: float, total: int, what: str) -> int:

@@ -153,14 +153,69 @@ def _from_files(source: SourceConfig, files: list[Path]) -> datasets.Dataset:
     if unknown or len({TABLE_FORMATS[s] for s in suffixes}) != 1:
         raise DataError(f"cannot read {files[0]}: use one format of .parquet, .jsonl, .json, .csv")
     builder = TABLE_FORMATS[files[0].suffix]
-    if builder != "parquet":
-        for file in files:
+    for file in files:
+        if file.stat().st_size == 0:
+            raise DataError(f"{file} is empty (0 bytes)")
+        if builder != "parquet":
             _check_utf8(file)
+    where = str(files[0]) if len(files) == 1 else f"{files[0].parent}/{files[0].stem}*"
     try:
         dataset = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train")
-    except Exception as error:  # pyarrow / json / csv parse errors
-        raise DataError(f"cannot read {', '.join(map(str, files))}: {error}") from error
-    return _select_columns(dataset, source, str(files[0]) if len(files) == 1 else f"{files[0].parent}/{files[0].stem}*")
+    except Exception as error:  # pyarrow / json / csv parse errors: find the file, line and reason
+        raise DataError(_read_error(files, error)) from error
+    if len(dataset) == 0:
+        raise DataError(f"{where}: no rows")
+    return _select_columns(dataset, source, where)
+
+
+def _read_error(files: list[Path], error: Exception) -> str:
+    """Why ``datasets`` could not read ``files``, as ``FILE line N: reason``. Its own message is
+    generic ("An error occurred while generating the dataset"); the files are re-read here, only
+    after a failure, to name the line."""
+    import csv
+    import json
+
+    for file in files:
+        if file.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                if pq.read_metadata(file).num_rows == 0:
+                    return f"{file}: no rows"
+            except Exception:  # noqa: BLE001 - not a parquet file: the library's reason below says so
+                pass
+            continue
+        text = file.read_text(encoding="utf-8")
+        if file.suffix == ".json" and text.lstrip()[:1] == "[":  # one JSON document, not JSON lines
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as bad:
+                return f"{file} line {bad.lineno} column {bad.colno}: {bad.msg}"
+        elif file.suffix in (".json", ".jsonl"):
+            records = 0
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as bad:
+                    return f"{file} line {number} column {bad.colno}: {bad.msg}"
+                if not isinstance(record, dict):
+                    kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(record), "number")
+                    return f"{file} line {number}: a JSON {kind}, not an object"
+                records += 1
+            if records == 0:
+                return f"{file} holds no records (only blank lines)"
+        elif file.suffix == ".csv" and sum(1 for row in csv.reader(text.splitlines()) if row) <= 1:
+            return f"{file} has a header but no rows"
+    reasons = []  # the library's own reason: the innermost non-empty message of the chain
+    for _ in range(20):  # a chain, not a cycle
+        if error is None:
+            break
+        if str(error).strip():
+            reasons.append(str(error).strip())
+        error = error.__cause__ or error.__context__
+    return f"cannot read {', '.join(map(str, files))}: {reasons[-1] if reasons else 'unknown error'}"
 
 
 def _check_utf8(file: Path) -> None:

@@ -58,6 +58,25 @@ def test_missing_label_and_jsonl(tmp_path):
         load_labelled(LabelledSetConfig(path=str(tmp_path), split="train"))
 
 
+def test_nan_label_names_its_row(tmp_path):
+    """A NaN makes the whole column float: the NaN's row is the problem, not row 0's 1.0."""
+    pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [1.0, 0.0, float("nan"), 1.0]}).to_parquet(tmp_path / "train.parquet")
+    with pytest.raises(DataError, match=r"train\.parquet.*'label'.*row 2 is missing \(empty or NaN\); 1 of 4 rows"):
+        load_labelled(LabelledSetConfig(path=str(tmp_path), split="train"))
+    (tmp_path / "test.csv").write_text("text,label\na,1\nb,\nc,0\nd,nan\n")  # an empty cell and a "nan"
+    with pytest.raises(DataError, match=r"test\.csv.*row 1 is missing \(empty or NaN\); 2 of 4 rows"):
+        load_labelled(LabelledSetConfig(path=str(tmp_path), split="test"))
+
+
+def test_float_labels_that_are_0_and_1_are_accepted(tmp_path):
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [1.0, 0.0, 1.0]}).to_parquet(tmp_path / "train.parquet")
+    labelled = load_labelled(LabelledSetConfig(path=str(tmp_path), split="train"))
+    assert labelled.labels == [1, 0, 1] and all(type(v) is int for v in labelled.labels)
+    pd.DataFrame({"text": ["a", "b"], "label": [1.0, 0.5]}).to_parquet(tmp_path / "test.parquet")
+    with pytest.raises(DataError, match=r"row 1 is 0\.5"):
+        load_labelled(LabelledSetConfig(path=str(tmp_path), split="test"))
+
+
 def test_missing_split_file(tmp_path):
     with pytest.raises(DataError, match="no file for split 'validation'"):
         load_labelled(LabelledSetConfig(path=str(tmp_path), split="validation"))

@@ -94,6 +94,40 @@ def test_bad_inputs_name_the_problem(tmp_path):
         load_source(SourceConfig(path=str(docs)))
 
 
+def test_broken_and_empty_files_say_where_and_why(tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a"}\n\n{"text": "b"}\n{"text": "c, "n": 1}\n{"text": "d"}\n')
+    with pytest.raises(DataError, match=r"broken\.jsonl line 4 column 15: Expecting ',' delimiter"):
+        load_source(SourceConfig(path=str(broken)))
+    not_object = tmp_path / "list.jsonl"
+    not_object.write_text('{"text": "a"}\n["b"]\n')
+    with pytest.raises(DataError, match=r"list\.jsonl line 2: a JSON list, not an object"):
+        load_source(SourceConfig(path=str(not_object)))
+    array = tmp_path / "array.json"
+    array.write_text('[\n  {"text": "a"},\n  {"text": "b"\n]\n')
+    with pytest.raises(DataError, match=r"array\.json line 4 column 1: Expecting ',' delimiter"):
+        load_source(SourceConfig(path=str(array)))
+    for name, content, reason in (("empty.jsonl", "", "is empty \\(0 bytes\\)"),
+                                  ("empty.parquet", "", "is empty \\(0 bytes\\)"),
+                                  ("blank.jsonl", "\n\n", "holds no records"),
+                                  ("header.csv", "text,label\n", "has a header but no rows")):
+        (tmp_path / name).write_text(content)
+        with pytest.raises(DataError, match=rf"{name.replace('.', '[.]')}:? {reason}"):
+            load_source(SourceConfig(path=str(tmp_path / name)))
+    bad_csv = tmp_path / "quote.csv"
+    bad_csv.write_text('text,n\na,1\n"b,2\nc,3\n')
+    with pytest.raises(DataError, match=r"quote\.csv: .*EOF inside string"):
+        load_source(SourceConfig(path=str(bad_csv)))
+    empty_split = tmp_path / "splits"
+    empty_split.mkdir()
+    (empty_split / "train.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"train\.jsonl is empty"):
+        load_corpus([SourceConfig(path=str(empty_split), splits=["train"])])
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "none.parquet")
+    with pytest.raises(DataError, match=r"none\.parquet: no rows"):
+        load_source(SourceConfig(path=str(tmp_path / "none.parquet")))
+
+
 def test_heldout_split_is_seeded_and_disjoint(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps({"text": f"{t} {i}"}) + "\n" for i, t in enumerate(sentences(100))))
