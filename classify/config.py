@@ -106,3 +106,10 @@ class ClassifyConfig:
             raise_config("train.best_metric", self.train.best_metric, " | ".join(BEST_METRICS))
         if self.push_to_hub and not self.hub_repo_id:
             raise_config("hub_repo_id", self.hub_repo_id, "USER/NAME when push_to_hub is true")
+        if self.push_to_hub:  # a name the Hub rejects is found now, not after training
+            from classify.publish import PublishError, check_repo_id
+
+            try:
+                check_repo_id(self.hub_repo_id)
+            except PublishError:
+                raise_config("hub_repo_id", self.hub_repo_id, "USER/NAME that the Hub accepts (no '--' or '..', <= 96 characters)")

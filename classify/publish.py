@@ -59,6 +59,9 @@ TOKENIZER_PATTERNS = (
     "chat_template.*",
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Remote files a push replaces as a set: what an earlier push left and this run lacks is deleted in
+# the same commit (other files in the repository, e.g. ones added by hand, are kept).
+REPLACED_PATTERNS = ["plots/*.png", *TOKENIZER_PATTERNS]
 # Files this tool writes; a folder holding anything else is not ours to wipe.
 _BUILT_MARKERS = ("model.py", "config.json", "README.md")
 
@@ -328,6 +331,7 @@ def push(
             repo_id=repo_id,
             repo_type="model",
             commit_message=commit_message,
+            delete_patterns=REPLACED_PATTERNS,  # an earlier run's plots / tokenizer files not in this one
         )
     except (HfHubHTTPError, _TransportBase, OSError) as error:
         raise _explain(error, repo_id, endpoint) from None
@@ -339,6 +343,20 @@ def push(
 # --------------------------------------------------------------------------------------------
 
 
+def check_repo_id(repo_id) -> str:
+    """``repo_id`` if the Hub would accept it as ``USER/NAME``; PublishError (the Hub's rule) if not."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise PublishError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise PublishError(f"--repo-id must look like USER/NAME and be a name the Hub accepts: {error}") from None
+    return repo_id
+
+
 def default_folder(run_dir, repo_id: str) -> Path:
     return Path(run_dir) / "hub" / repo_id.split("/")[-1]
 
@@ -348,8 +366,7 @@ def publish_run(run_dir, repo_id: str, private: bool = False, dry_run: bool = Fa
 
     Returns ``{"folder", "files": [(path, bytes)], "commit": id or None, "repo_id"}``.
     """
-    if not re.match(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$", repo_id or ""):
-        raise PublishError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
+    check_repo_id(repo_id)
     folder = Path(folder) if folder is not None else default_folder(run_dir, repo_id)
     build_repo_folder(run_dir, folder, repo_id)
     result = {"repo_id": repo_id, "folder": str(folder), "files": list_folder(folder), "commit": None}

@@ -204,3 +204,44 @@ def test_a_token_shaped_string_is_refused_at_build(run_dir, tmp_path):
     (run_dir / "results.json").write_text(json.dumps(results))
     with pytest.raises(publish.PublishError, match="shaped like a Hugging Face token"):
         publish.build_repo_folder(run_dir, tmp_path / "folder", "alice/x")
+
+
+# --------------------------------------------------------------------------------------------
+# Audit: a repo id the Hub rejects, stale files of an earlier push
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("repo_id", ["alice/bad--name", "alice/name.git", "alice/" + "x" * 97, "alice/-x", "a/b/c",
+                                     "alice/a..b", "no-namespace"])
+def test_a_repo_id_the_hub_rejects_is_refused_before_building(base_run, tmp_path, repo_id):
+    folder = tmp_path / "folder"
+    with pytest.raises(SystemExit) as exit_info:
+        publish.main([str(base_run), "--repo-id", repo_id, "--folder", str(folder), "--dry-run"])
+    assert "USER/NAME" in str(exit_info.value.code)
+    assert not folder.exists()
+
+
+def test_a_new_push_removes_the_previous_runs_plots_and_tokenizer_files(hub_env, base_run, tmp_path):
+    hub_env.login("alice")
+    repo_id = hub_env.hub.new_repo_id("alice", "stale")
+    first = Path(shutil.copytree(base_run, tmp_path / "first"))
+    (first / "plots" / "sst2_validation_roc.png").write_bytes(publish.PNG_SIGNATURE + b" old plot")
+    (first / "model" / "merges.txt").write_text("#version: 0.2\n")  # a tokenizer file the next run lacks
+    publish.publish_run(first, repo_id, folder=tmp_path / "f1")
+    hub_env.api("alice").upload_file(path_or_fileobj=b"my notes", path_in_repo="NOTES.md", repo_id=repo_id)
+    assert {"plots/sst2_validation_roc.png", "merges.txt"} <= set(hub_env.api("alice").list_repo_files(repo_id))
+
+    publish.publish_run(base_run, repo_id, folder=tmp_path / "f2")
+    files = set(hub_env.api("alice").list_repo_files(repo_id))
+    assert "plots/sst2_validation_roc.png" not in files and "merges.txt" not in files
+    assert {"NOTES.md", "plots/imdb_test_roc.png", "tokenizer.json", "model.safetensors", ".gitattributes"} <= files
+    assert files - {"NOTES.md", ".gitattributes"} == {name for name, _ in publish.list_folder(tmp_path / "f2")}
+
+
+def test_training_config_refuses_a_bad_repo_id_before_training():
+    from classify.config import ClassifyConfig
+    from dapt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="hub_repo_id.*alice/bad--name"):
+        ClassifyConfig(push_to_hub=True, hub_repo_id="alice/bad--name").validate()
+    ClassifyConfig(push_to_hub=True, hub_repo_id="alice/good-name").validate()
