@@ -122,6 +122,8 @@ def verify_folder(folder: Path) -> None:
 
 
 def _is_our_folder(folder: Path) -> bool:
+    if folder.is_symlink():  # rmtree would refuse it; its target is not ours to wipe either
+        return False
     if not folder.exists():
         return True
     if not folder.is_dir():

@@ -220,24 +220,28 @@ def _read_error(files: list[Path], error: Exception) -> str:
 
 def _check_utf8(file: Path) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
+    offset = lines = 0
     with file.open("rb") as handle:
         while True:
             chunk = handle.read(1 << 22)
             try:
                 decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as error:
-                raise DataError(f"{file}: not valid UTF-8 at byte {offset + error.start}") from None
+                line = lines + chunk[: max(error.start, 0)].count(b"\n") + 1
+                raise DataError(f"{file}: not valid UTF-8 at byte {offset + error.start} (line {line})") from None
             if not chunk:
                 return
             offset += len(chunk)
+            lines += chunk.count(b"\n")
 
 
 def _read_text(file: Path) -> str:
+    data = file.read_bytes()
     try:
-        return file.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataError(f"{file}: not valid UTF-8 at byte {error.start}") from None
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"{file}: not valid UTF-8 at byte {error.start} (line {line})") from None
 
 
 def _from_text_files(files: list[Path], where: str, label: Optional[int]) -> datasets.Dataset:

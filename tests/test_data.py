@@ -85,12 +85,12 @@ def test_bad_inputs_name_the_problem(tmp_path):
         load_corpus([SourceConfig(path=str(empty))])
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"latin\.jsonl: not valid UTF-8 at byte 28"):
+    with pytest.raises(DataError, match=r"latin\.jsonl: not valid UTF-8 at byte 28 \(line 2\)"):
         load_source(SourceConfig(path=str(latin)))
     docs = tmp_path / "txt"
     docs.mkdir()
-    (docs / "bad.txt").write_bytes(b"\xff\xfe broken")
-    with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8"):
+    (docs / "bad.txt").write_bytes(b"first line\nsecond \xff\xfe broken")
+    with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8 at byte 18 \(line 2\)"):
         load_source(SourceConfig(path=str(docs)))
 
 

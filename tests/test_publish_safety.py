@@ -245,3 +245,11 @@ def test_training_config_refuses_a_bad_repo_id_before_training():
     with pytest.raises(ConfigError, match="hub_repo_id.*alice/bad--name"):
         ClassifyConfig(push_to_hub=True, hub_repo_id="alice/bad--name").validate()
     ClassifyConfig(push_to_hub=True, hub_repo_id="alice/good-name").validate()
+
+
+def test_a_linked_output_folder_is_refused_and_kept(base_run, tmp_path):
+    built = publish.build_repo_folder(base_run, tmp_path / "built", "alice/x")
+    (tmp_path / "link").symlink_to(built)
+    with pytest.raises(publish.PublishError, match="not built by dapt-publish"):
+        publish.build_repo_folder(base_run, tmp_path / "link", "alice/x")
+    assert (built / "model.py").is_file()
