@@ -156,7 +156,8 @@ def local_prefixes(*extra: str | os.PathLike) -> list[str]:
 def find_leaks(folder: Path, prefixes: Iterable[str], token: str | None = None) -> list[str]:
     """``"FILE: what"`` for every file of ``folder`` holding a local path prefix or a token."""
     problems = []
-    encoded = [(prefix, prefix.encode()) for prefix in prefixes]
+    # A prefix counts where a path would start, not inside a URL ("https://x.org/w/" is not "/w/").
+    encoded = [(prefix, re.compile(rb"(?<![\w.:/~-])" + re.escape(prefix.encode()))) for prefix in prefixes]
     for path in sorted(Path(folder).rglob("*")):
         if path.is_dir() and not path.is_symlink():
             continue
@@ -169,8 +170,8 @@ def find_leaks(folder: Path, prefixes: Iterable[str], token: str | None = None) 
             problems.append(f"{name}: holds the Hugging Face token this push would use")
         elif _TOKEN_SHAPE.search(data):
             problems.append(f"{name}: holds something shaped like a Hugging Face token (hf_...)")
-        for prefix, raw in encoded:
-            if raw in data:
+        for prefix, pattern in encoded:
+            if pattern.search(data):
                 problems.append(f"{name}: holds the local path {prefix}")
                 break
     return problems

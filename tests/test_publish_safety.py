@@ -253,3 +253,20 @@ def test_a_linked_output_folder_is_refused_and_kept(base_run, tmp_path):
     with pytest.raises(publish.PublishError, match="not built by dapt-publish"):
         publish.build_repo_folder(base_run, tmp_path / "link", "alice/x")
     assert (built / "model.py").is_file()
+
+
+def test_find_leaks_looks_where_a_path_can_start_and_in_weight_headers_only(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    from classify.publish_guard import find_leaks
+
+    (tmp_path / "card.md").write_text("see https://example.org/w/page")
+    assert find_leaks(tmp_path, ["/w/"]) == []  # a URL's path is not a local path
+    (tmp_path / "card.md").write_text('model at "/w/runs/x"')
+    assert find_leaks(tmp_path, ["/w/"]) == ["card.md: holds the local path /w/"]
+    (tmp_path / "card.md").unlink()
+    save_file({"w": torch.frombuffer(bytearray(b"/w/x" * 4), dtype=torch.uint8)}, tmp_path / "model.safetensors")
+    assert find_leaks(tmp_path, ["/w/"]) == []  # weight bytes can hold anything
+    save_file({"w": torch.zeros(1)}, tmp_path / "model.safetensors", metadata={"source": "/w/runs/x"})
+    assert find_leaks(tmp_path, ["/w/"]) == ["model.safetensors: holds the local path /w/"]
