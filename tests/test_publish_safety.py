@@ -270,3 +270,22 @@ def test_find_leaks_looks_where_a_path_can_start_and_in_weight_headers_only(tmp_
     assert find_leaks(tmp_path, ["/w/"]) == []  # weight bytes can hold anything
     save_file({"w": torch.zeros(1)}, tmp_path / "model.safetensors", metadata={"source": "/w/runs/x"})
     assert find_leaks(tmp_path, ["/w/"]) == ["model.safetensors: holds the local path /w/"]
+
+
+def test_a_real_runs_folder_holds_no_local_paths(tiny_headless_encoder_dir, shared_data, tmp_path):
+    """A real (tiny) stage-2 run from absolute encoder, data and output paths, then its Hub folder."""
+    from classify.train import train_classifier
+    from tests.test_classify_train import tiny_config
+
+    out = tmp_path / "run"
+    config = tiny_config(tiny_headless_encoder_dir, shared_data, out, "train.epochs=1")
+    train_classifier(config)
+    recorded = (out / "results.json").read_text() + (out / "model" / "config.json").read_text()
+    prefixes = [str(Path(tiny_headless_encoder_dir).parent), str(Path(shared_data).resolve()), str(tmp_path)]
+    assert any(prefix in recorded for prefix in prefixes)  # the run itself records where things were
+    folder = publish.build_repo_folder(out, tmp_path / "folder", "alice/x")
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix != ".safetensors":
+            text = path.read_bytes()
+            assert not [p for p in prefixes if p.encode() in text], path.name
+    assert json.loads((folder / "config.json").read_text())["base_model"] == Path(tiny_headless_encoder_dir).name
