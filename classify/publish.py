@@ -35,8 +35,11 @@ from pathlib import Path
 
 from classify.publish_guard import (  # noqa: F401 - PublishError is part of this module's interface
     PublishError,
+    check_finite,
     check_regular,
+    check_same_run,
     copy_regular,
+    ensure_repo,
     find_leaks,
     local_prefixes,
     read_regular,
@@ -108,15 +111,18 @@ def _import_standalone(model_py: Path):
 
 
 def verify_folder(folder: Path) -> None:
-    """The written model.py alone rebuilds the architecture and loads the weights strictly."""
+    """The written model.py alone rebuilds the architecture and loads the weights strictly, and
+    every weight is finite (a diverged run's NaN weights are never published)."""
     from transformers.modeling_utils import load_state_dict
 
     module = _import_standalone(folder / "model.py")
     if module.EMBEDDED_CONFIG is None:
         raise PublishError("model.py was written without an embedded config")
     classifier = module.DistilBERTClassifier()
+    state = load_state_dict(str(folder / "model.safetensors"))
+    check_finite(state)
     try:
-        classifier.load_state_dict(load_state_dict(str(folder / "model.safetensors")), strict=True)
+        classifier.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise PublishError(f"the published model.py does not match model.safetensors: {error}") from None
 
@@ -179,6 +185,7 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
     model_dir = run_dir / "model"
     results = _read_json(run_dir / "results.json", run_dir)
     config = _read_json(model_dir / "config.json", run_dir)
+    check_same_run(results, config, run_dir)
     sources = _sources(run_dir)
     if not _is_our_folder(folder):
         raise PublishError(f"{folder} exists and was not built by dapt-publish; choose another --folder")
@@ -279,26 +286,6 @@ def _explain(error: Exception, repo_id: str, endpoint: str) -> PublishError:
     return PublishError(f"could not reach the Hub at {endpoint} ({type(error).__name__}); check the network")
 
 
-def _ensure_repo(api, repo_id: str, private: bool) -> bool:
-    """Create ``repo_id`` if needed and return whether it is private.
-
-    Visibility is never weakened: ``private=True`` on an existing public repository makes it private
-    *before* anything is uploaded (and refuses if the Hub does not), ``private=False`` on an
-    existing private repository keeps it private. Both are logged as warnings.
-    """
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    is_private = bool(api.repo_info(repo_id, repo_type="model").private)
-    if private and not is_private:
-        logger.warning(f"{repo_id} exists and is public: making it private before uploading, as --private asks")
-        api.update_repo_settings(repo_id, private=True, repo_type="model")
-        is_private = bool(api.repo_info(repo_id, repo_type="model").private)
-        if not is_private:
-            raise PublishError(f"{repo_id} is still public after asking the Hub to make it private; nothing uploaded")
-    elif not private and is_private:
-        logger.warning(f"{repo_id} exists and is private: it stays private (dapt-publish never makes a repository public)")
-    return is_private
-
-
 def push(
     folder,
     repo_id: str,
@@ -306,7 +293,7 @@ def push(
     token: str | None = None,
     commit_message: str | None = None,
 ) -> str:
-    """Create the repository (see :func:`_ensure_repo` for visibility) and ``upload_folder``;
+    """Create the repository (see :func:`~classify.publish_guard.ensure_repo` for visibility) and ``upload_folder``;
     returns the new commit's id. A folder holding the token or a local path is refused first."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
@@ -327,7 +314,7 @@ def push(
     if leaks:  # never name the token itself
         raise PublishError(f"refusing to upload {folder}: {'; '.join(leaks[:5])}")
     try:
-        _ensure_repo(api, repo_id, private)
+        ensure_repo(api, repo_id, private)
         info = api.upload_folder(
             folder_path=str(folder),
             repo_id=repo_id,

@@ -11,11 +11,15 @@
   file or directory's own name. :func:`find_leaks` is the last check over the built folder.
 * **No tokens.** :func:`find_leaks` also refuses a folder holding the token about to be used, or
   anything shaped like a Hugging Face token, in any file.
+* **One finished, finite run.** :func:`check_same_run` refuses a run folder whose ``results.json``
+  and ``model/`` disagree (a half-failed re-run), :func:`check_finite` NaN/Inf weights.
+* **Visibility is never weakened** (:func:`ensure_repo`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import shutil
@@ -24,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterable
+
+logger = logging.getLogger("classify.publish")
 
 # An absolute (or ~) POSIX path inside a longer string; not the path part of a URL (":" or "/" or a
 # word character before the slash), not the "/" of "pos/neg".
@@ -183,3 +189,54 @@ def _safetensors_header(path: Path) -> bytes:
     with open(path, "rb") as handle:
         size = int.from_bytes(handle.read(8), "little")
         return handle.read(min(size, 100 << 20))
+
+
+# --------------------------------------------------------------------------------------------
+# One finished, finite run; visibility never weakened
+# --------------------------------------------------------------------------------------------
+
+
+def check_same_run(results: dict, config: dict, run_dir: Path) -> None:
+    """results.json and model/ must describe one run: a re-run that failed half-way can leave the
+    old results beside new weights (or the reverse), and the card would then lie about the model."""
+    hyper = results.get("hyperparameters") or {}
+    differ = [f"{key} {hyper[key]!r} vs {config[key]!r}" for key in ("max_length", "truncation", "head_tokens")
+              if key in hyper and key in config and hyper[key] != config[key]]
+    if differ:
+        raise PublishError(
+            f"{run_dir}: results.json and model/config.json describe different runs ({'; '.join(differ)}); "
+            "re-run training or evaluation so both come from the same run"
+        )
+
+
+def check_finite(state: dict) -> None:
+    """Every floating-point weight is finite: a diverged run's NaN weights are never published."""
+    import torch
+
+    nonfinite = {name: int((~torch.isfinite(t)).sum()) for name, t in state.items() if t.is_floating_point()}
+    nonfinite = {name: count for name, count in nonfinite.items() if count}
+    if nonfinite:
+        raise PublishError(
+            f"model.safetensors holds {sum(nonfinite.values())} NaN/Inf values in {len(nonfinite)} tensors "
+            f"(first: {next(iter(nonfinite))}): the run diverged; refusing to publish it"
+        )
+
+
+def ensure_repo(api, repo_id: str, private: bool) -> bool:
+    """Create ``repo_id`` if needed and return whether it is private.
+
+    Visibility is never weakened: ``private=True`` on an existing public repository makes it private
+    *before* anything is uploaded (and refuses if the Hub does not), ``private=False`` on an
+    existing private repository keeps it private. Both are logged as warnings.
+    """
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    is_private = bool(api.repo_info(repo_id, repo_type="model").private)
+    if private and not is_private:
+        logger.warning(f"{repo_id} exists and is public: making it private before uploading, as --private asks")
+        api.update_repo_settings(repo_id, private=True, repo_type="model")
+        is_private = bool(api.repo_info(repo_id, repo_type="model").private)
+        if not is_private:
+            raise PublishError(f"{repo_id} is still public after asking the Hub to make it private; nothing uploaded")
+    elif not private and is_private:
+        logger.warning(f"{repo_id} exists and is private: it stays private (dapt-publish never makes a repository public)")
+    return is_private

@@ -289,3 +289,29 @@ def test_a_real_runs_folder_holds_no_local_paths(tiny_headless_encoder_dir, shar
             text = path.read_bytes()
             assert not [p for p in prefixes if p.encode() in text], path.name
     assert json.loads((folder / "config.json").read_text())["base_model"] == Path(tiny_headless_encoder_dir).name
+
+
+# --------------------------------------------------------------------------------------------
+# Audit: only one finished, finite run is published
+# --------------------------------------------------------------------------------------------
+
+
+def test_nan_weights_are_never_published(run_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    weights = run_dir / "model" / "model.safetensors"
+    state = load_file(weights)
+    state["classifier.bias"][0] = float("nan")
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(publish.PublishError, match=r"1 NaN/Inf values in 1 tensors \(first: classifier\.bias\)"):
+        publish.build_repo_folder(run_dir, tmp_path / "folder", "alice/x")
+
+
+def test_results_and_model_of_different_runs_are_refused(run_dir, tmp_path):
+    results = json.loads((run_dir / "results.json").read_text())
+    results["hyperparameters"]["max_length"] = 256  # the old results beside a new model (a half-failed re-run)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    folder = tmp_path / "folder"
+    with pytest.raises(publish.PublishError, match=r"describe different runs \(max_length 256 vs 64\)"):
+        publish.build_repo_folder(run_dir, folder, "alice/x")
+    assert not folder.exists()
