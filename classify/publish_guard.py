@@ -128,10 +128,9 @@ def public_name(path: str) -> str:
 
 
 def _is_local_path(value: str) -> bool:
-    if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
-        return True
-    # A relative path that exists here and has a directory part ("runs/encoder", "../data/imdb").
-    return ("/" in value or os.sep in value) and len(value) < 4096 and Path(value).exists()
+    """Absolute, ``~`` or drive-letter paths. Relative ones (``runs/encoder``, ``plots/x.png``) say
+    nothing about this machine and would make the output depend on the working directory."""
+    return value.startswith(("/", "~")) or bool(re.match(r"^[A-Za-z]:[\\/]", value))
 
 
 def scrub_paths(value: Any) -> Any:

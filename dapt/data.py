@@ -213,7 +213,7 @@ def _read_error(files: list[Path], error: Exception) -> str:
         if error is None:
             break
         if str(error).strip():
-            reasons.append(str(error).strip())
+            reasons.append(" ".join(str(error).split()))  # one line
         error = error.__cause__ or error.__context__
     return f"cannot read {', '.join(map(str, files))}: {reasons[-1] if reasons else 'unknown error'}"
 

@@ -315,3 +315,12 @@ def test_results_and_model_of_different_runs_are_refused(run_dir, tmp_path):
     with pytest.raises(publish.PublishError, match=r"describe different runs \(max_length 256 vs 64\)"):
         publish.build_repo_folder(run_dir, folder, "alice/x")
     assert not folder.exists()
+
+
+def test_relative_paths_are_kept_whatever_the_working_directory(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(run_dir)  # "plots/imdb_test_roc.png" exists relative to here
+    results = json.loads((run_dir / "results.json").read_text())
+    results["plots"] = ["plots/imdb_test_roc.png"]
+    (run_dir / "results.json").write_text(json.dumps(results))
+    folder = publish.build_repo_folder(run_dir, tmp_path / "folder", "alice/x")
+    assert json.loads((folder / "results.json").read_text())["plots"] == ["plots/imdb_test_roc.png"]
