@@ -89,7 +89,10 @@ def _open_regular(path: Path):
     before = os.lstat(path)
     if not stat.S_ISREG(before.st_mode):
         raise UnsafeFileError(f"{path} is not a regular file (a link or special file); refusing to publish it")
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as error:  # ELOOP: it became a link after the check
+        raise UnsafeFileError(f"{path} cannot be opened as a regular file ({error.strerror}); refusing to publish it") from None
     after = os.fstat(descriptor)
     if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
         os.close(descriptor)
@@ -115,7 +118,7 @@ def public_name(path: str) -> str:
         parts = PureWindowsPath(path).parts
     else:
         parts = Path(os.path.expanduser(path.rstrip("/") or "/")).parts
-    for index, part in enumerate(parts):
+    for part in parts:
         match = _HUB_CACHE_DIR.match(part)
         if match:
             return match.group(2).replace("--", "/")
