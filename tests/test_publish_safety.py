@@ -324,3 +324,21 @@ def test_relative_paths_are_kept_whatever_the_working_directory(run_dir, tmp_pat
     (run_dir / "results.json").write_text(json.dumps(results))
     folder = publish.build_repo_folder(run_dir, tmp_path / "folder", "alice/x")
     assert json.loads((folder / "results.json").read_text())["plots"] == ["plots/imdb_test_roc.png"]
+
+
+def test_a_file_swapped_for_a_link_after_the_check_is_refused(tmp_path):
+    import os
+
+    from classify import publish_guard
+
+    real = tmp_path / "real.png"
+    real.write_bytes(publish.PNG_SIGNATURE)
+    link = tmp_path / "link.png"
+    link.symlink_to(real)
+    real_lstat = os.lstat
+    os.lstat = lambda path, *args, **kwargs: real_lstat(real)  # the check saw the regular file
+    try:
+        with pytest.raises(publish.PublishError, match="link.png cannot be opened as a regular file"):
+            publish_guard.copy_regular(link, tmp_path / "out.png")
+    finally:
+        os.lstat = real_lstat
