@@ -28,6 +28,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from dapt.core.hub import is_repo_id
+
 logger = logging.getLogger(__name__)
 
 MODEL_SOURCE = Path(__file__).resolve().parent / "model.py"
@@ -287,7 +289,7 @@ def publish_run(run_dir, repo_id: str, private: bool = False, dry_run: bool = Fa
 
     Returns ``{"folder", "files": [(path, bytes)], "commit": id or None, "repo_id"}``.
     """
-    if not re.match(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$", repo_id or ""):
+    if not is_repo_id(repo_id, owner_required=True):
         raise PublishError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
     folder = Path(folder) if folder is not None else default_folder(run_dir, repo_id)
     build_repo_folder(run_dir, folder, repo_id)

@@ -52,6 +52,7 @@ from classify.data import (
 from classify.evaluate import compute_metrics, evaluate_all, load_eval_sets, make_eval_loader, predict
 from classify.model import WEIGHTS_NAME, EncoderClassifier
 from dapt.config import ConfigError, parse_cli, to_dict
+from dapt.core.hub import looks_local
 from dapt.runtime import (
     linear_warmup_decay,
     logger,
@@ -135,8 +136,7 @@ def read_dapt_summary(encoder: str) -> Optional[dict]:
 def check_encoder(name_or_path: str) -> None:
     """A local encoder folder must hold a finished model; say so before transformers guesses."""
     path = Path(name_or_path).expanduser()
-    looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if not looks_local:
+    if not looks_local(name_or_path):
         return  # a Hub id such as distilbert/distilbert-base-uncased
     if not path.is_dir():
         raise FileNotFoundError(f"model.encoder: {name_or_path} not found (run stage 1 first, or set model.encoder)")
