@@ -10,8 +10,8 @@ encoder / head learning rates, linear warmup then linear decay to ``min_lr`` -> 
 after each, the best epoch's weights kept, early stopping, checkpoints to resume from) -> the best
 weights restored -> IMDb test and SST-2 validation -> ``model/``, ``results.json``, ``plots/``.
 
-:func:`train_classifier` is the whole run as a function; it can be called repeatedly in one
-process (the ablation does: plain vs DAPT encoder, several seeds).
+:func:`train_classifier` is the whole run as a function, once per process (``experiments/ablation``
+runs each training as a command of its own).
 """
 
 from __future__ import annotations
@@ -147,7 +147,6 @@ def check_encoder(name_or_path: str) -> None:
 def train_classifier(config: ClassifyConfig) -> dict:
     """Run stage 2 as configured; returns the results also written to ``results.json``."""
     output_dir = Path(config.output_dir)
-    # make_accelerator starts a fresh AcceleratorState: repeated runs in one process work
     accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
     if config.tensorboard:
         accelerator.init_trackers(config.run_name)
@@ -346,8 +345,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
         pushed = publish_run(output_dir, config.hub_repo_id, private=config.hub_private)
         logger.info(f"pushed {config.hub_repo_id} at commit {pushed['commit']}")
     accelerator.wait_for_everyone()
-    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group that a
-        tracker.finish()  # following run in the same processes (dapt-ablate) still needs
+    accelerator.end_training()
     return results
 
 

@@ -357,8 +357,7 @@ def pretrain(config: PretrainConfig) -> dict:
     }
     write_json(accelerator, output_dir / "dapt_summary.json", summary)
     logger.info(f"held-out perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}; encoder saved to {output_dir}")
-    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group that
-        tracker.finish()  # a following stage-2 run in the same processes (dapt-ablate) still needs
+    accelerator.end_training()
     return summary
 
 

@@ -83,7 +83,6 @@ def make_accelerator(
 ) -> Accelerator:
     """An Accelerator for one run. On a machine without CUDA it runs on the CPU, several CPU
     processes (``torchrun`` / ``accelerate launch --multi_gpu``) talk over gloo."""
-    reset_accelerator_state()
     cpu = impl.cpu or not torch.cuda.is_available()
     mixed_precision = impl.mixed_precision
     if cpu and mixed_precision == "fp16":
@@ -109,16 +108,6 @@ def make_accelerator(
         torch.backends.cudnn.allow_tf32 = True
     setup_logging(accelerator)
     return accelerator
-
-
-def reset_accelerator_state() -> None:
-    """Forget a previous run's ``AcceleratorState`` and ``GradientState`` (precision and gradient
-    accumulation are fixed per state) but keep ``PartialState``, the process group: several runs
-    can then follow each other in one process, distributed or not."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
 
 
 def cpu_has_native_bf16() -> bool:

@@ -79,3 +79,12 @@ def build_tiny_encoder(directory: Path, *, with_mlm_head: bool = True, seed: int
 def sentences(n, seed=0, words=(5, 40)):
     rng = random.Random(seed)
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(*words))) for _ in range(n)]
+
+
+def fresh_accelerate_state() -> None:
+    """Forget accelerate's process-wide state, as a new process would. A stage builds it once per
+    process (each command-line run is a process); tests call several runs in one pytest process."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
