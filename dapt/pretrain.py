@@ -13,14 +13,16 @@ loop (checkpoints, evaluation, a wall-clock budget) -> the adapted encoder, toke
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-if __package__ in (None, ""):  # run as a file: `accelerate launch dapt/pretrain.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file (`accelerate launch dapt/pretrain.py`): as the module
+    import runpy  # (the project installed, `pip install -e .`, or on PYTHONPATH)
+
+    runpy.run_module("dapt.pretrain", run_name="__main__", alter_sys=True)
+    raise SystemExit
 
 import torch
 from accelerate.utils import set_seed
