@@ -286,7 +286,7 @@ def pretrain(config: PretrainConfig) -> dict:
                 tokens = int(accelerator.reduce(local_tokens, "sum"))
                 mean_loss = accelerator.reduce(running_loss / running_batches, "mean").item()
                 state["tokens_seen"] += tokens
-                meter.update(tokens, 0)
+                meter.update(tokens)
                 record = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "epoch": epoch, "tokens_seen": state["tokens_seen"]}
                 if meter.elapsed > 0:
                     record["tokens_per_s"] = meter.tokens_per_s
