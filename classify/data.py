@@ -1,16 +1,16 @@
 """Labelled review data for stage 2: loading, checking, seeded stratified splits, batching.
 
 * :class:`LabelledSetConfig` - one labelled split (Hub dataset or local files) and an optional
-  seeded, stratified subset of it; read through :func:`dapt.data.load_source`.
+  seeded, stratified subset of it; read through :func:`dapt.core.sources.load_source`.
 * :func:`load_labelled` - the split as ``(texts, labels)``; labels must be 0/1, bad input raises
-  :class:`~dapt.data.DataError` naming the file (or Hub split) and the column.
+  :class:`~dapt.core.sources.DataError` naming the file (or Hub split) and the column.
 * :func:`stratified_split` / :func:`stratified_subset` - seeded, class-balanced index splits.
 * :class:`ReviewDataset` - token ids from :func:`classify.model.encode_reviews` (the tokenization
   inference uses, text cleaning included), so training and serving see the same inputs.
 * :class:`LengthBucketBatchSampler` - batches of similar length in shuffled order (optionally with
   the classes balanced in every batch), a pure function of ``(seed, epoch)``; accelerate shards its
   batches across processes and skips into it on resume.
-* :func:`collate` - dynamic padding to a multiple of 8.
+* :class:`Collator` - dynamic padding to a multiple of 8.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from classify.model import encode_reviews, pad_batch
-from dapt.data import DataError, SourceConfig, clean_text, detect_kind, load_source
+from dapt.core.sources import DataError, SourceConfig, clean_text, detect_kind, load_source
 
 __all__ = [
     "DataError",
@@ -37,7 +37,7 @@ __all__ = [
     "stratified_subset",
     "ReviewDataset",
     "LengthBucketBatchSampler",
-    "collate",
+    "Collator",
 ]
 
 
@@ -190,11 +190,6 @@ class Collator:
             "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
             "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
         }
-
-
-def collate(tokenizer) -> Collator:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return Collator(pad)
 
 
 class LengthBucketBatchSampler:

@@ -25,10 +25,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-if __package__ in (None, ""):  # run as a file: `accelerate launch classify/evaluate.py`
-    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-        sys.path.pop(0)  # classify/ itself: its model.py / data.py must not shadow other imports
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file (`accelerate launch classify/evaluate.py`): as the module
+    import runpy  # (the project installed, `pip install -e .`, or on PYTHONPATH)
+
+    runpy.run_module("classify.evaluate", run_name="__main__", alter_sys=True)
+    raise SystemExit
 
 import numpy as np
 import torch

@@ -10,8 +10,8 @@ encoder / head learning rates, linear warmup then linear decay to ``min_lr`` -> 
 after each, the best epoch's weights kept, early stopping, checkpoints to resume from) -> the best
 weights restored -> IMDb test and SST-2 validation -> ``model/``, ``results.json``, ``plots/``.
 
-:func:`train_classifier` is the whole run as a function; it can be called repeatedly in one
-process (the ablation does: plain vs DAPT encoder, several seeds).
+:func:`train_classifier` is the whole run as a function, once per process (``experiments/ablation``
+runs each training as a command of its own).
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-if __package__ in (None, ""):  # run as a file: `accelerate launch classify/train.py`
-    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-        sys.path.pop(0)  # classify/ itself: its model.py / data.py must not shadow other imports
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file (`accelerate launch classify/train.py`): as the module
+    import runpy  # (the project installed, `pip install -e .`, or on PYTHONPATH)
+
+    runpy.run_module("classify.train", run_name="__main__", alter_sys=True)
+    raise SystemExit
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,7 @@ from classify.data import (
 from classify.evaluate import compute_metrics, evaluate_all, load_eval_sets, make_eval_loader, predict
 from classify.model import WEIGHTS_NAME, EncoderClassifier
 from dapt.config import ConfigError, parse_cli, to_dict
+from dapt.core.hub import looks_local
 from dapt.runtime import (
     linear_warmup_decay,
     logger,
@@ -135,8 +136,7 @@ def read_dapt_summary(encoder: str) -> Optional[dict]:
 def check_encoder(name_or_path: str) -> None:
     """A local encoder folder must hold a finished model; say so before transformers guesses."""
     path = Path(name_or_path).expanduser()
-    looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if not looks_local:
+    if not looks_local(name_or_path):
         return  # a Hub id such as distilbert/distilbert-base-uncased
     if not path.is_dir():
         raise FileNotFoundError(f"model.encoder: {name_or_path} not found (run stage 1 first, or set model.encoder)")
@@ -147,7 +147,6 @@ def check_encoder(name_or_path: str) -> None:
 def train_classifier(config: ClassifyConfig) -> dict:
     """Run stage 2 as configured; returns the results also written to ``results.json``."""
     output_dir = Path(config.output_dir)
-    # make_accelerator starts a fresh AcceleratorState: repeated runs in one process work
     accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
     if config.tensorboard:
         accelerator.init_trackers(config.run_name)
@@ -346,8 +345,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
         pushed = publish_run(output_dir, config.hub_repo_id, private=config.hub_private)
         logger.info(f"pushed {config.hub_repo_id} at commit {pushed['commit']}")
     accelerator.wait_for_everyone()
-    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group that a
-        tracker.finish()  # following run in the same processes (dapt-ablate) still needs
+    accelerator.end_training()
     return results
 
 

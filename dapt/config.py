@@ -18,7 +18,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
@@ -108,7 +108,3 @@ def parse_cli(schema: type[T], argv: Sequence[str] | None, description: str, def
         return load_config(schema, args.config, args.overrides)
     except ConfigError as error:
         parser.exit(2, f"error: {error}\n")
-
-
-def dump(config: Any) -> DictConfig:
-    return OmegaConf.structured(config)

@@ -13,14 +13,16 @@ loop (checkpoints, evaluation, a wall-clock budget) -> the adapted encoder, toke
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-if __package__ in (None, ""):  # run as a file: `accelerate launch dapt/pretrain.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file (`accelerate launch dapt/pretrain.py`): as the module
+    import runpy  # (the project installed, `pip install -e .`, or on PYTHONPATH)
+
+    runpy.run_module("dapt.pretrain", run_name="__main__", alter_sys=True)
+    raise SystemExit
 
 import torch
 from accelerate.utils import set_seed
@@ -284,7 +286,7 @@ def pretrain(config: PretrainConfig) -> dict:
                 tokens = int(accelerator.reduce(local_tokens, "sum"))
                 mean_loss = accelerator.reduce(running_loss / running_batches, "mean").item()
                 state["tokens_seen"] += tokens
-                meter.update(tokens, 0)
+                meter.update(tokens)
                 record = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "epoch": epoch, "tokens_seen": state["tokens_seen"]}
                 if meter.elapsed > 0:
                     record["tokens_per_s"] = meter.tokens_per_s
@@ -357,8 +359,7 @@ def pretrain(config: PretrainConfig) -> dict:
     }
     write_json(accelerator, output_dir / "dapt_summary.json", summary)
     logger.info(f"held-out perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}; encoder saved to {output_dir}")
-    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group that
-        tracker.finish()  # a following stage-2 run in the same processes (dapt-ablate) still needs
+    accelerator.end_training()
     return summary
 
 

@@ -10,7 +10,7 @@ Everything a training loop needs besides the model and the data lives here once:
 * :class:`CheckpointManager` - ``accelerator.save_state`` into a temporary folder, then an atomic
   rename: a folder named ``step_*`` is always complete. ``resume: latest | PATH``.
 * :class:`MetricsWriter` - ``metrics.jsonl`` on the main process, and TensorBoard when asked.
-* :class:`ThroughputMeter` - tokens/s and samples/s with warm-up steps excluded.
+* :class:`ThroughputMeter` - tokens/s with warm-up steps excluded.
 """
 
 from __future__ import annotations
@@ -83,7 +83,6 @@ def make_accelerator(
 ) -> Accelerator:
     """An Accelerator for one run. On a machine without CUDA it runs on the CPU, several CPU
     processes (``torchrun`` / ``accelerate launch --multi_gpu``) talk over gloo."""
-    reset_accelerator_state()
     cpu = impl.cpu or not torch.cuda.is_available()
     mixed_precision = impl.mixed_precision
     if cpu and mixed_precision == "fp16":
@@ -109,16 +108,6 @@ def make_accelerator(
         torch.backends.cudnn.allow_tf32 = True
     setup_logging(accelerator)
     return accelerator
-
-
-def reset_accelerator_state() -> None:
-    """Forget a previous run's ``AcceleratorState`` and ``GradientState`` (precision and gradient
-    accumulation are fixed per state) but keep ``PartialState``, the process group: several runs
-    can then follow each other in one process, distributed or not."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -342,31 +331,26 @@ def open_run_dir(accelerator: Accelerator, output_dir: Path, config, checkpoint:
 
 
 class ThroughputMeter:
-    """Counts tokens and samples; rates exclude the first ``warmup`` intervals."""
+    """Counts tokens; the rate excludes the first ``warmup`` intervals."""
 
     def __init__(self, warmup: int = 1):
         self.warmup = warmup
         self.intervals = 0
-        self.tokens = self.samples = 0
+        self.tokens = 0
         self.elapsed = 0.0
         self._start = time.perf_counter()
 
-    def update(self, tokens: int, samples: int) -> None:
+    def update(self, tokens: int) -> None:
         now = time.perf_counter()
         self.intervals += 1
         if self.intervals > self.warmup:
             self.tokens += tokens
-            self.samples += samples
             self.elapsed += now - self._start
         self._start = now
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.elapsed if self.elapsed > 0 else float("nan")
-
-    @property
-    def samples_per_s(self) -> float:
-        return self.samples / self.elapsed if self.elapsed > 0 else float("nan")
 
 
 def inner_state_dict(accelerator: Accelerator, module: torch.nn.Module, prefix: str = "") -> dict:

@@ -7,12 +7,13 @@ Hub parses back (``ModelCard(text).data.eval_results``) is what was rendered.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from dapt.core import hub
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 TEMPLATE_NAME = "template.md.j2"
@@ -48,14 +49,9 @@ METRICS = {
     "roc_auc": ("roc_auc", "ROC AUC"),
 }
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
 def is_hub_id(name: Any) -> bool:
     """``owner/name`` that is not a local path (``runs/x`` that exists on disk is a path)."""
-    if not isinstance(name, str) or not _HUB_ID.match(name) or "--" in name or ".." in name:
-        return False
-    return not Path(name).exists()
+    return hub.is_hub_id(name, owner_required=True)
 
 
 def hub_base_model(results: dict) -> str | None:

@@ -1,9 +1,9 @@
 """Same-run benchmark: the Hugging Face ``Trainer`` baseline against this project's training steps,
 and batched ``infer_reviews`` against a one-review-at-a-time loop.
 
-    python scripts/bench.py --device cpu --size tiny --synthetic --json bench.json      # CI smoke, seconds
-    python scripts/bench.py --device cuda --size distilbert --json bench-h100.json      # the real shape
-    python scripts/bench.py --device cpu --size minilm --stages infer                   # the 2-thread CPU target
+    python -m scripts.bench --device cpu --size tiny --synthetic --json bench.json      # CI smoke, seconds
+    python -m scripts.bench --device cuda --size distilbert --json bench-h100.json      # the real shape
+    python -m scripts.bench --device cpu --size minilm --stages infer                   # the 2-thread CPU target
 
 Everything runs in one process, on the same token stream (IMDb text tokenized with the uncased
 30,522 WordPiece vocabulary, or ``--synthetic`` token ids with IMDb's length distribution), with
@@ -52,16 +52,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a file: `python scripts/bench.py` (scripts/ is sys.path[0])
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-else:  # `python -m scripts.bench`: the bench_*.py modules beside this file are imported by name
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,12 +63,12 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
 
-from bench_infer import run_infer
-from bench_measure import device_info, free, thread_sync_latency_ms, versions
-from bench_report import compare, markdown_table, summarize
-from bench_training import classify_baseline, classify_project, mlm_baseline, mlm_project
-from bench_workload import SIZES, build_corpus, encoder_config, flops_params, load_tokenizer, pack, review_ids, shape_of
 from dapt.runtime import cpu_has_native_bf16
+from scripts.bench_infer import run_infer
+from scripts.bench_measure import device_info, free, thread_sync_latency_ms, versions
+from scripts.bench_report import compare, markdown_table, summarize
+from scripts.bench_training import classify_baseline, classify_project, mlm_baseline, mlm_project
+from scripts.bench_workload import SIZES, build_corpus, encoder_config, flops_params, load_tokenizer, pack, review_ids, shape_of
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imdb"
@@ -221,19 +215,18 @@ def run(args) -> dict:
         report["data"] = {"source": corpus.source, "documents": len(corpus.docs),
                           "mean_tokens": round(corpus.mean_tokens, 1), "frac_over_512": round(corpus.frac_over_512, 3)}
         report["model"] = {"shape": shape, "size": args.size, "architecture": SIZES[args.size]["arch"]}
-        cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
 
         if "mlm" in args.stages:
             params = flops_params(shape, mlm=True)
-            small = pack(corpus.docs, args.baseline_block, cls_id, sep_id)
-            large = pack(corpus.docs, args.mlm_block, cls_id, sep_id)
+            small = pack(corpus.texts, tokenizer, args.baseline_block)
+            large = pack(corpus.texts, tokenizer, args.mlm_block)
             report["stages"]["mlm"] = run_training_stage(
                 "mlm", args, lambda: mlm_baseline(args, tokenizer, config, small, params),
                 lambda: mlm_project(args, tokenizer, config, large, params))
             report["stages"]["mlm"]["flops_params"] = params
         if "classify" in args.stages:
             params = flops_params(shape, mlm=False)
-            reviews = review_ids(corpus.docs[:reviews_needed], cls_id, sep_id, SIZES[args.size]["max_length"])
+            reviews = review_ids(corpus.texts[:reviews_needed], tokenizer, SIZES[args.size]["max_length"])
             labels = corpus.labels[:reviews_needed]
             report["stages"]["classify"] = run_training_stage(
                 "classify", args, lambda: classify_baseline(args, tokenizer, config, reviews, labels, params),

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from bench_measure import sync, thread_sync_latency_ms
+from scripts.bench_measure import sync, thread_sync_latency_ms
 
 
 def naive_infer(texts: list[str], classifier, tokenizer, device) -> list[tuple[int, float]]:

@@ -1,7 +1,11 @@
 """The training sides of ``scripts/bench.py``: the baseline, the stock Hugging Face ``Trainer``
-(only counting the tokens of each batch), and the project's loop, the optimizer step of
-``dapt/pretrain.py`` and ``classify/train.py``; then each stage's two sides, stage 1 (MLM) and
-stage 2 (classifier), one timed run each.
+(only counting the tokens of each batch), and the project's side, built from the product's own
+pieces - stage 1's ``MaskedLMObjective``, ``MLMCollator``, ``TrainConfig``, optimizer and schedule;
+stage 2's ``EncoderClassifier``, parameter groups, sampler and collator - driven by
+:func:`project_step`; then each stage's two sides, one timed run each.
+
+:func:`project_step` is the one place that mirrors the loops' optimizer step (the loops write it
+inline today); when the shared step lands in ``dapt/core``, its body becomes a call to it.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ import tempfile
 
 import torch
 
-from bench_measure import StepTimer, peak_memory_gib
-from bench_workload import build_mlm_model
+from scripts.bench_measure import StepTimer, peak_memory_gib
+from scripts.bench_workload import build_mlm_model
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,15 +95,16 @@ def cycle(loader, on_epoch=None):
         epoch += 1
 
 
-def project_step(args, model_call, parameters, optimizer, scheduler, batch: dict, loss_of) -> None:
-    """The optimizer step of dapt/pretrain.py and classify/train.py: autocast forward, backward,
-    clip to 1.0 (both stages' train.max_grad_norm), skip a non-finite update, step, schedule, zero
-    the gradients."""
+def project_step(args, model_call, parameters, optimizer, scheduler, batch: dict, loss_of, max_grad_norm: float) -> None:
+    """THE SEAM to the product's optimizer step (``dapt/pretrain.py`` and ``classify/train.py``
+    write it inline; the shared step of ``dapt/core`` replaces this body when it lands): autocast
+    forward, backward, clip to the stage's ``train.max_grad_norm``, skip a non-finite update, step,
+    schedule, zero the gradients."""
     with autocast(args):
         output = model_call(batch)
     loss = loss_of(output, batch)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm if max_grad_norm > 0 else float("inf"))
     if not args.nonfinite_check or torch.isfinite(grad_norm):
         optimizer.step()
     scheduler.step()
@@ -107,7 +112,7 @@ def project_step(args, model_call, parameters, optimizer, scheduler, batch: dict
 
 
 def run_project(args, model_call, parameters, optimizer, scheduler, loader, loss_of, params, mlm: bool,
-                masked_only: bool = False, on_epoch=None) -> dict:
+                max_grad_norm: float, masked_only: bool = False, on_epoch=None) -> dict:
     device = torch.device(args.device)
     timer = StepTimer(args.device, args.warmup, args.warmup + args.steps)
     batches = cycle(loader, on_epoch)
@@ -116,7 +121,7 @@ def run_project(args, model_call, parameters, optimizer, scheduler, loader, loss
         batch = next(batches)
         timer.count(batch["attention_mask"], batch.get("labels"), mlm=mlm)  # CPU tensors: no sync
         batch = {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
-        project_step(args, model_call, parameters, optimizer, scheduler, batch, loss_of)
+        project_step(args, model_call, parameters, optimizer, scheduler, batch, loss_of, max_grad_norm)
         timer.step_end()
     return timer.result(args.warmup, params, args.peak_tflops, masked_only=masked_only)
 
@@ -167,7 +172,8 @@ def mlm_project(args, tokenizer, config, blocks: list[list[int]], params: dict) 
     objective.train()
     result = run_project(
         args, lambda b: forward(b["input_ids"], b["attention_mask"], b["labels"]), list(model.parameters()),
-        optimizer, scheduler, loader, lambda out, b: out[0].mean(), params, mlm=True, masked_only=args.masked_only,
+        optimizer, scheduler, loader, lambda out, b: out[0].mean(), params, mlm=True, max_grad_norm=hp.max_grad_norm,
+        masked_only=args.masked_only,
         on_epoch=collator.set_epoch,
     )
     result.update(peak_memory_gib=peak_memory_gib(args.device), block=args.mlm_block, batch=args.mlm_batch,
@@ -224,7 +230,7 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
     result = run_project(
         args, lambda b: forward(input_ids=b["input_ids"], attention_mask=b["attention_mask"]), list(model.parameters()),
         optimizer, scheduler, loader, lambda logits, b: F.cross_entropy(logits.float(), b["labels"]), params,
-        mlm=False, on_epoch=sampler.set_epoch,
+        mlm=False, max_grad_norm=hp.max_grad_norm, on_epoch=sampler.set_epoch,
     )
     result.update(peak_memory_gib=peak_memory_gib(args.device), batch=args.classify_batch, precision=args.precision,
                   compile=args.compile, attn_implementation="sdpa",

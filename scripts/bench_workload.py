@@ -70,8 +70,10 @@ def imdb_lengths(n: int, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass
 class Corpus:
-    """Documents as content token ids (no special tokens), labels, and texts for inference."""
+    """Documents as cleaned text and as content token ids (no special tokens; for the statistics),
+    labels, and texts for inference."""
 
+    texts: list[str]
     docs: list[list[int]]
     labels: list[int]
     infer_texts: list[str]
@@ -91,9 +93,10 @@ def build_corpus(args, tokenizer, tokens_needed: int, reviews_needed: int) -> Co
             (length,) = imdb_lengths(1, rng)
             docs.append(rng.integers(FIRST_WORD_ID, vocab, int(length)).tolist())
             total += int(length)
+        doc_texts = [synthetic_text(doc) for doc in docs]
         labels = rng.integers(0, 2, len(docs)).tolist()
         infer_lengths = imdb_lengths(args.infer_reviews, rng)
-        texts = [" ".join(f"w{i}" for i in rng.integers(FIRST_WORD_ID, vocab, int(n))) for n in infer_lengths]
+        texts = [synthetic_text(rng.integers(FIRST_WORD_ID, vocab, int(n))) for n in infer_lengths]
         source = "synthetic ids, IMDb length distribution (log-normal, mean 300, 13% > 512)"
     else:
         import pyarrow.parquet as pq
@@ -103,11 +106,12 @@ def build_corpus(args, tokenizer, tokens_needed: int, reviews_needed: int) -> Co
             raise SystemExit(f"no IMDb parquet files in {data}: pass --data-dir, or --synthetic")
         train = pq.read_table(data / "train.parquet", columns=["text", "label"]).to_pydict()
         order = rng.permutation(len(train["text"]))  # the file holds all negatives first
-        docs, labels, total, position = [], [], 0, 0
+        doc_texts, docs, labels, total, position = [], [], [], 0, 0
         while (total < tokens_needed or len(docs) < reviews_needed) and position < len(order):
             chunk = order[position : position + 512]
             position += len(chunk)
             texts = [clean_text(train["text"][i]) for i in chunk]
+            doc_texts += texts
             for ids, i in zip(tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"], chunk):
                 docs.append(ids)
                 labels.append(int(train["label"][i]))
@@ -117,23 +121,30 @@ def build_corpus(args, tokenizer, tokens_needed: int, reviews_needed: int) -> Co
         texts = [clean_text(test[i]) for i in pick]
         source = f"IMDb train (training stages) and test ({len(texts)} reviews, inference) from {data}"
     lengths = np.array([len(d) + 2 for d in docs] or [0])
-    return Corpus(docs, labels, texts, source, float(lengths.mean()), float((lengths > 512).mean()))
+    return Corpus(doc_texts, docs, labels, texts, source, float(lengths.mean()), float((lengths > 512).mean()))
 
 
-def pack(docs: list[list[int]], block: int, cls_id: int, sep_id: int) -> list[list[int]]:
-    """The layout of :func:`dapt.data.pack_blocks`: documents joined by [SEP], cut into
-    ``[CLS] ... [SEP]`` blocks of ``block`` tokens (the tail shorter than a block dropped)."""
-    body = block - 2
-    stream: list[int] = []
-    for doc in docs:
-        stream.extend(doc)
-        stream.append(sep_id)
-    return [[cls_id] + stream[i : i + body] + [sep_id] for i in range(0, len(stream) - body + 1, body)]
+def synthetic_text(ids) -> str:
+    """Synthetic ids as the text the synthetic tokenizer reads back as those very ids."""
+    return " ".join(f"w{int(i)}" for i in ids)
 
 
-def review_ids(docs: list[list[int]], cls_id: int, sep_id: int, max_length: int) -> list[list[int]]:
-    """[CLS] + head-truncated content + [SEP], as :func:`classify.model.encode_reviews` (``head``)."""
-    return [[cls_id] + d[: max_length - 2] + [sep_id] for d in docs]
+def pack(texts: list[str], tokenizer, block: int) -> list[list[int]]:
+    """Stage 1's blocks, by stage 1's own :func:`dapt.data.pack_blocks`: documents joined by [SEP],
+    cut into ``[CLS] ... [SEP]`` blocks of ``block`` tokens (in one map batch: one tail dropped)."""
+    import datasets
+
+    from dapt.data import pack_blocks
+
+    dataset = datasets.Dataset.from_dict({"text": list(texts)})
+    return pack_blocks(dataset, tokenizer, block, map_batch_size=max(1, len(texts)))["input_ids"]
+
+
+def review_ids(texts: list[str], tokenizer, max_length: int) -> list[list[int]]:
+    """Stage 2's inputs, by :func:`classify.model.encode_reviews` (``head`` truncation)."""
+    from classify.model import encode_reviews
+
+    return encode_reviews(tokenizer, texts, max_length, "head")
 
 
 # --------------------------------------------------------------------------------------------

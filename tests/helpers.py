@@ -6,6 +6,7 @@ their ``##`` continuations and a few hundred common English words), so every inp
 
 from __future__ import annotations
 
+import random
 import string
 from pathlib import Path
 
@@ -73,3 +74,17 @@ def build_tiny_encoder(directory: Path, *, with_mlm_head: bool = True, seed: int
     model = BertForMaskedLM(config) if with_mlm_head else BertModel(config, add_pooling_layer=False)
     model.save_pretrained(directory)
     return directory
+
+
+def sentences(n, seed=0, words=(5, 40)):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(*words))) for _ in range(n)]
+
+
+def fresh_accelerate_state() -> None:
+    """Forget accelerate's process-wide state, as a new process would. A stage builds it once per
+    process (each command-line run is a process); tests call several runs in one pytest process."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

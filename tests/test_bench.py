@@ -12,22 +12,23 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))  # as for `python scripts/bench.py`: its bench_*.py modules beside it
-
-from bench_infer import naive_infer  # noqa: E402
-from bench_measure import StepTimer  # noqa: E402
-from bench_report import TARGETS  # noqa: E402
-from bench_workload import (  # noqa: E402
+from scripts.bench_infer import naive_infer
+from scripts.bench_measure import StepTimer
+from scripts.bench_report import TARGETS
+from scripts.bench_workload import (
     FIRST_WORD_ID,
     build_mlm_model,
     encoder_config,
     flops_params,
     imdb_lengths,
     pack,
+    review_ids,
     shape_of,
+    synthetic_text,
     synthetic_tokenizer,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def smoke_report(tmp_path_factory):
     """The tiny CPU benchmark, all three stages, in a fresh process (the Trainer's Accelerator
     state and the thread settings stay out of the test process)."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    command = [sys.executable, str(REPO / "scripts" / "bench.py"), "--device", "cpu", "--size", "tiny", "--synthetic",
+    command = [sys.executable, "-m", "scripts.bench", "--device", "cpu", "--size", "tiny", "--synthetic",
                "--steps", "2", "--warmup", "1", "--threads", "1", "--infer-threads", "1", "--json", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -156,9 +157,12 @@ def test_synthetic_stream_has_imdb_lengths(tokenizer):
 
     lengths = imdb_lengths(20000, np.random.default_rng(0))
     assert 285 < lengths.mean() < 315 and 0.11 < (lengths > 512).mean() < 0.15
-    blocks = pack([[200, 201, 202]] * 10, 8, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    blocks = pack([synthetic_text([200, 201, 202])] * 10, tokenizer, 8)
     assert all(len(b) == 8 and b[0] == tokenizer.cls_token_id and b[-1] == tokenizer.sep_token_id for b in blocks)
+    assert [t for b in blocks for t in b[1:-1]] == ([200, 201, 202, tokenizer.sep_token_id] * 10)[: 6 * len(blocks)]
     assert tokenizer("w104 w105")["input_ids"] == [101, 104, 105, 102]  # synthetic ids round-trip as text
+    ids = [FIRST_WORD_ID + i % 400 for i in range(600)]  # longer than 512 tokens
+    assert review_ids([synthetic_text(ids)], tokenizer, 512) == [[101, *ids[:510], 102]]  # head truncation
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,8 +189,8 @@ def test_masked_only_loss_equals_full_logits_loss_fp32_and_bf16(tokenizer, arch)
     from dapt.modeling import MaskedLMObjective
 
     rng = np.random.default_rng(0)
-    docs = [rng.integers(FIRST_WORD_ID, len(tokenizer), int(n)).tolist() for n in imdb_lengths(12, rng)]
-    blocks = pack(docs, 128, tokenizer.cls_token_id, tokenizer.sep_token_id)[:6]
+    docs = [synthetic_text(rng.integers(FIRST_WORD_ID, len(tokenizer), int(n))) for n in imdb_lengths(12, rng)]
+    blocks = pack(docs, tokenizer, 128)[:6]
     batch = MLMCollator(tokenizer, seed=3)([{"input_ids": b, "index": i} for i, b in enumerate(blocks)])
     batch["attention_mask"][-1, 100:] = 0  # one short row: padding must not count
     batch["labels"][-1, 100:] = -100

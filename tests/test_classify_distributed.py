@@ -1,6 +1,6 @@
-"""Two CPU processes (gloo) give exactly the metrics of one; training runs under DDP, twice per process.
+"""Two CPU processes (gloo) give exactly the metrics of one; training runs under DDP.
 
-The test runs this file as a script under ``torch.distributed.run`` (torchrun); every run asserts
+The test runs this module under ``torch.distributed.run -m`` (torchrun); every run asserts
 inside itself how many processes it has. ``accelerate launch --cpu --num_processes 2`` would start
 one process only (see DESIGN.md).
 """
@@ -21,7 +21,7 @@ EVAL_ROWS, EVAL_BATCH = 43, 4  # 43 rows: not a multiple of 2 processes x 4, and
 
 def _torchrun(nproc: int, *args: str, timeout: int = 240) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), __file__, *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "tests.test_classify_distributed", *args]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
@@ -39,7 +39,8 @@ def test_two_processes_give_exactly_the_metrics_of_one(tiny_headless_encoder_dir
 
 @pytest.mark.slow
 def test_training_under_two_processes(tiny_headless_encoder_dir, shared_data, tmp_path):
-    _torchrun(2, "train", "2", str(tiny_headless_encoder_dir), str(shared_data), str(tmp_path))
+    for run in ("run1", "run2"):  # one run per process, as every stage runs
+        _torchrun(2, "train", "2", str(tiny_headless_encoder_dir), str(shared_data), str(tmp_path), run)
     first = json.loads((tmp_path / "run1" / "results.json").read_text())
     second = json.loads((tmp_path / "run2" / "results.json").read_text())
     assert first["hyperparameters"]["num_processes"] == 2 and second["hyperparameters"]["mixed_precision"] == "bf16"
@@ -76,19 +77,15 @@ def _eval_main(expected: int, encoder_dir: str, data_dir: str, out: str) -> None
     accelerator.wait_for_everyone()
 
 
-def _train_main(expected: int, encoder_dir: str, data_dir: str, out: str) -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_classify_train import tiny_config
-
+def _train_main(expected: int, encoder_dir: str, data_dir: str, out: str, run: str) -> None:
     from classify.train import train_classifier
+    from tests.test_classify_train import tiny_config
 
-    first = train_classifier(tiny_config(encoder_dir, data_dir, f"{out}/run1", "impl.cpu=true", "checkpoint.every_steps=2"))
-    assert first["hyperparameters"]["num_processes"] == expected
-    second = train_classifier(tiny_config(encoder_dir, data_dir, f"{out}/run2", "impl.cpu=true", 'impl.mixed_precision="bf16"', "train.epochs=1"))
-    assert second["hyperparameters"]["num_processes"] == expected
+    overrides = {"run1": ["checkpoint.every_steps=2"], "run2": ['impl.mixed_precision="bf16"', "train.epochs=1"]}[run]
+    results = train_classifier(tiny_config(encoder_dir, data_dir, f"{out}/{run}", "impl.cpu=true", *overrides))
+    assert results["hyperparameters"]["num_processes"] == expected
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     mode, expected, *rest = sys.argv[1:]
     {"eval": _eval_main, "train": _train_main}[mode](int(expected), *rest)

@@ -13,6 +13,7 @@ from classify import train as train_module
 from classify.config import ClassifyConfig
 from classify.train import format_epoch_line, train_classifier
 from dapt.config import ConfigError, load_config
+from tests.helpers import fresh_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,12 +180,14 @@ def test_best_by_val_loss_is_minimised():
 
 
 def test_repeated_runs_in_one_process_and_evaluate_cli(baseline_run, tiny_headless_encoder_dir, shared_data, tmp_path, capsys):
-    """A second run with another precision in the same process (the ablation's need), then the
-    evaluate-only CLI reproduces the training run's final metrics from the saved model."""
+    """A second run with another precision in the same (test) process, then the evaluate-only CLI
+    reproduces the training run's final metrics from the saved model."""
     out, config, results = baseline_run
     second = train_classifier(tiny_config(tiny_headless_encoder_dir, shared_data, tmp_path / "bf16", 'impl.mixed_precision="bf16"', "train.epochs=1"))
     assert second["hyperparameters"]["mixed_precision"] == "bf16"
     from classify.evaluate import main as evaluate_main
+
+    fresh_accelerate_state()  # evaluation in fp32 after a bf16 run: as a new process would start
 
     overrides = [f"data.eval.imdb_test.path={shared_data}/imdb", "data.eval.imdb_test.max_samples=40",
                  f"data.eval.sst2_validation.path={shared_data}/sst2", "data.eval.sst2_validation.max_samples=24",

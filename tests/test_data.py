@@ -1,66 +1,14 @@
-"""Corpus sources, cleaning, held-out split and packing (stage 1 data)."""
+"""Stage 1 data: the corpus (cleaned, empty documents dropped), held-out split and packing."""
 
 import json
-import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dapt.data import DataError, SourceConfig, clean_text, load_corpus, load_source, pack_blocks, split_heldout
-from tests.helpers import _WORDS
-
-
-def sentences(n, seed=0, words=(5, 40)):
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(*words))) for _ in range(n)]
-
-
-def test_clean_text_turns_breaks_into_spaces():
-    assert clean_text("Great.<br /><br />Loved it<br/>really<BR>  yes\n") == "Great. Loved it really yes"
-    assert clean_text("  <br />  ") == ""
-
-
-@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
-def test_table_files_with_text_column(tmp_path, fmt):
-    texts = sentences(20)
-    path = tmp_path / f"corpus.{fmt}"
-    if fmt == "parquet":
-        pq.write_table(pa.table({"review": texts, "n": list(range(20))}), path)
-    elif fmt == "jsonl":
-        path.write_text("".join(json.dumps({"review": t, "n": i}) + "\n" for i, t in enumerate(texts)))
-    else:
-        path.write_text("review,n\n" + "".join(f'"{t}",{i}\n' for i, t in enumerate(texts)))
-    dataset = load_source(SourceConfig(path=str(path), text_column="review"))
-    assert dataset.column_names == ["text"]
-    assert dataset["text"] == texts
-
-
-def test_directory_of_split_files_and_labels(tmp_path):
-    for split, n in (("train", 6), ("test", 4)):
-        pq.write_table(pa.table({"text": sentences(n, seed=n), "label": [i % 2 for i in range(n)]}), tmp_path / f"{split}.parquet")
-    dataset = load_source(SourceConfig(path=str(tmp_path), splits=["train", "test"], label_column="label"))
-    assert len(dataset) == 10 and set(dataset.column_names) == {"text", "label"}
-    with pytest.raises(DataError, match="no file for split 'unsupervised'"):
-        load_source(SourceConfig(path=str(tmp_path), splits=["unsupervised"]))
-
-
-def test_txt_directory_and_aclimdb_layout(tmp_path):
-    docs = tmp_path / "docs" / "nested"
-    docs.mkdir(parents=True)
-    for i, text in enumerate(sentences(3)):
-        (docs / f"{i}.txt").write_text(text)
-    assert len(load_source(SourceConfig(path=str(tmp_path / "docs")))) == 3
-
-    root = tmp_path / "aclImdb"
-    for sub, n in (("train/pos", 3), ("train/neg", 2), ("train/unsup", 4), ("test/pos", 1), ("test/neg", 1)):
-        (root / sub).mkdir(parents=True)
-        for i, text in enumerate(sentences(n, seed=len(sub))):
-            (root / sub / f"{i}_7.txt").write_text(text)
-    train = load_source(SourceConfig(path=str(root), splits=["train"], label_column="label"))
-    assert sorted(train["label"]) == [0, 0, 1, 1, 1]
-    both = load_source(SourceConfig(path=str(root), splits=["train", "unsupervised"]))
-    assert len(both) == 9
+from dapt.core.sources import DataError, SourceConfig, load_source
+from dapt.data import load_corpus, pack_blocks, split_heldout
+from tests.helpers import sentences
 
 
 def test_empty_documents_are_dropped_and_counted(tmp_path):

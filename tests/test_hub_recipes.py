@@ -276,7 +276,7 @@ def repo_requests(server: HubServer, since: int, repo_path: str) -> list[tuple[s
 
 def test_missing_hub_dataset_names_the_id_and_split(recipe_hub, tmp_path):
     from dapt.config import load_config
-    from dapt.data import DataError
+    from dapt.core.sources import DataError
     from dapt.pretrain import PretrainConfig, pretrain
 
     missing = "stanfordnlp/imdb-nonexistent"
@@ -292,7 +292,7 @@ def test_missing_hub_dataset_names_the_id_and_split(recipe_hub, tmp_path):
 
 def test_missing_hub_split_lists_the_splits_there_are(recipe_hub, tmp_path):
     from dapt.config import load_config
-    from dapt.data import DataError
+    from dapt.core.sources import DataError
     from dapt.pretrain import PretrainConfig, pretrain
 
     overrides = pretrain_overrides(tmp_path / "dapt") + ["data.sources.0.splits=[train, validation]"]
@@ -322,7 +322,7 @@ def test_missing_eval_dataset_fails_before_training(stage1, recipe_hub, tmp_path
     from classify.config import ClassifyConfig
     from classify.train import train_classifier
     from dapt.config import load_config
-    from dapt.data import DataError
+    from dapt.core.sources import DataError
 
     missing = "stanfordnlp/sst2-nonexistent"
     out = tmp_path / "classify"

@@ -1,4 +1,4 @@
-"""The DAPT ablation's report (``classify/ablate.py``): ``ablation.md`` (tables of means, standard
+"""The DAPT ablation's report (``experiments/ablation``): ``ablation.md`` (tables of means, standard
 deviations and intervals in percentage points) and the figures ``ablation.png`` (bars with error
 bars) and ``convergence.png`` (validation accuracy per epoch), all from the ``ablation.json`` content.
 """
@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from classify.ablation_stats import excludes_zero
+from experiments.ablation.stats import excludes_zero
 from classify.plots import plt, save_figure  # pyplot on the Agg backend
 
 METRIC_TITLES = {"accuracy": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall", "roc_auc": "ROC AUC"}

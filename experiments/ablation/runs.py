@@ -1,28 +1,34 @@
-"""The DAPT ablation's runs (``classify/ablate.py``): the plan - the stage-1 runs and the arm x seed
-grid of stage-2 runs, every config loaded and checked before anything trains, finished runs marked
-for reuse - and its execution: stage 1 in this process, each stage-2 run trained or read back, and
-the per-example test predictions (``RUN/predictions/NAME.npz``) the statistics need.
+"""The DAPT ablation's runs: the plan - the stage-1 runs and the arm x seed grid of stage-2 runs,
+every config loaded and checked before anything trains, finished runs marked for reuse - and its
+execution. Each stage runs as an ordinary command-line run in its own process(es)
+(``python -m dapt.pretrain --config FILE``, ``python -m classify.train ...``,
+``python -m classify.evaluate ...``, behind ``launcher`` when it asks for several processes), so
+the product needs nothing to run several trainings in one process. The stage configs are written
+to ``OUTPUT/stages/NAME.yaml`` first: the run is exactly the one planned, and can be repeated by
+hand. Each stage-2 run leaves the per-example test predictions (``RUN/predictions/NAME.npz``) the
+statistics need.
 """
 
 from __future__ import annotations
 
-import gc
 import json
+import logging
+import shlex
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from classify.evaluate import PREDICTIONS_DIR, evaluate_set, load_eval_sets, load_predictions, save_predictions
+from classify.evaluate import PREDICTIONS_DIR, load_predictions
 from dapt.config import ConfigError, load_config, to_yaml
-from dapt.runtime import logger
+from experiments.ablation.config import AblationConfig, ArmConfig
 
-if TYPE_CHECKING:
-    from classify.ablate import AblationConfig, ArmConfig
-
-ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,94 +154,78 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
 
 
 # --------------------------------------------------------------------------------------------
-# Running
+# Running: every stage a command of its own
 
 
-def is_main_process() -> bool:
-    from accelerate.state import PartialState
+class StageError(RuntimeError):
+    """A stage's command failed; its own output (above) says why."""
 
-    return PartialState().is_main_process
+
+def launch(config: AblationConfig, module: str, name: str, stage_config, *args: str) -> None:
+    """Write ``stage_config`` to ``OUTPUT/stages/NAME.yaml`` and run ``module`` on it (behind
+    ``config.launcher``) in the working directory; raise :class:`StageError` if it fails."""
+    path = Path(config.output_dir) / "stages" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(stage_config))
+    command = [*(config.launcher or [sys.executable]), "-m", module, *args, "--config", str(path)]
+    logger.info(f"$ {shlex.join(command)}")
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0:
+        raise StageError(f"{module} ({name}) failed with exit code {done.returncode}: {shlex.join(command)}")
 
 
 def _drop_stale_checkpoints(directory: Path, config, force: bool = False) -> None:
     """Remove ``checkpoints/`` left in ``directory`` by a run with other settings (or any, with
-    ``force``) so that the run about to start does not resume from them; every process waits."""
-    from accelerate.state import PartialState
-
-    if is_main_process() and (force or (directory / "config.yaml").is_file() and not same_yaml(directory, config)):
+    ``force``) so that the run about to start does not resume from them."""
+    if force or (directory / "config.yaml").is_file() and not same_yaml(directory, config):
         if (directory / "checkpoints").is_dir():
             logger.warning(f"{directory}: not resuming from its checkpoints (other settings, or a new stage-1 encoder); starting afresh")
         shutil.rmtree(directory / "checkpoints", ignore_errors=True)
-    PartialState().wait_for_everyone()
 
 
-def _release_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def run_stage1(stage: Stage1Plan) -> dict:
-    """Stage 1 in this process (every process under a launcher); the summary it wrote."""
-    from dapt.pretrain import pretrain
-
+def run_stage1(config: AblationConfig, stage: Stage1Plan) -> dict:
+    """Stage 1 as its own command; the summary it wrote."""
     logger.info(f"== stage 1 ({stage.name}) -> {stage.output_dir}")
     if not stage.given_dir:  # this ablation's own folder: never resume a stage 1 with other settings
         _drop_stale_checkpoints(stage.output_dir, stage.config)
-    summary = pretrain(stage.config)  # keeps the process group for the stage-2 runs that follow
-    _release_memory()
-    return summary
+    launch(config, "dapt.pretrain", stage.name, stage.config)
+    return json.loads((stage.output_dir / "dapt_summary.json").read_text())
 
 
-def predict_run(config, run_dir: Path) -> dict:
-    """Per-example predictions of a finished run's classifier on its evaluation sets, with the
-    evaluation code of stage 2 (same tokenization settings, subsets and batches)."""
-    from classify.model import load_classifier
-    from dapt.runtime import make_accelerator
-
-    accelerator = make_accelerator(config.impl, run_dir)
-    classifier, tokenizer = load_classifier(run_dir / "model")
-    model = classifier.to(accelerator.device)
-    found = {}
-    for name, labelled in load_eval_sets(config.data.eval, accelerator, seed=config.train.seed).items():
-        _, found[name] = evaluate_set(model, tokenizer, labelled, classifier.settings, accelerator,
-                                      config.train.eval_batch_size, config.data.group_by_length,
-                                      config.impl.dataloader_workers)
-        if accelerator.is_main_process:
-            save_predictions(found[name], run_dir / PREDICTIONS_DIR / f"{name}.npz")
-    accelerator.wait_for_everyone()
-    del model, classifier
-    _release_memory()
-    return found
+def predict_run(config: AblationConfig, run: RunPlan) -> dict:
+    """Per-example predictions of a finished run's classifier on its evaluation sets, by stage 2's
+    evaluation command (same tokenization settings, subsets and batches) into a scratch folder,
+    then moved to ``RUN/predictions``."""
+    scratch = run.output_dir / ".repredict"
+    shutil.rmtree(scratch, ignore_errors=True)
+    launch(config, "classify.evaluate", f"{run.arm.name}-seed_{run.seed}-evaluate", run.config,
+           "--model", str(run.output_dir), "--output-dir", str(scratch))
+    shutil.rmtree(run.output_dir / PREDICTIONS_DIR, ignore_errors=True)
+    shutil.move(str(scratch / PREDICTIONS_DIR), str(run.output_dir / PREDICTIONS_DIR))
+    shutil.rmtree(scratch)
+    return load_predictions(run.output_dir, [name for name, value in run.config.data.eval.items() if value is not None])
 
 
-def execute(run: RunPlan, keep_checkpoints: bool) -> tuple[dict, dict]:
+def execute(config: AblationConfig, run: RunPlan) -> tuple[dict, dict]:
     """Train (or read back) one arm x seed run; its results.json content and predictions."""
-    from classify.train import train_classifier
-
     names = [name for name, value in run.config.data.eval.items() if value is not None]
     if run.reuse:
         logger.info(f"== {run.arm.name} seed {run.seed}: finished earlier, reading {run.output_dir}")
-        results = json.loads((run.output_dir / "results.json").read_text())
-        predictions = load_predictions(run.output_dir, names)
     else:
         logger.info(f"== {run.arm.name} seed {run.seed}: encoder {run.encoder} -> {run.output_dir}")
-        if is_main_process():  # a previous run's predictions must not pass for this one's
-            shutil.rmtree(run.output_dir / PREDICTIONS_DIR, ignore_errors=True)
+        shutil.rmtree(run.output_dir / PREDICTIONS_DIR, ignore_errors=True)  # a previous run's must not pass for this one's
         _drop_stale_checkpoints(run.output_dir, run.config, force=run.fresh)
-        results = train_classifier(run.config)
-        _release_memory()
-        predictions = load_predictions(run.output_dir, names)  # present if stage 2 saved them itself
+        launch(config, "classify.train", f"{run.arm.name}-seed_{run.seed}", run.config)
+    results = json.loads((run.output_dir / "results.json").read_text())
+    predictions = load_predictions(run.output_dir, names)  # stage 2 saves them with its evaluation
     if predictions is None:
-        predictions = predict_run(run.config, run.output_dir)
+        predictions = predict_run(config, run)
     for name in names:  # the re-prediction must be the run's own evaluation
         recorded, recomputed = results["evaluation"][name], predictions[name]
         accuracy = float(np.mean(recomputed.pred == recomputed.label))
         if recorded["n"] != len(recomputed.label) or abs(recorded["accuracy"] - accuracy) > 1e-9:
             logger.warning(f"{run.output_dir} {name}: predictions give accuracy {accuracy:.6f} on {len(recomputed.label)} rows, "
                            f"results.json {recorded['accuracy']:.6f} on {recorded['n']}")
-    if not keep_checkpoints and is_main_process():
+    if not config.keep_checkpoints:
         shutil.rmtree(run.output_dir / "checkpoints", ignore_errors=True)
     return results, predictions

@@ -1,7 +1,7 @@
-"""The DAPT ablation (classify/ablate.py and its classify/ablation_*.py modules): statistics on
-known inputs, the plan (identical data, hyperparameters and seeds across arms), and the whole
-command end to end on a tiny budget - stage 1, then several stage-2 runs in one process, then
-ablation.json / .md / .png - once in one process and once under two (gloo) processes."""
+"""The DAPT ablation (experiments/ablation): statistics on known inputs, the plan (identical data,
+hyperparameters and seeds across arms), and the whole command end to end on a tiny budget - stage
+1, then several stage-2 runs, each its own command-line run in its own process, then
+ablation.json / .md / .png - once with one process per stage and once with two (gloo) processes."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from classify.ablate import AblationConfig, run_ablation
-from classify.ablation_report import markdown_report
-from classify.ablation_runs import plan
-from classify.ablation_stats import (
+from experiments.ablation.config import AblationConfig
+from experiments.ablation.driver import run_ablation
+from experiments.ablation.report import markdown_report
+from experiments.ablation.runs import plan
+from experiments.ablation.stats import (
     bootstrap_indices,
     excludes_zero,
     paired_bootstrap,
@@ -234,12 +235,13 @@ def test_stage_config_errors_surface_before_anything_trains(tmp_path, tiny_headl
 
 @pytest.fixture(scope="module")
 def ablation(tiny_headless_encoder_dir, shared_data, tmp_path_factory):
-    """Stage 1, then 3 arms x 2 seeds of stage 2 (2 epochs each), all in this process."""
+    """Stage 1, then 3 arms x 2 seeds of stage 2 (2 epochs each), each a command of its own."""
     out = tmp_path_factory.mktemp("ablation")
     config = load_config(AblationConfig, DEMO, tiny_overrides(tiny_headless_encoder_dir, shared_data, out))
     return out, config, run_ablation(config)
 
 
+@pytest.mark.slow  # stage 1 and six stage-2 runs, each a process of its own
 def test_ablation_json_structure(ablation):
     out, config, report = ablation
     saved = json.loads((out / "ablation.json").read_text())
@@ -284,6 +286,7 @@ def test_ablation_json_structure(ablation):
     assert len(analysis["convergence"]["dapt"]["val_acc_difference"]) == 2
 
 
+@pytest.mark.slow  # stage 1 and six stage-2 runs, each a process of its own
 def test_run_folders_predictions_and_the_same_setup_across_arms(ablation):
     out, config, report = ablation
     assert (out / "dapt" / "dapt_summary.json").is_file() and (out / "dapt" / "model.safetensors").is_file()
@@ -303,6 +306,7 @@ def test_run_folders_predictions_and_the_same_setup_across_arms(ablation):
     assert same == {k: v for k, v in hyperparameters["dapt-head+tail"].items() if k not in ("truncation", "seed")}
 
 
+@pytest.mark.slow  # stage 1 and six stage-2 runs, each a process of its own
 def test_markdown_table_and_png(ablation):
     out, config, report = ablation
     text = (out / "ablation.md").read_text()
@@ -322,6 +326,7 @@ def test_markdown_table_and_png(ablation):
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
 
 
+@pytest.mark.slow  # stage 1 and six stage-2 runs, each a process of its own
 def test_a_second_invocation_reuses_every_finished_run(ablation, tiny_headless_encoder_dir, shared_data):
     out, config, first = ablation
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/results.json")}
@@ -362,13 +367,13 @@ def test_a_second_invocation_reuses_every_finished_run(ablation, tiny_headless_e
 
 @pytest.mark.slow
 def test_two_processes(tiny_headless_encoder_dir, shared_data, tmp_path):
-    """``accelerate launch``-style: every process runs stage 1 and every stage-2 run, in one
-    process each (the file run as a script under torchrun, two CPU processes over gloo)."""
+    """The command as a user runs it, with ``launcher`` starting every stage on two CPU processes
+    (torchrun, gloo): stage 1, the stage-2 runs and their evaluation each see two processes."""
+    launcher = f"launcher=[{sys.executable},-m,torch.distributed.run,--standalone,--nproc_per_node,2]"
     overrides = tiny_overrides(tiny_headless_encoder_dir, shared_data, tmp_path, "seeds=[0]",
-                               "arms=[{name: plain, encoder: plain}, {name: dapt, encoder: dapt}]")
+                               "arms=[{name: plain, encoder: plain}, {name: dapt, encoder: dapt}]", launcher)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(ROOT / "classify" / "ablate.py"), "--config", str(DEMO), *overrides]
+    command = [sys.executable, "-m", "experiments.ablation", "--config", str(DEMO), *overrides]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     report = json.loads((tmp_path / "ablation.json").read_text())

@@ -1,21 +1,17 @@
-"""The statistics of the DAPT ablation (``classify/ablate.py``): pure functions of numbers (the
+"""The statistics of the DAPT ablation (``experiments/ablation``): pure functions of numbers (the
 mean and standard deviation over seeds, the paired Student-t interval over seeds, the paired
 bootstrap over test examples), then :func:`analyse`, which applies them to every arm, dataset and
-metric. What each interval covers: the docstring of ``classify/ablate.py`` and docs/ablation.md.
+metric. What each interval covers: the docstring of ``experiments/ablation/driver.py`` and docs/ablation.md.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from classify.ablate import AblationConfig
-
-BOOTSTRAP_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc")
-
+from experiments.ablation.config import AblationConfig
 
 # --------------------------------------------------------------------------------------------
 # Statistics (pure functions of numbers; unit-tested on known inputs)

@@ -1,0 +1,1 @@
+"""Experiments on top of the product: they run the stages as ordinary commands and compare them."""

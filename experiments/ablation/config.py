@@ -1,0 +1,111 @@
+"""The DAPT ablation's configuration (``configs/ablate/*.yaml``): the arms, the seeds, the two
+stages' configs and how a stage is launched. Loaded with :func:`dapt.config.load_config`; an
+unknown key or a bad value is a :class:`~dapt.config.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import MISSING
+
+from dapt.runtime import raise_config
+
+#: metrics the paired bootstrap can resample (``experiments.ablation.stats.resampled_metric``)
+BOOTSTRAP_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc")
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class StageConfig:
+    config: Optional[str] = None  # the stage's YAML (relative to the working directory or the repo)
+    overrides: List[str] = field(default_factory=list)  # key=value, applied after the YAML
+
+
+@dataclass
+class DaptStageConfig(StageConfig):
+    # an existing stage-1 output directory: used as is when it holds a finished encoder
+    # (dapt_summary.json), otherwise stage 1 runs and writes there; null: OUTPUT/dapt
+    reuse_dir: Optional[str] = None
+
+
+@dataclass
+class ArmConfig:
+    name: str = MISSING  # also the run folder: OUTPUT/runs/NAME/seed_S
+    encoder: str = "plain"  # plain | dapt | an encoder directory or Hub id
+    overrides: List[str] = field(default_factory=list)  # stage-2 key=value for this arm only
+    dapt_overrides: List[str] = field(default_factory=list)  # stage-1 key=value: this arm's own DAPT run
+
+
+@dataclass
+class BootstrapConfig:
+    samples: int = 1000  # resamples of the test examples; 0: no bootstrap
+    seed: int = 0
+
+
+def _default_arms() -> list:
+    return [
+        ArmConfig(name="plain", encoder="plain", overrides=["model.truncation=head"]),
+        ArmConfig(name="dapt", encoder="dapt", overrides=["model.truncation=head"]),
+        ArmConfig(name="dapt-head+tail", encoder="dapt", overrides=["model.truncation=head+tail"]),
+    ]
+
+
+@dataclass
+class AblationConfig:
+    output_dir: str = "runs/ablate"
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # stage-2 train.seed, the same for every arm
+    # where the plain arm and stage 1 both start; null: stage 1's model.name_or_path
+    base_encoder: Optional[str] = None
+    baseline: Optional[str] = None  # the arm the others are compared with; null: the first arm
+    metrics: List[str] = field(default_factory=lambda: ["accuracy", "f1", "roc_auc"])
+    confidence: float = 0.95  # of both intervals
+    reuse_runs: bool = True  # read back a finished run with the same config.yaml instead of retraining
+    keep_checkpoints: bool = False  # false: delete RUN/checkpoints once a run has finished
+    # how a stage is started: the command before `-m MODULE --config FILE`. Empty: this Python,
+    # one process. Several processes: [accelerate, launch, --config_file, configs/accelerate/multi_gpu.yaml]
+    # or [torchrun, --standalone, --nproc_per_node, "2"]
+    launcher: List[str] = field(default_factory=list)
+    dapt: DaptStageConfig = field(default_factory=lambda: DaptStageConfig(config="configs/pretrain.yaml"))
+    classify: StageConfig = field(default_factory=lambda: StageConfig(config="configs/classify.yaml"))
+    arms: List[ArmConfig] = field(default_factory=_default_arms)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+
+    def validate(self) -> None:
+        if not self.seeds:
+            raise_config("seeds", self.seeds, "a non-empty list of integers")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise_config("seeds", self.seeds, "distinct seeds")
+        if not self.arms:
+            raise_config("arms", self.arms, "at least one arm")
+        names = [arm.name for arm in self.arms]
+        for index, arm in enumerate(self.arms):
+            if not ARM_NAME.fullmatch(arm.name):
+                raise_config(f"arms.{index}.name", arm.name, "letters, digits and . _ + - (it names a folder)")
+            if arm.name in names[:index]:
+                raise_config(f"arms.{index}.name", arm.name, "a name no other arm has")
+            if arm.dapt_overrides and arm.encoder != "dapt":
+                raise_config(f"arms.{index}.dapt_overrides", arm.dapt_overrides, "none unless encoder is dapt")
+            if arm.encoder == "dapt" and not self.dapt.config and not (self.dapt.reuse_dir and not arm.dapt_overrides):
+                raise_config("dapt.config", self.dapt.config, f"a stage-1 config (arm {arm.name!r} needs a DAPT encoder)")
+        if self.baseline is not None and self.baseline not in names:
+            raise_config("baseline", self.baseline, "the name of an arm: " + ", ".join(names))
+        for index, metric in enumerate(self.metrics):
+            if metric not in BOOTSTRAP_METRICS:
+                raise_config(f"metrics.{index}", metric, " | ".join(BOOTSTRAP_METRICS))
+        if not 0 < self.confidence < 1:
+            raise_config("confidence", self.confidence, "a probability in (0, 1)")
+        if self.launcher and self.launcher[-1] in ("-m", "--module"):
+            raise_config(f"launcher.{len(self.launcher) - 1}", self.launcher[-1], "no -m: the ablation adds `-m MODULE` itself")
+        if self.bootstrap.samples < 0:
+            raise_config("bootstrap.samples", self.bootstrap.samples, "a count >= 0")
+
+    @property
+    def baseline_arm(self) -> str:
+        return self.baseline or self.arms[0].name
