@@ -68,8 +68,9 @@ class Predictions:
 
 
 def compute_metrics(labels, preds, probs, losses) -> dict:
-    """Accuracy, F1 / precision / recall of the positive class, ROC AUC of P(positive) (``None``
-    when one class is absent), mean per-row loss, and the row count."""
+    """Accuracy, F1 / precision / recall of the positive class, ROC AUC of ``probs`` (P(positive)
+    or any score in the same order; ``None`` when one class is absent), mean per-row loss, and the
+    row count."""
     labels, preds = np.asarray(labels), np.asarray(preds)
     both_classes = len(np.unique(labels)) == 2
     return {
@@ -161,7 +162,10 @@ def evaluate_set(model, tokenizer, labelled: LabelledSet, settings: dict, accele
                             settings["truncation"], settings["head_tokens"], settings.get("window_stride", 128))
     loader = accelerator.prepare(make_eval_loader(dataset, tokenizer, batch_size, group_by_length, workers))
     predictions = predict(model, loader, accelerator)
-    metrics = compute_metrics(predictions.label, predictions.pred, predictions.prob, predictions.loss)
+    # ROC AUC ranks the raw logit margin: the same order as P(positive) under any temperature, but
+    # without the ties a saturated softmax (P = 1.0 in floating point) would create
+    margin = predictions.logits[:, 1] - predictions.logits[:, 0]
+    metrics = compute_metrics(predictions.label, predictions.pred, margin, predictions.loss)
     metrics["calibration"] = calibration_report(predictions.logits, predictions.label, predictions.temperature)
     metrics["by_length"] = accuracy_by_length(review_token_counts(tokenizer, labelled.texts), predictions)
     return metrics, predictions
