@@ -259,3 +259,38 @@ def test_windows_mode_trains_on_head_tail_and_validates_on_windows(tiny_headless
     with pytest.raises(ConfigError, match="model.window_stride"):
         load_config(ClassifyConfig, None, ["model.truncation=windows", "model.max_length=64", "model.head_tokens=16",
                                             "model.window_stride=62"]).validate()
+
+
+# --------------------------------------------------------------------------------------------
+# The model card
+
+
+def test_card_renders_calibration_and_accuracy_by_length(tmp_path):
+    from model_card.render import _fmt, render_card, validate_card
+    from tests.test_model import fake_results
+
+    logits, labels = synthetic_logits(400, scale=3.0, seed=6)
+    t = fit_temperature(logits[:200], labels[:200])
+    from classify.calibration import calibration_report
+
+    old = fake_results(truncation="windows")
+    old["hyperparameters"]["window_stride"] = 24
+    plain_card = render_card(old, "me/old")  # a results.json from before calibration still renders
+    assert "not a calibrated probability" in plain_card and "### Calibration" not in plain_card
+
+    results = json.loads(json.dumps(old))
+    results["training"]["calibration"] = {"fitted_on": "validation", "n": 200, **calibration_report(logits[:200], labels[:200], t)}
+    tokens = np.random.default_rng(7).integers(5, 900, 200)
+    for name, block in results["evaluation"].items():
+        block["calibration"] = calibration_report(logits[200:], labels[200:], t)
+        block["by_length"] = accuracy_by_length(tokens, from_logits(logits[200:], labels[200:], t))
+    card = render_card(results, "me/new")
+    validate_card(card, results, "me/new")
+    imdb = results["evaluation"]["imdb_test"]
+    before, after = imdb["calibration"]["before"], imdb["calibration"]["after"]
+    assert f"| IMDb | {_fmt(t, 3)} | {_fmt(before['ece'])} → {_fmt(after['ece'])} | {_fmt(before['brier'])} → {_fmt(after['brier'])}" in card
+    assert "| Evaluation set | <=128 tokens | 129-512 tokens | >512 tokens |" in card
+    buckets = imdb["by_length"]
+    assert "| IMDb |" + "".join(f" {_fmt(b['accuracy'])} (n = {b['n']}) |" for b in buckets.values()) in card
+    assert "15 equal-width confidence bins" in card and "not a calibrated probability" not in card
+    assert f"windows of 64 tokens sharing 24 tokens" in card
