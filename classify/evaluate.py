@@ -314,7 +314,9 @@ def main(argv=None) -> None:
     except (ConfigError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     for name, block in results["evaluation"].items():
-        print(f"{name}: " + ", ".join(f"{k} {block[k]:.4f}" for k in METRIC_KEYS[:-1] if block.get(k) is not None) + f", n {block['n']}")
+        ece = block["calibration"]
+        print(f"{name}: " + ", ".join(f"{k} {block[k]:.4f}" for k in METRIC_KEYS[:-1] if block.get(k) is not None)
+              + f", n {block['n']}, ECE {ece['before']['ece']:.4f} -> {ece['after']['ece']:.4f} (T {ece['temperature']:.3f})")
     print(f"results: {Path(output_dir) / 'results.json'}")
 
 
