@@ -294,3 +294,20 @@ def test_card_renders_calibration_and_accuracy_by_length(tmp_path):
     assert "| IMDb |" + "".join(f" {_fmt(b['accuracy'])} (n = {b['n']}) |" for b in buckets.values()) in card
     assert "15 equal-width confidence bins" in card and "not a calibrated probability" not in card
     assert f"windows of 64 tokens sharing 24 tokens" in card
+
+
+def test_training_in_windows_mode_end_to_end(tiny_headless_encoder_dir, shared_data, tmp_path):
+    from classify.train import train_classifier
+    from tests.test_classify_train import tiny_config
+
+    config = tiny_config(tiny_headless_encoder_dir, shared_data, tmp_path, "model.truncation=windows", "model.window_stride=16",
+                         "model.head_tokens=16", "train.epochs=1", "data.eval.sst2_validation=null")
+    results = train_classifier(config)
+    assert results["hyperparameters"]["truncation"] == "windows" and results["hyperparameters"]["window_stride"] == 16
+    fitted = results["training"]["calibration"]
+    assert fitted["n"] == 16 and fitted["temperature"] > 0
+    imdb = results["evaluation"]["imdb_test"]
+    assert imdb["n"] == 40 and sum(b["n"] for b in imdb["by_length"].values()) == 40  # reviews, not windows
+    assert imdb["calibration"]["temperature"] == fitted["temperature"]
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert (saved["truncation"], saved["window_stride"], saved["temperature"]) == ("windows", 16, fitted["temperature"])
