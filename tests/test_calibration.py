@@ -227,7 +227,7 @@ def test_windows_overlap_by_the_stride_and_cover_the_review(tiny_tokenizer):
     assert all(len(w) <= 32 for w in windows) and all(len(i) == 30 for i in inner[:-1])
     for first, second in zip(inner, inner[1:]):
         assert first[-8:] == second[:8]  # consecutive windows share `stride` tokens
-    assert [t for t in inner[0]] + [t for i in inner[1:] for t in i[8:]] == content  # nothing lost, nothing twice
+    assert list(inner[0]) + [t for i in inner[1:] for t in i[8:]] == content  # nothing lost, nothing twice
     with pytest.raises(ValueError, match="stride"):
         encode_windows(tiny_tokenizer, [text], max_length=32, stride=30)
 
@@ -293,7 +293,7 @@ def test_card_renders_calibration_and_accuracy_by_length(tmp_path):
     buckets = imdb["by_length"]
     assert "| IMDb |" + "".join(f" {_fmt(b['accuracy'])} (n = {b['n']}) |" for b in buckets.values()) in card
     assert "15 equal-width confidence bins" in card and "not a calibrated probability" not in card
-    assert f"windows of 64 tokens sharing 24 tokens" in card
+    assert "windows of 64 tokens sharing 24 tokens" in card
 
 
 def test_training_in_windows_mode_end_to_end(tiny_headless_encoder_dir, shared_data, tmp_path):
