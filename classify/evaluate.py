@@ -45,7 +45,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from classify.calibration import calibration_report, get_temperature, reliability_bins
 from classify.data import Collator, LabelledSet, LabelledSetConfig, LengthBucketBatchSampler, ReviewDataset, load_labelled
-from classify.model import clean_text
+from classify.model import clean_text, encode_windows
 from dapt.runtime import logger
 
 PREDICTIONS_DIR = "predictions"  # RUN/predictions/NAME.npz: per-review predictions in dataset order
@@ -249,8 +249,11 @@ def evaluate_all(model, tokenizer, eval_sets: dict, labelled_sets: dict[str, Lab
 # Evaluate-only entry point
 
 
-def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revision: Optional[str] = None) -> dict:
-    """Evaluate a saved classifier on ``config.data.eval``; writes results.json + plots/."""
+def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revision: Optional[str] = None,
+                   truncation: Optional[str] = None, window_stride: Optional[int] = None) -> dict:
+    """Evaluate a saved classifier on ``config.data.eval``; writes results.json + plots/.
+    ``truncation`` / ``window_stride`` read the reviews another way than the model's stored one
+    (e.g. ``windows`` for a model trained with ``head+tail``)."""
     import json
 
     from accelerate.utils import set_seed
@@ -262,7 +265,9 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     accelerator = make_accelerator(config.impl, output_dir)
     set_seed(config.train.seed)
     classifier, tokenizer = load_classifier(model_name_or_path, revision=revision)
-    settings = classifier.settings
+    settings = {**classifier.settings, **{k: v for k, v in (("truncation", truncation), ("window_stride", window_stride)) if v is not None}}
+    if settings["truncation"] == "windows":  # a stride that does not fit: the error now, before any output
+        encode_windows(tokenizer, [""], settings["max_length"], settings.get("window_stride", 128))
     model = classifier.to(accelerator.device)  # inference only: no DDP wrapper needed
     logger.info(f"evaluating {model_name_or_path} ({settings['truncation']}, max_length {settings['max_length']}) "
                 f"on {accelerator.num_processes} process(es)")
@@ -281,7 +286,8 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
         "model": str(model_name_or_path),
         "base_model": base_model,
         "dapt": dapt,
-        "settings": {k: settings[k] for k in ("max_length", "truncation", "head_tokens", "window_stride", "temperature")},
+        "settings": {**{k: settings.get(k) for k in ("max_length", "truncation", "head_tokens", "window_stride")},
+                     "temperature": get_temperature(classifier)},
         "num_processes": accelerator.num_processes,
         "evaluation": evaluation,
         "plots": [p.relative_to(output_dir).as_posix() for p in plots],
@@ -300,17 +306,21 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True, help="stage-2 output dir, its model/ folder, or a Hub repo id")
     parser.add_argument("--revision", default=None, help="Hub revision of --model")
     parser.add_argument("--output-dir", default=None, help="where results.json and plots/ go (default runs/eval/NAME)")
+    parser.add_argument("--truncation", choices=("head", "head+tail", "windows"), help="read reviews this way instead of the model's way")
+    parser.add_argument("--window-stride", type=int, default=None, help="windows: tokens shared by consecutive windows")
     if argv is None:
         argv = sys.argv[1:]
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: dapt-evaluate --model DIR_OR_REPO [--revision REV] [--output-dir DIR] [--config YAML] [key=value ...]\n\n"
+        print("usage: dapt-evaluate --model DIR_OR_REPO [--revision REV] [--output-dir DIR] [--truncation head|head+tail|windows]\n"
+              "                     [--window-stride N] [--config YAML] [key=value ...]\n\n"
               "Evaluate a trained classifier on the evaluation sets of a stage-2 config (data.eval.*).")
         raise SystemExit(0)
     args, rest = parser.parse_known_args(argv)
     config = parse_cli(ClassifyConfig, rest, "Evaluate a sentiment classifier", default_config=None)
     output_dir = args.output_dir or str(Path("runs/eval") / Path(args.model.rstrip("/")).name)
     try:
-        results = run_evaluation(config, args.model, output_dir, revision=args.revision)
+        results = run_evaluation(config, args.model, output_dir, revision=args.revision, truncation=args.truncation,
+                                 window_stride=args.window_stride)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     for name, block in results["evaluation"].items():

@@ -311,3 +311,22 @@ def test_training_in_windows_mode_end_to_end(tiny_headless_encoder_dir, shared_d
     assert imdb["calibration"]["temperature"] == fitted["temperature"]
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert (saved["truncation"], saved["window_stride"], saved["temperature"]) == ("windows", 16, fitted["temperature"])
+
+
+def test_evaluate_cli_reads_reviews_another_way_than_trained(overconfident, shared_data, tmp_path, capsys):
+    """A head-truncation model evaluated with windows (``dapt-evaluate --truncation windows``)."""
+    from classify.evaluate import main as evaluate_main
+
+    classifier, tokenizer, _, _ = overconfident
+    classifier.save_pretrained(tmp_path / "model", tokenizer)
+    evaluate_main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "eval"), "--truncation", "windows",
+                   "--window-stride", "8", f"data.eval.imdb_test.path={shared_data}/imdb", "data.eval.imdb_test.max_samples=12",
+                   "data.eval.sst2_validation=null", 'impl.mixed_precision="no"', "impl.dataloader_workers=0"])
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["settings"]["truncation"] == "windows" and results["settings"]["window_stride"] == 8
+    assert results["evaluation"]["imdb_test"]["n"] == 12 and "ECE" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="stride"):
+        evaluate_main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "bad"), "--truncation", "windows",
+                       "--window-stride", "40", f"data.eval.imdb_test.path={shared_data}/imdb", "data.eval.imdb_test.max_samples=12",
+                       "data.eval.sst2_validation=null", 'impl.mixed_precision="no"', "impl.dataloader_workers=0"])
+    assert not (tmp_path / "bad" / "results.json").exists()
