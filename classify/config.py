@@ -22,8 +22,9 @@ class ModelConfig:
     revision: Optional[str] = None
     dropout: float = 0.1  # on the [CLS] state, before the linear head
     max_length: int = 512  # tokens, special tokens included
-    truncation: str = "head"  # head | head+tail (the first head_tokens + the last ones)
+    truncation: str = "head"  # head | head+tail (the first head_tokens + the last ones) | windows
     head_tokens: int = 128
+    window_stride: int = 128  # windows: tokens shared by consecutive windows of max_length
 
 
 def _imdb_train() -> LabelledSetConfig:
@@ -88,11 +89,13 @@ class ClassifyConfig:
     def validate(self) -> None:
         self.impl.validate()
         if self.model.truncation not in TRUNCATION_STRATEGIES:
-            raise_config("model.truncation", self.model.truncation, "head or head+tail")
+            raise_config("model.truncation", self.model.truncation, "head, head+tail or windows")
         if self.model.max_length < 8:
             raise_config("model.max_length", self.model.max_length, "an integer >= 8")
-        if self.model.truncation == "head+tail" and not 0 < self.model.head_tokens < self.model.max_length - 2:
+        if self.model.truncation in ("head+tail", "windows") and not 0 < self.model.head_tokens < self.model.max_length - 2:
             raise_config("model.head_tokens", self.model.head_tokens, f"between 1 and max_length - 3 ({self.model.max_length - 3})")
+        if self.model.truncation == "windows" and not 0 <= self.model.window_stride < self.model.max_length - 2:
+            raise_config("model.window_stride", self.model.window_stride, f"between 0 and max_length - 3 ({self.model.max_length - 3})")
         if not 0 <= self.model.dropout < 1:
             raise_config("model.dropout", self.model.dropout, "a probability in [0, 1)")
         for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "log_every"):

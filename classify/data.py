@@ -6,7 +6,10 @@
   :class:`~dapt.core.sources.DataError` naming the file (or Hub split) and the column.
 * :func:`stratified_split` / :func:`stratified_subset` - seeded, class-balanced index splits.
 * :class:`ReviewDataset` - token ids from :func:`classify.model.encode_reviews` (the tokenization
-  inference uses, text cleaning included), so training and serving see the same inputs.
+  inference uses, text cleaning included), so training and serving see the same inputs; in
+  ``windows`` mode one row per window (:func:`classify.model.encode_windows`), each carrying the
+  index of its review, so evaluation can average a review's windows as inference does.
+* :func:`training_truncation` - what training reads in each mode (``windows`` trains on head+tail).
 * :class:`LengthBucketBatchSampler` - batches of similar length in shuffled order (optionally with
   the classes balanced in every batch), a pure function of ``(seed, epoch)``; accelerate shards its
   batches across processes and skips into it on resume.
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from classify.model import encode_reviews, pad_batch
+from classify.model import encode_reviews, encode_windows, pad_batch
 from dapt.core.sources import DataError, SourceConfig, clean_text, detect_kind, load_source
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "stratified_split",
     "stratified_subset",
     "ReviewDataset",
+    "training_truncation",
     "LengthBucketBatchSampler",
     "Collator",
 ]
@@ -152,14 +156,36 @@ def stratified_subset(labels: Sequence[int], count: int, seed: int) -> list[int]
     return sorted(subset.tolist())
 
 
+def training_truncation(truncation: str) -> str:
+    """The truncation training uses for a model whose inference mode is ``truncation``.
+
+    ``windows`` trains on ``head+tail`` (one sequence per review): the same examples, steps and
+    cost as the head+tail mode, so an ablation arm measures the inference rule, not more training
+    data; a window of the middle of a review would carry its label without its verdict. Validation
+    (model selection, the temperature) and evaluation use the windows themselves."""
+    return "head+tail" if truncation == "windows" else truncation
+
+
 class ReviewDataset(torch.utils.data.Dataset):
-    """Token ids (special tokens included, truncated as the classifier will be at inference), a
-    label, and the row's index - gathered with the predictions so every row is counted once."""
+    """Token ids (special tokens included, cut as the classifier will be at inference), a label,
+    and the row's index - gathered with the predictions so every row is counted once.
+
+    ``head`` / ``head+tail``: one row per review. ``windows``: one row per window of
+    ``max_length`` tokens (consecutive windows share ``window_stride`` tokens); ``review_of[row]``
+    is the review a row belongs to, and ``num_reviews`` the number of reviews."""
 
     def __init__(self, texts: Sequence[str], labels: Sequence[int], tokenizer, max_length: int,
-                 truncation: str = "head", head_tokens: int = 128):
-        self.ids = encode_reviews(tokenizer, list(texts), max_length, truncation, head_tokens)
-        self.labels = list(labels)
+                 truncation: str = "head", head_tokens: int = 128, window_stride: int = 128):
+        labels = list(labels)
+        if truncation == "windows":
+            windows = encode_windows(tokenizer, list(texts), max_length, window_stride)
+            self.ids = [ids for review in windows for ids in review]
+            self.review_of = np.repeat(np.arange(len(windows)), [len(review) for review in windows])
+        else:
+            self.ids = encode_reviews(tokenizer, list(texts), max_length, truncation, head_tokens)
+            self.review_of = np.arange(len(self.ids))
+        self.num_reviews = len(labels)
+        self.labels = [labels[review] for review in self.review_of.tolist()]  # per row
         self.lengths = [len(ids) for ids in self.ids]
 
     def __len__(self) -> int:

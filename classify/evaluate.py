@@ -6,13 +6,21 @@
 ``--model`` is a stage-2 output directory, its ``model/`` folder, or a Hub repository. The
 evaluation sets, batch size and runtime come from the (stage-2) config; tokenization follows the
 classifier's own stored settings (max length, truncation), exactly as at inference. Writes
-``results.json``, ``plots/`` and ``predictions/NAME.npz`` (per-row P(positive), prediction, label,
-loss) to ``--output-dir`` (default ``runs/eval/<model name>``), so a
+``results.json``, ``plots/`` and ``predictions/NAME.npz`` (per review: P(positive), prediction,
+label, loss, raw logits) to ``--output-dir`` (default ``runs/eval/<model name>``), so a
 classifier on a plain encoder and one on a DAPT encoder can be compared on the same data.
 
-Under several processes every process predicts its share of the batches; the predictions are
-gathered with ``gather_for_metrics`` (which drops the rows accelerate repeats to even out the last
-batches) and put back in dataset order by row index, so the metrics are those of one process.
+Per evaluation set, besides accuracy / F1 / precision / recall / ROC AUC / loss: ``calibration``
+(ECE, Brier score and NLL before and after the classifier's temperature, see
+:mod:`classify.calibration`) and ``by_length`` (accuracy per review length: <= 128, 129-512,
+> 512 tokens, special tokens included, before any truncation), plus a reliability diagram.
+
+The prediction rule is the inference one: the classifier's forward returns raw logits divided by
+its temperature; in ``windows`` mode a review's logits are the mean of its windows' (scaled)
+logits. Raw logits are recovered as ``logits * temperature``. Under several processes every
+process predicts its share of the batches; the rows are gathered with ``gather_for_metrics``
+(which drops the rows accelerate repeats to even out the last batches) and put back in dataset
+order by row index before windows are averaged, so the metrics are those of one process.
 """
 
 from __future__ import annotations
@@ -33,29 +41,37 @@ if __name__ == "__main__" and not __package__:  # run as a file (`accelerate lau
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy.special import log_softmax
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
+from classify.calibration import calibration_report, get_temperature, reliability_bins
 from classify.data import Collator, LabelledSet, LabelledSetConfig, LengthBucketBatchSampler, ReviewDataset, load_labelled
+from classify.model import clean_text, encode_windows
 from dapt.runtime import logger
 
-PREDICTIONS_DIR = "predictions"  # RUN/predictions/NAME.npz: per-row predictions in dataset order
+PREDICTIONS_DIR = "predictions"  # RUN/predictions/NAME.npz: per-review predictions in dataset order
 METRIC_KEYS = ("accuracy", "f1", "precision", "recall", "roc_auc", "loss", "n")
+#: results.json ``by_length`` buckets: name -> (fewest, most) tokens of the whole review
+LENGTH_BUCKETS = {"<=128": (0, 128), "129-512": (129, 512), ">512": (513, None)}
 
 
 @dataclass
 class Predictions:
-    """Per row, in dataset order: P(positive), predicted class, true label, cross-entropy loss."""
+    """Per review, in dataset order: P(positive), predicted class, true label, cross-entropy loss
+    (all under the classifier's temperature), and the raw logits with that temperature."""
 
     prob: np.ndarray
     pred: np.ndarray
     label: np.ndarray
     loss: np.ndarray
+    logits: Optional[np.ndarray] = None  # [N, classes], before the temperature
+    temperature: float = 1.0
 
 
 def compute_metrics(labels, preds, probs, losses) -> dict:
-    """Accuracy, F1 / precision / recall of the positive class, ROC AUC of P(positive) (``None``
-    when one class is absent), mean per-row loss, and the row count."""
+    """Accuracy, F1 / precision / recall of the positive class, ROC AUC of ``probs`` (P(positive)
+    or any score in the same order; ``None`` when one class is absent), mean per-row loss, and the
+    row count."""
     labels, preds = np.asarray(labels), np.asarray(preds)
     both_classes = len(np.unique(labels)) == 2
     return {
@@ -79,38 +95,81 @@ def make_eval_loader(dataset: ReviewDataset, tokenizer, batch_size: int, group_b
     )
 
 
+def from_logits(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> Predictions:
+    """Predictions of raw ``logits`` [N, classes] scaled by ``temperature``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    log_p = log_softmax(logits / temperature, axis=-1)
+    return Predictions(
+        prob=np.exp(log_p[:, 1]), pred=logits.argmax(axis=-1), label=labels,
+        loss=-log_p[np.arange(len(labels)), labels], logits=logits, temperature=float(temperature),
+    )
+
+
 @torch.no_grad()
 def predict(model, loader, accelerator) -> Predictions:
-    """Run a prepared loader through ``model`` on every process; all rows, once each, in order."""
+    """Run a prepared loader through ``model`` on every process; every review once, in order.
+
+    A dataset of windows (``review_of``) gives per review the mean of its windows' logits."""
     was_training = model.training
     model.eval()
     parts = []
     for batch in loader:
         with accelerator.autocast():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits = logits.float()
-        losses = F.cross_entropy(logits, batch["labels"], reduction="none")
-        probs = torch.softmax(logits, dim=-1)[:, 1]
-        rows = (batch["index"], probs, logits.argmax(dim=-1), batch["labels"], losses)
+        rows = (batch["index"], logits.float(), batch["labels"])
         parts.append(accelerator.gather_for_metrics(rows))  # kept on the device: no sync per batch
     model.train(was_training)
-    index, prob, pred, label, loss = (torch.cat(column).cpu().numpy() for column in zip(*parts))
+    index, logits, label = (torch.cat(column).cpu().numpy() for column in zip(*parts))
     expected = len(loader.dataset)
     order = np.argsort(index, kind="stable")
     if len(index) != expected or not np.array_equal(index[order], np.arange(expected)):
         raise RuntimeError(f"gathered {len(index)} predictions for {expected} rows ({len(np.unique(index))} distinct)")
-    return Predictions(prob[order], pred[order], label[order], loss[order])
+    temperature = get_temperature(accelerator.unwrap_model(model))
+    raw, label = logits[order].astype(np.float64) * temperature, label[order]
+    review_of = getattr(loader.dataset, "review_of", None)
+    if review_of is not None:  # one row per window (one per review outside windows mode): average them
+        reviews = loader.dataset.num_reviews
+        summed = np.zeros((reviews, raw.shape[1]))
+        np.add.at(summed, review_of, raw)
+        raw = summed / np.bincount(review_of, minlength=reviews)[:, None]
+        label = label[np.searchsorted(review_of, np.arange(reviews))]  # each review's first window
+    return from_logits(raw, label, temperature)
+
+
+def review_token_counts(tokenizer, texts) -> np.ndarray:
+    """Tokens of each whole review (cleaned as at inference, special tokens included, nothing cut)."""
+    encoded = tokenizer([clean_text(t) for t in texts], add_special_tokens=True, truncation=False, verbose=False)
+    return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+
+
+def accuracy_by_length(tokens: np.ndarray, predictions: Predictions) -> dict:
+    """``LENGTH_BUCKETS`` name -> {n, accuracy} (accuracy None for an empty bucket)."""
+    correct = predictions.pred == predictions.label
+    out = {}
+    for name, (low, high) in LENGTH_BUCKETS.items():
+        inside = (tokens >= low) & (tokens <= (high if high is not None else np.iinfo(np.int64).max))
+        n = int(inside.sum())
+        out[name] = {"n": n, "accuracy": float(correct[inside].mean()) if n else None}
+    return out
 
 
 def evaluate_set(model, tokenizer, labelled: LabelledSet, settings: dict, accelerator, batch_size: int,
                  group_by_length: bool = True, workers: int = 0) -> tuple[dict, Predictions]:
     """Metrics and predictions of ``model`` on one labelled set, tokenized with ``settings``
-    (max_length, truncation, head_tokens)."""
+    (max_length, truncation, head_tokens, window_stride): the headline metrics, ``calibration``
+    and ``by_length``."""
     dataset = ReviewDataset(labelled.texts, labelled.labels, tokenizer, settings["max_length"],
-                            settings["truncation"], settings["head_tokens"])
+                            settings["truncation"], settings["head_tokens"], settings.get("window_stride", 128))
     loader = accelerator.prepare(make_eval_loader(dataset, tokenizer, batch_size, group_by_length, workers))
     predictions = predict(model, loader, accelerator)
-    return compute_metrics(predictions.label, predictions.pred, predictions.prob, predictions.loss), predictions
+    # ROC AUC ranks the raw logit margin: the same order as P(positive) under any temperature, but
+    # without the ties a saturated softmax (P = 1.0 in floating point) would create
+    margin = predictions.logits[:, 1] - predictions.logits[:, 0]
+    metrics = compute_metrics(predictions.label, predictions.pred, margin, predictions.loss)
+    metrics["calibration"] = calibration_report(predictions.logits, predictions.label, predictions.temperature)
+    metrics["by_length"] = accuracy_by_length(review_token_counts(tokenizer, labelled.texts), predictions)
+    return metrics, predictions
 
 
 def result_block(config: LabelledSetConfig, labelled: LabelledSet, metrics: dict) -> dict:
@@ -122,18 +181,24 @@ def result_block(config: LabelledSetConfig, labelled: LabelledSet, metrics: dict
 
 
 def plot_set(name: str, predictions: Predictions, plots_dir: Path, title: str) -> list[Path]:
-    from classify.plots import confusion_matrix_png, roc_curve_png
+    from classify.calibration import probabilities
+    from classify.plots import confusion_matrix_png, reliability_diagram_png, roc_curve_png
 
     made = [confusion_matrix_png(predictions.label, predictions.pred, plots_dir / f"confusion_{name}.png", f"{title}: confusion matrix")]
     roc = roc_curve_png(predictions.label, predictions.prob, plots_dir / f"roc_{name}.png", f"{title}: ROC curve")
+    before = reliability_bins(probabilities(predictions.logits), predictions.label)
+    after = reliability_bins(probabilities(predictions.logits, predictions.temperature), predictions.label)
+    made.append(reliability_diagram_png(before, after, predictions.temperature, plots_dir / f"reliability_{name}.png",
+                                        f"{title}: reliability"))
     return made + ([roc] if roc else [])
 
 
 def save_predictions(predictions: Predictions, path: Path) -> Path:
-    """Per-row arrays (``prob``, ``pred``, ``label``, ``loss``) in dataset order, for paired
-    comparisons between runs (the ablation's bootstrap)."""
+    """Per-review arrays (``prob``, ``pred``, ``label``, ``loss``, raw ``logits``, ``temperature``)
+    in dataset order, for paired comparisons between runs (the ablation's bootstrap)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, prob=predictions.prob, pred=predictions.pred, label=predictions.label, loss=predictions.loss)
+    extra = {} if predictions.logits is None else {"logits": predictions.logits, "temperature": predictions.temperature}
+    np.savez_compressed(path, prob=predictions.prob, pred=predictions.pred, label=predictions.label, loss=predictions.loss, **extra)
     return path
 
 
@@ -145,7 +210,9 @@ def load_predictions(run_dir: Path, names) -> Optional[dict[str, Predictions]]:
         if not path.is_file():
             return None
         with np.load(path) as data:
-            found[name] = Predictions(data["prob"], data["pred"], data["label"], data["loss"])
+            found[name] = Predictions(data["prob"], data["pred"], data["label"], data["loss"],
+                                      data["logits"] if "logits" in data else None,
+                                      float(data["temperature"]) if "temperature" in data else 1.0)
     return found
 
 
@@ -166,10 +233,12 @@ def evaluate_all(model, tokenizer, eval_sets: dict, labelled_sets: dict[str, Lab
         started = time.time()
         metrics, predictions = evaluate_set(model, tokenizer, labelled, settings, accelerator, batch_size, group_by_length, workers)
         evaluation[name] = result_block(set_config, labelled, metrics)
+        calibration = metrics["calibration"]
         logger.info(
             f"{name} ({labelled.where}, n={metrics['n']}): accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}, "
             f"ROC AUC {metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}, "
-            f"loss {metrics['loss']:.4f} [{time.time() - started:.0f} s]"
+            f"loss {metrics['loss']:.4f}, ECE {calibration['before']['ece']:.4f} -> {calibration['after']['ece']:.4f} "
+            f"(T {calibration['temperature']:.3f}) [{time.time() - started:.0f} s]"
         )
         if output_dir is not None and accelerator.is_main_process:
             save_predictions(predictions, Path(output_dir) / PREDICTIONS_DIR / f"{name}.npz")
@@ -181,8 +250,11 @@ def evaluate_all(model, tokenizer, eval_sets: dict, labelled_sets: dict[str, Lab
 # Evaluate-only entry point
 
 
-def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revision: Optional[str] = None) -> dict:
-    """Evaluate a saved classifier on ``config.data.eval``; writes results.json + plots/."""
+def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revision: Optional[str] = None,
+                   truncation: Optional[str] = None, window_stride: Optional[int] = None) -> dict:
+    """Evaluate a saved classifier on ``config.data.eval``; writes results.json + plots/.
+    ``truncation`` / ``window_stride`` read the reviews another way than the model's stored one
+    (e.g. ``windows`` for a model trained with ``head+tail``)."""
     import json
 
     from accelerate.utils import set_seed
@@ -194,7 +266,9 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     accelerator = make_accelerator(config.impl, output_dir)
     set_seed(config.train.seed)
     classifier, tokenizer = load_classifier(model_name_or_path, revision=revision)
-    settings = classifier.settings
+    settings = {**classifier.settings, **{k: v for k, v in (("truncation", truncation), ("window_stride", window_stride)) if v is not None}}
+    if settings["truncation"] == "windows":  # a stride that does not fit: the error now, before any output
+        encode_windows(tokenizer, [""], settings["max_length"], settings.get("window_stride", 128))
     model = classifier.to(accelerator.device)  # inference only: no DDP wrapper needed
     logger.info(f"evaluating {model_name_or_path} ({settings['truncation']}, max_length {settings['max_length']}) "
                 f"on {accelerator.num_processes} process(es)")
@@ -213,7 +287,8 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
         "model": str(model_name_or_path),
         "base_model": base_model,
         "dapt": dapt,
-        "settings": {k: settings[k] for k in ("max_length", "truncation", "head_tokens")},
+        "settings": {**{k: settings.get(k) for k in ("max_length", "truncation", "head_tokens", "window_stride")},
+                     "temperature": get_temperature(classifier)},
         "num_processes": accelerator.num_processes,
         "evaluation": evaluation,
         "plots": [p.relative_to(output_dir).as_posix() for p in plots],
@@ -232,21 +307,27 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True, help="stage-2 output dir, its model/ folder, or a Hub repo id")
     parser.add_argument("--revision", default=None, help="Hub revision of --model")
     parser.add_argument("--output-dir", default=None, help="where results.json and plots/ go (default runs/eval/NAME)")
+    parser.add_argument("--truncation", choices=("head", "head+tail", "windows"), help="read reviews this way instead of the model's way")
+    parser.add_argument("--window-stride", type=int, default=None, help="windows: tokens shared by consecutive windows")
     if argv is None:
         argv = sys.argv[1:]
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: dapt-evaluate --model DIR_OR_REPO [--revision REV] [--output-dir DIR] [--config YAML] [key=value ...]\n\n"
+        print("usage: dapt-evaluate --model DIR_OR_REPO [--revision REV] [--output-dir DIR] [--truncation head|head+tail|windows]\n"
+              "                     [--window-stride N] [--config YAML] [key=value ...]\n\n"
               "Evaluate a trained classifier on the evaluation sets of a stage-2 config (data.eval.*).")
         raise SystemExit(0)
     args, rest = parser.parse_known_args(argv)
     config = parse_cli(ClassifyConfig, rest, "Evaluate a sentiment classifier", default_config=None)
     output_dir = args.output_dir or str(Path("runs/eval") / Path(args.model.rstrip("/")).name)
     try:
-        results = run_evaluation(config, args.model, output_dir, revision=args.revision)
+        results = run_evaluation(config, args.model, output_dir, revision=args.revision, truncation=args.truncation,
+                                 window_stride=args.window_stride)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     for name, block in results["evaluation"].items():
-        print(f"{name}: " + ", ".join(f"{k} {block[k]:.4f}" for k in METRIC_KEYS[:-1] if block.get(k) is not None) + f", n {block['n']}")
+        ece = block["calibration"]
+        print(f"{name}: " + ", ".join(f"{k} {block[k]:.4f}" for k in METRIC_KEYS[:-1] if block.get(k) is not None)
+              + f", n {block['n']}, ECE {ece['before']['ece']:.4f} -> {ece['after']['ece']:.4f} (T {ece['temperature']:.3f})")
     print(f"results: {Path(output_dir) / 'results.json'}")
 
 

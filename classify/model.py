@@ -46,12 +46,16 @@ EMBEDDED_CONFIG = None
 
 MODEL_TYPE = "dapt-encoder-classifier"
 DEFAULT_LABELS = {0: "Negative", 1: "Positive"}
-TRUNCATION_STRATEGIES = ("head", "head+tail")
+TRUNCATION_STRATEGIES = ("head", "head+tail", "windows")  # evalcal: + windows (minimal interface)
 DEFAULT_SETTINGS = {
     "classifier_dropout": 0.1,
     "max_length": 512,
     "truncation": "head",
     "head_tokens": 128,
+    # --- evalcal minimal interface (helper "model" owns the redesign): old config.json files
+    # without these keys load with these defaults (temperature 1: uncalibrated, as trained)
+    "window_stride": 128,  # windows mode: tokens shared by consecutive windows
+    "temperature": 1.0,  # forward returns raw logits / temperature (fitted on validation)
 }
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -175,6 +179,8 @@ def to_config_json(config: dict, *, auto_map: bool = False) -> dict:
             "max_length": config["max_length"],
             "truncation": config["truncation"],
             "head_tokens": config["head_tokens"],
+            "window_stride": config["window_stride"],  # evalcal minimal interface
+            "temperature": float(config["temperature"]),  # evalcal minimal interface
             "id2label": {str(k): v for k, v in config["id2label"].items()},
             "label2id": {v: k for k, v in config["id2label"].items()},
             "problem_type": "single_label_classification",
@@ -195,6 +201,8 @@ class DaptClassifierConfig(PretrainedConfig):
     max_length: int = 512
     truncation: str = "head"
     head_tokens: int = 128
+    window_stride: int = 128  # evalcal minimal interface
+    temperature: float = 1.0  # evalcal minimal interface
     base_model: str | None = None
 
     def __post_init__(self, **kwargs):
@@ -298,7 +306,7 @@ def _cls_logits(module: nn.Module, input_ids, attention_mask, token_type_ids) ->
         kwargs["token_type_ids"] = token_type_ids
     hidden = module.encoder(**kwargs)[0]  # last_hidden_state [B, T, H]
     pooled = module.dropout(hidden[:, 0])  # the first ([CLS]) token
-    return module.classifier(pooled).float()
+    return module.classifier(pooled).float() / float(module.config.temperature)  # evalcal minimal interface
 
 
 class EncoderClassifier(nn.Module):
@@ -342,8 +350,15 @@ class EncoderClassifier(nn.Module):
     # -- settings ---------------------------------------------------------------------------
     @property
     def settings(self) -> dict:
-        """Inference settings: max_length, truncation, head_tokens, id2label."""
-        return {k: self.config_dict[k] for k in ("max_length", "truncation", "head_tokens", "id2label")}
+        """Inference settings: max_length, truncation, head_tokens, window_stride, temperature, id2label."""
+        keys = ("max_length", "truncation", "head_tokens", "window_stride", "temperature", "id2label")
+        return {k: self.config_dict[k] for k in keys}
+
+    # --- evalcal minimal interface: `model.config.temperature` readable and settable (a view of
+    # config_dict, so save_pretrained writes it); helper "model"'s redesign replaces this
+    @property
+    def config(self) -> "_ConfigView":
+        return _ConfigView(self.config_dict)
 
     @property
     def device(self) -> torch.device:
@@ -359,6 +374,7 @@ class EncoderClassifier(nn.Module):
         max_length: int = 512,
         truncation: str = "head",
         head_tokens: int = 128,
+        window_stride: int = 128,  # evalcal minimal interface
         **from_pretrained_kwargs,
     ) -> "EncoderClassifier":
         """Pretrained encoder weights (Hub id or local dir) + a fresh, default-initialised head."""
@@ -388,6 +404,7 @@ class EncoderClassifier(nn.Module):
             "max_length": max_length,
             "truncation": truncation,
             "head_tokens": head_tokens,
+            "window_stride": window_stride,
             "base_model": name_or_path,
         }
         return cls(config, encoder=encoder)
@@ -421,6 +438,24 @@ class EncoderClassifier(nn.Module):
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
         return directory
+
+
+class _ConfigView:
+    """Attribute access to a classifier's config dict (evalcal minimal interface)."""
+
+    def __init__(self, values: dict):
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, name: str):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in self._values:
+            raise AttributeError(f"classifier config has no {name!r}")
+        self._values[name] = value
 
 
 DistilBERTClassifier = EncoderClassifier
@@ -512,8 +547,8 @@ def _effective_max_length(tokenizer, max_length: int) -> int:
 
 def truncate_ids(ids: list[int], budget: int, truncation: str = "head", head_tokens: int = 128) -> list[int]:
     """Content token ids cut to ``budget``: the head, or the first ``head_tokens`` + the tail."""
-    if truncation not in TRUNCATION_STRATEGIES:
-        raise ValueError(f"truncation must be one of {TRUNCATION_STRATEGIES}, got {truncation!r}")
+    if truncation not in ("head", "head+tail"):
+        raise ValueError(f"truncation must be head or head+tail (windows: encode_windows), got {truncation!r}")
     if len(ids) <= budget:
         return list(ids)
     if truncation == "head" or head_tokens >= budget:
@@ -548,6 +583,30 @@ def encode_reviews(
         raise ValueError(f"max_length={max_length} leaves no room for content tokens")
     content = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     return [prefix + truncate_ids(ids, budget, truncation, head_tokens) + suffix for ids in content]
+
+
+# --- evalcal minimal interface (helper "model" owns the real one): sliding windows
+def encode_windows(tokenizer, texts: Sequence[str], max_length: int = 512, stride: int = 128, *,
+                   clean: bool = True) -> list[list[list[int]]]:
+    """Per text, its windows (token ids with special tokens, at most ``max_length`` long): the
+    content cut into windows of ``max_length - n_special`` tokens, consecutive windows sharing
+    ``stride`` tokens; the last window ends at the text's end. A short text is one window."""
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = [clean_text(t) if clean else t for t in texts]
+    if not texts:
+        return []
+    prefix, suffix = _special_layout(tokenizer)
+    budget = _effective_max_length(tokenizer, max_length) - len(prefix) - len(suffix)
+    if not 0 <= stride < budget:
+        raise ValueError(f"window stride {stride} must be in [0, {budget}) for max_length={max_length}")
+    step = budget - stride
+    content = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    windows = []
+    for ids in content:
+        starts = list(range(0, max(1, len(ids) - stride), step)) if len(ids) > budget else [0]
+        windows.append([prefix + list(ids[s : s + budget]) + suffix for s in starts])
+    return windows
 
 
 # --------------------------------------------------------------------------------------------
@@ -705,6 +764,7 @@ __all__ = [
     "build_encoder",
     "clean_text",
     "encode_reviews",
+    "encode_windows",
     "truncate_ids",
     "pad_batch",
     "infer_reviews",

@@ -1,4 +1,5 @@
-"""PNG figures for a stage-2 run: confusion matrix and ROC curve per evaluation set, training curves."""
+"""PNG figures for a stage-2 run: confusion matrix, ROC curve and reliability diagram per evaluation
+set, training curves."""
 
 from __future__ import annotations
 
@@ -41,6 +42,27 @@ def roc_curve_png(labels: Sequence[int], scores: Sequence[float], path: str | Pa
     figure, axes = plt.subplots(figsize=(4.2, 4.0))
     RocCurveDisplay.from_predictions(labels, scores, ax=axes, name="classifier", plot_chance_level=True)
     axes.set_title(title)
+    return save_figure(figure, Path(path))
+
+
+def reliability_diagram_png(before: dict, after: dict, temperature: float, path: str | Path, title: str) -> Path:
+    """Accuracy against confidence per equal-width bin (:func:`classify.calibration.reliability_bins`),
+    before and after temperature scaling; the diagonal is perfect calibration. Empty bins are not drawn."""
+    figure, axes = plt.subplots(figsize=(4.6, 4.2))
+    edges = before["edges"]
+    width = edges[1] - edges[0]
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    for table, label, color, shift in ((before, "raw (T = 1)", "tab:red", -0.25), (after, f"scaled (T = {temperature:.2f})", "tab:blue", 0.25)):
+        used = table["count"] > 0
+        centres = (edges[:-1] + width / 2)[used]
+        axes.bar(centres + shift * width, table["accuracy"][used], width=width / 2, color=color, alpha=0.6, label=label)
+        axes.plot(table["confidence"][used], table["accuracy"][used], "o", color=color, markersize=3)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("confidence (probability of the predicted class)")
+    axes.set_ylabel("accuracy in the bin")
+    axes.set_title(title)
+    axes.legend(loc="upper left", fontsize=8)
     return save_figure(figure, Path(path))
 
 

@@ -37,6 +37,7 @@ from safetensors.torch import load_file as safe_load_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from classify.calibration import fit_temperature_on
 from classify.config import BEST_METRICS, ClassifyConfig, TrainConfig
 from classify.data import (
     Collator,
@@ -48,6 +49,7 @@ from classify.data import (
     load_labelled,
     stratified_split,
     stratified_subset,
+    training_truncation,
 )
 from classify.evaluate import compute_metrics, evaluate_all, load_eval_sets, make_eval_loader, predict
 from classify.model import WEIGHTS_NAME, EncoderClassifier
@@ -79,8 +81,8 @@ def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
     if data.train.max_samples and data.train.max_samples < len(train):
         train = train.select(stratified_subset(train.labels, data.train.max_samples, seed))
     train, dropped = drop_empty(train)
-    encode = dict(tokenizer=tokenizer, max_length=model.max_length, truncation=model.truncation, head_tokens=model.head_tokens)
-    train_data = ReviewDataset(train.texts, train.labels, **encode)
+    encode = dict(tokenizer=tokenizer, max_length=model.max_length, truncation=model.truncation, head_tokens=model.head_tokens, window_stride=model.window_stride)
+    train_data = ReviewDataset(train.texts, train.labels, **{**encode, "truncation": training_truncation(model.truncation)})
     val_data = ReviewDataset(validation.texts, validation.labels, **encode)
 
     sampler = LengthBucketBatchSampler(
@@ -159,7 +161,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
     model = EncoderClassifier.from_encoder(
         mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation,
-        head_tokens=mc.head_tokens, revision=mc.revision, attn_implementation=config.impl.attn_implementation,
+        head_tokens=mc.head_tokens, window_stride=mc.window_stride, revision=mc.revision, attn_implementation=config.impl.attn_implementation,
     )
     train_loader, val_loader, train_sampler, sizes = get_dataloaders(config, tokenizer, accelerator)
     logger.info(f"data: {sizes}")
@@ -300,6 +302,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
             unwrapped.load_state_dict(safe_load_file(str(best_dir / WEIGHTS_NAME)))  # copied onto the device
         else:
             logger.warning(f"{best_dir / WEIGHTS_NAME} is missing: keeping the last epoch's weights, not epoch {state['best_epoch']}'s")
+    calibration = fit_temperature_on(model, val_loader, accelerator)  # stored in the model's config, saved with it
     plots_dir = output_dir / "plots"
     evaluation, plots = evaluate_all(
         model, tokenizer, config.data.eval, eval_data, unwrapped.settings, accelerator, batch_size=hp.eval_batch_size,
@@ -322,7 +325,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
             "encoder_lr": hp.encoder_lr, "head_lr": hp.head_lr, "min_lr": hp.min_lr, "warmup_ratio": hp.warmup_ratio,
             "schedule": "linear", "epochs": hp.epochs, "batch_size": hp.batch_size, "grad_accum": hp.grad_accum,
             "weight_decay": hp.weight_decay, "mixed_precision": accelerator.mixed_precision, "max_length": mc.max_length,
-            "truncation": mc.truncation, "head_tokens": mc.head_tokens, "dropout": mc.dropout, "seed": hp.seed,
+            "truncation": mc.truncation, "head_tokens": mc.head_tokens, "window_stride": mc.window_stride, "dropout": mc.dropout, "seed": hp.seed,
             "num_processes": accelerator.num_processes,
         },
         "training": {
@@ -333,6 +336,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
             "stopped_early": state["stopped_early"],
             "wall_time_s": round(state["wall_time_s"], 2),
             "train_samples_per_s": round(state["train_samples"] / state["train_time_s"], 2) if state["train_time_s"] else None,
+            "calibration": calibration,
         },
         "evaluation": evaluation,
         "plots": sorted(p.relative_to(output_dir).as_posix() for p in plots),

@@ -173,6 +173,7 @@ def render_card(results: dict, repo_id: str, *, plots: list[str] | None = None) 
         "hp": hyper,
         "dapt": results.get("dapt"),
         "training": results.get("training") or {},
+        "calibration": (results.get("training") or {}).get("calibration"),  # T fitted on validation
         "eval_sets": [
             {"key": key, "name": spec["name"], **evaluation[key], "dataset": _dataset_id(evaluation[key], spec)}
             for key, spec in EVAL_SETS.items()

@@ -55,13 +55,9 @@ t2=$(date +%s)
 echo "== publish (dry run): the Hub folder"
 dapt-publish "$OUT/classify" --repo-id "${DEMO_REPO_ID:-your-name/dapt-minilm-imdb-sentiment}" --folder "$OUT/hub" --dry-run
 t3=$(date +%s)
-echo "== predict from the published folder"
-dapt-predict --model "$OUT/hub" --jsonl \
-    "One of the best films I have seen in years. The cast is superb." \
-    "Highly recommend to never watch again." \
-    "I expected to hate it, but it won me over completely." \
-    "Not bad at all, though the ending drags." \
-    "A masterpiece of boredom." | tee "$OUT/predictions.jsonl"
+echo "== predict from the published folder: tricky sample reviews (scripts/demo_reviews.tsv holds their expected labels)"
+tail -n +2 scripts/demo_reviews.tsv | cut -f2 > "$OUT/reviews.txt"
+dapt-predict --model "$OUT/hub" --file "$OUT/reviews.txt" --jsonl | tee "$OUT/predictions.jsonl"
 t4=$(date +%s)
-python scripts/demo_report.py "$OUT" --times "stage1=$((t1 - start))" "stage2=$((t2 - t1))" \
-    "publish=$((t3 - t2))" "predict=$((t4 - t3))" "total=$((t4 - start))"
+python scripts/demo_report.py "$OUT" --expected scripts/demo_reviews.tsv --times "stage1=$((t1 - start))" \
+    "stage2=$((t2 - t1))" "publish=$((t3 - t2))" "predict=$((t4 - t3))" "total=$((t4 - start))"

@@ -162,8 +162,9 @@ def test_shipped_configs_load_and_plan_three_arms_over_three_seeds(tmp_path):
     for name in ("demo", "minilm", "distilbert"):
         config = load_config(AblationConfig, ROOT / "configs" / "ablate" / f"{name}.yaml", [f"output_dir={tmp_path / name}"])
         base, stage1, runs = plan(config)
-        assert [a.name for a in config.arms] == ["plain", "dapt", "dapt-head+tail"] and config.baseline_arm == "plain"
-        assert len(runs) == 3 * len(config.seeds) and list(stage1) == ["dapt"]
+        arms = ["plain", "dapt", "dapt-head+tail"] + ([] if name == "demo" else ["dapt-windows"])  # the GPU runs: all three modes
+        assert [a.name for a in config.arms] == arms and config.baseline_arm == "plain"
+        assert len(runs) == len(arms) * len(config.seeds) and list(stage1) == ["dapt"]
         assert stage1["dapt"].config.model.name_or_path == base  # stage 1 starts where the plain arm does
         if name == "minilm":
             assert config.seeds == [0, 1, 2] and str(stage1["dapt"].output_dir) == "runs/dapt-minilm"
@@ -176,6 +177,10 @@ def test_shipped_configs_load_and_plan_three_arms_over_three_seeds(tmp_path):
         assert by[("plain", config.seeds[0])].encoder == base
         assert by[("dapt", config.seeds[0])].encoder == str(stage1["dapt"].output_dir)
         assert by[("dapt-head+tail", config.seeds[0])].config.model.truncation == "head+tail"
+        if name != "demo":
+            windows = by[("dapt-windows", config.seeds[0])].config
+            windows.validate()
+            assert (windows.model.truncation, windows.model.window_stride, windows.model.max_length) == ("windows", 128, 512)
 
 
 def test_arms_differ_only_in_encoder_and_their_own_overrides(tmp_path, tiny_headless_encoder_dir, shared_data):

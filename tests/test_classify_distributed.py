@@ -35,6 +35,9 @@ def test_two_processes_give_exactly_the_metrics_of_one(tiny_headless_encoder_dir
     assert one["metrics"]["n"] == two["metrics"]["n"] == EVAL_ROWS
     assert two["metrics"] == one["metrics"]  # exactly, not approximately
     assert two["prob"] == one["prob"] and two["label"] == one["label"]
+    # windows: more rows than reviews, each review's windows averaged after the gather
+    assert one["windows_rows"] > EVAL_ROWS and one["windows"]["n"] == EVAL_ROWS
+    assert two["windows"] == one["windows"] and two["windows_prob"] == one["windows_prob"]
 
 
 @pytest.mark.slow
@@ -69,10 +72,16 @@ def _eval_main(expected: int, encoder_dir: str, data_dir: str, out: str) -> None
     labelled = load_labelled(LabelledSetConfig(path=f"{data_dir}/imdb", split="test", max_samples=EVAL_ROWS), seed=1)
     settings = {"max_length": 64, "truncation": "head+tail", "head_tokens": 16}
     metrics, predictions = evaluate_set(classifier, tokenizer, labelled, settings, accelerator, batch_size=EVAL_BATCH)
+    windows = {"max_length": 64, "truncation": "windows", "head_tokens": 16, "window_stride": 16}
+    windowed, windowed_predictions = evaluate_set(classifier, tokenizer, labelled, windows, accelerator, batch_size=EVAL_BATCH)
+    from classify.data import ReviewDataset
+
+    rows = len(ReviewDataset(labelled.texts, labelled.labels, tokenizer, 64, "windows", window_stride=16))
     if accelerator.is_main_process:
         Path(out).write_text(json.dumps({
             "num_processes": accelerator.num_processes, "metrics": metrics,
             "prob": predictions.prob.tolist(), "label": predictions.label.tolist(),
+            "windows": windowed, "windows_prob": windowed_predictions.prob.tolist(), "windows_rows": rows,
         }))
     accelerator.wait_for_everyone()
 

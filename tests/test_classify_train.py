@@ -50,7 +50,7 @@ def test_outputs_and_results_schema(baseline_run):
     assert set(results) == {"run_name", "created", "base_model", "dapt", "hyperparameters", "training", "evaluation", "plots"}
     assert set(results["hyperparameters"]) == {
         "encoder_lr", "head_lr", "min_lr", "warmup_ratio", "schedule", "epochs", "batch_size", "grad_accum",
-        "weight_decay", "mixed_precision", "max_length", "truncation", "head_tokens", "dropout", "seed", "num_processes",
+        "weight_decay", "mixed_precision", "max_length", "truncation", "head_tokens", "window_stride", "dropout", "seed", "num_processes",
     }
     training = results["training"]
     assert [e["epoch"] for e in training["epochs"]] == [1, 2]
@@ -66,6 +66,7 @@ def test_outputs_and_results_schema(baseline_run):
         assert (out / name).is_file(), name
     assert sorted(results["plots"]) == [
         "plots/confusion_imdb_test.png", "plots/confusion_sst2_validation.png",
+        "plots/reliability_imdb_test.png", "plots/reliability_sst2_validation.png",
         "plots/roc_imdb_test.png", "plots/roc_sst2_validation.png", "plots/training_curves.png",
     ]
     assert all((out / p).stat().st_size > 1000 for p in results["plots"])

@@ -251,6 +251,7 @@ def test_no_arg_construction_prefers_embedded_config(tmp_path, tiny):
     classifier = module.DistilBERTClassifier()
     assert classifier.encoder.config.hidden_size == trained.encoder.config.hidden_size
     assert classifier.settings == {"max_length": 48, "truncation": "head+tail", "head_tokens": 7,
+                                   "window_stride": 128, "temperature": 1.0,  # evalcal: defaults of the new keys
                                    "id2label": {0: "Negative", 1: "Positive"}}
     classifier.load_state_dict(trained.state_dict(), strict=True)
 
