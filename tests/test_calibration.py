@@ -107,8 +107,8 @@ def _texts(n: int, seed: int, lengths=(3, 40)) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(*lengths)))) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def accelerator(tmp_path_factory):
+@pytest.fixture
+def accelerator(tmp_path_factory):  # per test: the autouse fixture resets accelerate's state before each
     return make_accelerator(ImplConfig(mixed_precision="no", cpu=True, dataloader_workers=0), tmp_path_factory.mktemp("acc"))
 
 
