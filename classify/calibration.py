@@ -119,17 +119,3 @@ def set_temperature(model, temperature: float) -> None:
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
     _bare(model).config.temperature = float(temperature)
-
-
-def fit_temperature_on(model, loader, accelerator) -> dict:
-    """Fit the temperature on the (validation) ``loader`` with the evaluation's own prediction rule
-    (windows averaged per review), store it in ``model``'s config, and return the ``calibration``
-    block of results.json: the temperature and the validation metrics before and after."""
-    from classify.evaluate import predict
-
-    validation = predict(model, loader, accelerator)
-    temperature = fit_temperature(validation.logits, validation.label)
-    set_temperature(model, temperature)
-    report = calibration_report(validation.logits, validation.label, temperature)
-    return {"fitted_on": "validation", "n": int(len(validation.label)), **report}
-

@@ -44,7 +44,7 @@ import torch
 from scipy.special import log_softmax
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from classify.calibration import calibration_report, get_temperature, reliability_bins
+from classify.calibration import calibration_report, fit_temperature, get_temperature, reliability_bins, set_temperature
 from classify.data import Collator, LabelledSet, LabelledSetConfig, LengthBucketBatchSampler, ReviewDataset, load_labelled
 from classify.model import clean_text, encode_windows
 from dapt.runtime import logger
@@ -298,6 +298,17 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     return results
 
 
+def fit_temperature_on(model, loader, accelerator) -> dict:
+    """Fit the temperature on the (validation) ``loader`` with the evaluation's own prediction rule
+    (windows averaged per review), store it in ``model``'s config, and return the ``calibration``
+    block of results.json: the temperature and the validation metrics before and after."""
+    validation = predict(model, loader, accelerator)
+    temperature = fit_temperature(validation.logits, validation.label)
+    set_temperature(model, temperature)
+    report = calibration_report(validation.logits, validation.label, temperature)
+    return {"fitted_on": "validation", "n": int(len(validation.label)), **report}
+
+
 def main(argv=None) -> None:
     from dapt.config import ConfigError, parse_cli
 
@@ -333,3 +344,4 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -37,7 +37,6 @@ from safetensors.torch import load_file as safe_load_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from classify.calibration import fit_temperature_on
 from classify.config import BEST_METRICS, ClassifyConfig, TrainConfig
 from classify.data import (
     Collator,
@@ -51,7 +50,7 @@ from classify.data import (
     stratified_subset,
     training_truncation,
 )
-from classify.evaluate import compute_metrics, evaluate_all, load_eval_sets, make_eval_loader, predict
+from classify.evaluate import compute_metrics, evaluate_all, fit_temperature_on, load_eval_sets, make_eval_loader, predict
 from classify.model import WEIGHTS_NAME, EncoderClassifier
 from dapt.config import ConfigError, parse_cli, to_dict
 from dapt.core.hub import looks_local

@@ -16,7 +16,6 @@ from classify.calibration import (
     calibration_metrics,
     expected_calibration_error,
     fit_temperature,
-    fit_temperature_on,
     get_temperature,
     nll,
     probabilities,
@@ -24,7 +23,7 @@ from classify.calibration import (
     set_temperature,
 )
 from classify.data import LabelledSet, ReviewDataset
-from classify.evaluate import accuracy_by_length, evaluate_set, from_logits, make_eval_loader, predict
+from classify.evaluate import accuracy_by_length, evaluate_set, fit_temperature_on, from_logits, make_eval_loader, predict
 from classify.model import EncoderClassifier, encode_windows, load_classifier
 from dapt.runtime import ImplConfig, make_accelerator
 
