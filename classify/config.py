@@ -6,14 +6,19 @@ wrong type is an error naming the key); :meth:`ClassifyConfig.validate` checks t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from classify.data import LabelledSetConfig
 from classify.model import TRUNCATION_STRATEGIES
-from dapt.runtime import CheckpointConfig, ImplConfig, raise_config
+from dapt.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
 
 BEST_METRICS = {"val_acc": "max", "val_f1": "max", "val_roc_auc": "max", "val_loss": "min"}
+# keys that may change between a run and its resume (everything else is the run's fingerprint);
+# data.eval: the test sets are read only after training
+RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "overwrite", "push_to_hub", "hub_repo_id", "hub_private",
+                  "checkpoint", "data.eval", "train.log_every", "train.max_nonfinite", "impl.dataloader_workers", "impl.pin_memory")
 
 
 @dataclass
@@ -74,6 +79,7 @@ class ClassifyCheckpointConfig(CheckpointConfig):
 @dataclass
 class ClassifyConfig:
     output_dir: str = "runs/classify"
+    overwrite: bool = False  # replace a previous run in output_dir (its results stay until this one finishes)
     run_name: str = "classify"
     tensorboard: bool = False
     push_to_hub: bool = False  # after training: build the Hub folder and upload it (classify.publish)
@@ -87,6 +93,11 @@ class ClassifyConfig:
 
     def validate(self) -> None:
         self.impl.validate()
+        self.checkpoint.validate()
+        for key in ("encoder_lr", "head_lr", "min_lr", "weight_decay", "max_grad_norm"):
+            check_range(f"train.{key}", getattr(self.train, key))
+        if self.train.max_nonfinite < 0:
+            raise_config("train.max_nonfinite", self.train.max_nonfinite, "an integer >= 0")
         if self.model.truncation not in TRUNCATION_STRATEGIES:
             raise_config("model.truncation", self.model.truncation, "head or head+tail")
         if self.model.max_length < 8:
@@ -98,10 +109,9 @@ class ClassifyConfig:
         for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "log_every"):
             if getattr(self.train, key) < 1:
                 raise_config(f"train.{key}", getattr(self.train, key), "an integer >= 1")
-        if self.data.validation_size <= 0:
+        if not (math.isfinite(self.data.validation_size) and self.data.validation_size > 0):
             raise_config("data.validation_size", self.data.validation_size, "a fraction in (0, 1) or a count >= 1")
-        if not 0 <= self.train.warmup_ratio < 1:
-            raise_config("train.warmup_ratio", self.train.warmup_ratio, "a fraction in [0, 1)")
+        check_range("train.warmup_ratio", self.train.warmup_ratio, 0.0, 1.0, "a fraction in [0, 1]")
         if self.train.best_metric not in BEST_METRICS:
             raise_config("train.best_metric", self.train.best_metric, " | ".join(BEST_METRICS))
         if self.push_to_hub and not self.hub_repo_id:

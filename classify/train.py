@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -37,7 +38,7 @@ from safetensors.torch import load_file as safe_load_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from classify.config import BEST_METRICS, ClassifyConfig, TrainConfig
+from classify.config import BEST_METRICS, RESUMABLE_KEYS, ClassifyConfig, TrainConfig
 from classify.data import (
     Collator,
     DataError,
@@ -52,16 +53,22 @@ from classify.data import (
 from classify.evaluate import compute_metrics, evaluate_all, load_eval_sets, make_eval_loader, predict
 from classify.model import WEIGHTS_NAME, EncoderClassifier
 from dapt.config import ConfigError, parse_cli, to_dict
+from dapt.core.checkpoint import CheckpointError, CheckpointManager, fingerprint
+from dapt.core.rundir import check_output_dir, open_run_dir, staging_dir, switch_in
+from dapt.core.step import nonfinite_parameters
 from dapt.runtime import (
     linear_warmup_decay,
     logger,
     make_accelerator,
     make_optimizer,
-    open_run_dir,
     parameter_groups,
+    raise_config,
+    report_weights_format,
     steps_from_budget,
     write_json,
 )
+
+RESULTS = "results.json"  # written last: its presence marks a finished run
 
 
 def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
@@ -78,6 +85,7 @@ def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
     if data.train.max_samples and data.train.max_samples < len(train):
         train = train.select(stratified_subset(train.labels, data.train.max_samples, seed))
     train, dropped = drop_empty(train)
+    check_trainable(train, labelled.where, dropped, config.train.batch_size, accelerator.num_processes)
     encode = dict(tokenizer=tokenizer, max_length=model.max_length, truncation=model.truncation, head_tokens=model.head_tokens)
     train_data = ReviewDataset(train.texts, train.labels, **encode)
     val_data = ReviewDataset(validation.texts, validation.labels, **encode)
@@ -101,6 +109,18 @@ def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
         "truncated": sum(n >= model.max_length for n in train_data.lengths),
     }
     return train_loader, val_loader, sampler, sizes
+
+
+def check_trainable(train, where: str, dropped: int, batch_size: int, processes: int) -> None:
+    """Enough usable training rows for every process and both classes, or a DataError."""
+    if len(train) < processes:
+        raise DataError(f"{where}: {len(train)} usable training rows ({dropped} empty texts dropped): need at least one "
+                        f"per process ({processes}); check data.train.text_column and data.train.max_samples")
+    classes = sorted(set(train.labels))
+    if len(classes) < 2:
+        raise DataError(f"{where}: every one of the {len(train)} training rows has label {classes[0]}: need both classes")
+    if len(train) < batch_size * processes:
+        logger.warning(f"{where}: {len(train)} training rows fill less than one global batch of {batch_size * processes}")
 
 
 def classifier_parameter_groups(model: EncoderClassifier, config: TrainConfig) -> list[dict]:
@@ -147,21 +167,24 @@ def check_encoder(name_or_path: str) -> None:
 def train_classifier(config: ClassifyConfig) -> dict:
     """Run stage 2 as configured; returns the results also written to ``results.json``."""
     output_dir = Path(config.output_dir)
+    check_output_dir(output_dir, marker=RESULTS, overwrite=config.overwrite, resume=config.checkpoint.resume)
     # make_accelerator starts a fresh AcceleratorState: repeated runs in one process work
     accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
-    if config.tensorboard:
-        accelerator.init_trackers(config.run_name)
     set_seed(config.train.seed)  # the head's initialisation and dropout
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
     hp, mc = config.train, config.model
 
     # --- model and data
     check_encoder(mc.encoder)
+    report_weights_format(mc.encoder)
     tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
     model = EncoderClassifier.from_encoder(
         mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation,
         head_tokens=mc.head_tokens, revision=mc.revision, attn_implementation=config.impl.attn_implementation,
     )
+    positions = getattr(model.encoder.config, "max_position_embeddings", None)
+    if positions is not None and mc.max_length > positions:
+        raise_config("model.max_length", mc.max_length, f"at most {positions}, the positions of {mc.encoder}")
     train_loader, val_loader, train_sampler, sizes = get_dataloaders(config, tokenizer, accelerator)
     logger.info(f"data: {sizes}")
     # read now, not after the last epoch: a missing or unreachable evaluation set fails before training
@@ -176,20 +199,22 @@ def train_classifier(config: ClassifyConfig) -> dict:
     total_steps = steps_from_budget(len(train_loader), hp.grad_accum, hp.epochs, 0)
     warmup_steps = round(hp.warmup_ratio * total_steps)
     scheduler = linear_warmup_decay(optimizer.optimizer, warmup_steps, total_steps, hp.min_lr)
-    accelerator.register_for_checkpointing(scheduler)
     group_names = [group["name"] for group in optimizer.param_groups]
-    checkpoints, resume_from, metrics = open_run_dir(accelerator, output_dir, config, config.checkpoint)
-    best_dir = output_dir / "checkpoints" / "best"
+    checkpoints = CheckpointManager(accelerator, output_dir, keep=config.checkpoint.keep, model=model, optimizer=optimizer,
+                                    scheduler=scheduler, fingerprint=fingerprint(config, RESUMABLE_KEYS))
+    resume_from, metrics = open_run_dir(accelerator, output_dir, config, checkpoints, resume=config.checkpoint.resume,
+                                        overwrite=config.overwrite, marker=RESULTS)
+    if config.tensorboard:
+        accelerator.init_trackers(config.run_name)
+    best_dir = checkpoints.directory / "best"  # a fresh start has removed a previous run's
     if resume_from is not None:
         state = checkpoints.load(resume_from)
     else:
         state = {
             "step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "best_epoch": None, "best_value": None,
             "bad_epochs": 0, "stopped_early": False, "train_sums": [0.0, 0.0, 0.0], "wall_time_s": 0.0,
-            "train_time_s": 0.0, "train_samples": 0, "nonfinite": 0,
+            "train_time_s": 0.0, "train_samples": 0, "nonfinite": 0, "pending": {"loss": 0.0, "batches": 0},
         }
-        if accelerator.is_main_process:
-            shutil.rmtree(best_dir, ignore_errors=True)  # a previous run's
     # the epoch's running sums (loss, correct, rows); a checkpoint holds the all-process totals
     sums = torch.tensor(state["train_sums"] if accelerator.is_main_process else [0.0] * 3, dtype=torch.float64, device=accelerator.device)
     logger.info(f"{total_steps} optimizer steps ({len(train_loader)} batches/epoch/process, {warmup_steps} warmup), "
@@ -201,11 +226,13 @@ def train_classifier(config: ClassifyConfig) -> dict:
 
     def save_checkpoint():
         state["train_sums"] = accelerator.reduce(sums.clone(), "sum").tolist()
+        state["pending"] = {"loss": accelerator.reduce(running_loss.clone(), "sum").item(), "batches": running_batches}
         state["wall_time_s"] = time.time() - session_start
-        checkpoints.save(step, state)
+        checkpoints.save(step, state, metrics.size())
 
-    running_loss = torch.zeros((), device=accelerator.device)
-    running_batches = 0
+    # the loss since the last log line (a checkpoint keeps the all-process sum)
+    running_loss = torch.tensor(state["pending"]["loss"] / accelerator.num_processes, device=accelerator.device)
+    running_batches = state["pending"]["batches"]
     progress = tqdm(total=total_steps, initial=step, desc="classifier", disable=not accelerator.is_local_main_process)
     while state["epoch"] < hp.epochs and not state["stopped_early"]:
         epoch = state["epoch"]
@@ -243,7 +270,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
-            step += 1
+            step = state["step"] = step + 1
             progress.update(1)
             if step % hp.log_every == 0 or step == total_steps:
                 mean_loss = accelerator.reduce(running_loss / running_batches, "mean").item()
@@ -259,7 +286,12 @@ def train_classifier(config: ClassifyConfig) -> dict:
                 epoch_started = time.time()
         state["train_time_s"] += time.time() - epoch_started
 
-        # --- end of epoch: training totals over all processes, validation, best weights
+        # --- end of epoch: finite weights, training totals over all processes, validation, best weights
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        bad = nonfinite_parameters(unwrapped)
+        if bad:
+            raise FloatingPointError(f"non-finite weights after epoch {epoch + 1} (step {step}) in {len(bad)} tensors (e.g. "
+                                     f"{bad[0]}): stopping; the last good checkpoint is {checkpoints.latest_name()} (lower the LRs?)")
         loss_sum, correct, rows = accelerator.reduce(sums, "sum").tolist()
         sums.zero_()
         state["train_samples"] += int(rows)
@@ -277,8 +309,10 @@ def train_classifier(config: ClassifyConfig) -> dict:
         if is_better(record[hp.best_metric], state["best_value"], hp.best_metric):
             state.update(best_epoch=epoch + 1, best_value=record[hp.best_metric], bad_epochs=0)
             accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(best_dir)
+            if accelerator.is_main_process:  # complete or absent, like a checkpoint
+                unwrapped.save_pretrained(best_dir.with_name(".tmp-best"))
+                shutil.rmtree(best_dir, ignore_errors=True)
+                os.replace(best_dir.with_name(".tmp-best"), best_dir)
             accelerator.wait_for_everyone()
         else:
             state["bad_epochs"] += 1
@@ -301,17 +335,18 @@ def train_classifier(config: ClassifyConfig) -> dict:
             unwrapped.load_state_dict(safe_load_file(str(best_dir / WEIGHTS_NAME)))  # copied onto the device
         else:
             logger.warning(f"{best_dir / WEIGHTS_NAME} is missing: keeping the last epoch's weights, not epoch {state['best_epoch']}'s")
-    plots_dir = output_dir / "plots"
+    # the final artifacts go to a staging folder and replace a previous run's only when complete
+    staging = staging_dir(accelerator, output_dir)
     evaluation, plots = evaluate_all(
         model, tokenizer, config.data.eval, eval_data, unwrapped.settings, accelerator, batch_size=hp.eval_batch_size,
-        output_dir=output_dir, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
+        output_dir=staging, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir / "model", tokenizer)
+        unwrapped.save_pretrained(staging / "model", tokenizer)
         from classify.plots import training_curves_png
 
-        curves = training_curves_png(state["history"], output_dir / "metrics.jsonl", plots_dir / "training_curves.png")
+        curves = training_curves_png(state["history"], output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png")
         plots += [curves] if curves else []
 
     results = {
@@ -336,9 +371,12 @@ def train_classifier(config: ClassifyConfig) -> dict:
             "train_samples_per_s": round(state["train_samples"] / state["train_time_s"], 2) if state["train_time_s"] else None,
         },
         "evaluation": evaluation,
-        "plots": sorted(p.relative_to(output_dir).as_posix() for p in plots),
+        "plots": sorted(p.relative_to(staging).as_posix() for p in plots),
     }
-    write_json(accelerator, output_dir / "results.json", results)
+    write_json(accelerator, staging / RESULTS, results)
+    if accelerator.is_main_process:
+        switch_in(staging, output_dir, RESULTS)
+    accelerator.wait_for_everyone()
     metrics.log({"event": "final", **{f"{k}_{m}": v[m] for k, v in evaluation.items() for m in ("accuracy", "loss")}}, step=step)
     if config.push_to_hub and accelerator.is_main_process:
         from classify.publish import publish_run
@@ -355,7 +393,7 @@ def main(argv=None) -> None:
     config = parse_cli(ClassifyConfig, argv, "Stage 2: train and evaluate the sentiment classifier", default_config=None)
     try:
         results = train_classifier(config)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, CheckpointError, DataError, FileNotFoundError, FloatingPointError, ValueError) as error:
         logger.error(str(error))
         raise SystemExit(f"error: {error}") from None
     for name, block in results["evaluation"].items():

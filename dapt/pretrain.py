@@ -28,6 +28,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dapt.config import ConfigError, parse_cli, to_dict
+from dapt.core.checkpoint import CheckpointError, CheckpointManager, fingerprint
+from dapt.core.rundir import check_output_dir, open_run_dir, staging_dir, switch_in
+from dapt.core.step import nonfinite_parameters
 from dapt.data import CorpusConfig, build_blocks
 from dapt.masking import EVAL_EPOCH, MLMCollator
 from dapt.modeling import MaskedLMObjective, head_parameters, load_masked_lm
@@ -35,17 +38,23 @@ from dapt.runtime import (
     CheckpointConfig,
     ImplConfig,
     ThroughputMeter,
+    check_range,
     inner_state_dict,
     linear_warmup_decay,
     logger,
     make_accelerator,
     make_optimizer,
-    open_run_dir,
     parameter_groups,
     raise_config,
+    report_weights_format,
     steps_from_budget,
     write_json,
 )
+
+SUMMARY = "dapt_summary.json"  # written last: its presence marks a finished run
+# keys that may change between a run and its resume (everything else is the run's fingerprint)
+RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "overwrite", "checkpoint", "train.log_every",
+                  "train.time_budget_minutes", "train.max_nonfinite", "impl.dataloader_workers", "impl.pin_memory", "data.num_proc")
 
 
 @dataclass
@@ -84,6 +93,7 @@ class PretrainImplConfig(ImplConfig):
 @dataclass
 class PretrainConfig:
     output_dir: str = "runs/dapt"
+    overwrite: bool = False  # replace a previous run in output_dir (its results stay until this one finishes)
     run_name: str = "dapt"
     tensorboard: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -94,6 +104,18 @@ class PretrainConfig:
 
     def validate(self) -> None:
         self.impl.validate()
+        self.checkpoint.validate()
+        train = self.train
+        for key in ("lr", "min_lr", "head_warmup_lr", "weight_decay", "max_grad_norm", "time_budget_minutes"):
+            check_range(f"train.{key}", getattr(train, key))
+        check_range("train.warmup_ratio", train.warmup_ratio, 0.0, 1.0, "a fraction in [0, 1]")
+        for key in ("warmup_steps", "max_steps", "head_warmup_steps", "max_nonfinite", "eval_every"):
+            if getattr(train, key) < 0:
+                raise_config(f"train.{key}", getattr(train, key), "an integer >= 0")
+        if train.log_every < 1:
+            raise_config("train.log_every", train.log_every, "an integer >= 1")
+        if self.data.block_size < 8:
+            raise_config("data.block_size", self.data.block_size, "an integer >= 8")
         if not 0 < self.data.mlm_probability < 1:
             raise_config("data.mlm_probability", self.data.mlm_probability, "a probability in (0, 1)")
         if self.data.mask_replace_prob + self.data.random_replace_prob > 1:
@@ -101,7 +123,7 @@ class PretrainConfig:
         for key in ("batch_size", "eval_batch_size", "grad_accum"):
             if getattr(self.train, key) < 1:
                 raise_config(f"train.{key}", getattr(self.train, key), "an integer >= 1")
-        if self.train.max_steps <= 0 and self.train.epochs <= 0:
+        if self.train.max_steps <= 0 and not (math.isfinite(self.train.epochs) and self.train.epochs > 0):
             raise_config("train.epochs", self.train.epochs, "> 0 (or set train.max_steps)")
 
 
@@ -178,13 +200,16 @@ def pretrain(config: PretrainConfig) -> dict:
     """Run stage 1 as configured; returns the summary also written to ``dapt_summary.json``."""
     started = time.time()
     output_dir = Path(config.output_dir)
+    check_output_dir(output_dir, marker=SUMMARY, overwrite=config.overwrite, resume=config.checkpoint.resume)
     accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
-    if config.tensorboard:
-        accelerator.init_trackers(config.run_name)
     set_seed(config.train.seed)
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
 
+    report_weights_format(config.model.name_or_path)
     model, tokenizer, had_head = load_masked_lm(config.model.name_or_path, config.impl.attn_implementation, config.model.revision)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and config.data.block_size > positions:
+        raise_config("data.block_size", config.data.block_size, f"at most {positions}, the positions of {config.model.name_or_path}")
     train_blocks, heldout_blocks, corpus = build_blocks(config.data, tokenizer, accelerator, seed=config.train.seed)
     logger.info(f"corpus: {corpus}")
 
@@ -213,14 +238,18 @@ def pretrain(config: PretrainConfig) -> dict:
     total_steps = steps_from_budget(len(train_loader), config.train.grad_accum, config.train.epochs, config.train.max_steps)
     warmup = config.train.warmup_steps or round(config.train.warmup_ratio * total_steps)
     scheduler = linear_warmup_decay(optimizer.optimizer, warmup, total_steps, config.train.min_lr)
-    accelerator.register_for_checkpointing(scheduler)
-    checkpoints, resume_from, metrics = open_run_dir(accelerator, output_dir, config, config.checkpoint)
+    checkpoints = CheckpointManager(accelerator, output_dir, keep=config.checkpoint.keep, model=objective, optimizer=optimizer,
+                                    scheduler=scheduler, fingerprint=fingerprint(config, RESUMABLE_KEYS))
+    resume_from, metrics = open_run_dir(accelerator, output_dir, config, checkpoints, resume=config.checkpoint.resume,
+                                        overwrite=config.overwrite, marker=SUMMARY)
+    if config.tensorboard:
+        accelerator.init_trackers(config.run_name)
 
     # --- the pretrained baseline, or where a run left off
     if resume_from is not None:
         state = checkpoints.load(resume_from)
     else:
-        state = {"epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "nonfinite": 0, "wall_time_s": 0.0}
+        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "nonfinite": 0, "wall_time_s": 0.0}
         before = evaluate(objective, eval_loader, accelerator)
         state["baseline"] = "pretrained_head" if had_head else "random_head"
         state["before"] = before
@@ -237,13 +266,16 @@ def pretrain(config: PretrainConfig) -> dict:
         logger.info(f"held-out perplexity before DAPT: {state['before']['perplexity']:.2f} ({state['baseline']})")
 
     # --- training
-    step = state.get("step", 0)
+    step = state["step"]
     session_start = time.time() - state["wall_time_s"]
     budget_s = config.train.time_budget_minutes * 60
     meter = ThroughputMeter(warmup=1)
-    running_loss = torch.zeros((), device=accelerator.device)
-    running_batches = 0
-    local_tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # no host sync per step
+    # what was trained since the last log line (a checkpoint keeps the all-process sums)
+    pending = state.get("pending", {"loss": 0.0, "batches": 0, "tokens": 0})
+    running_loss = torch.tensor(pending["loss"] / accelerator.num_processes, device=accelerator.device)
+    running_batches = pending["batches"]
+    local_tokens = torch.tensor(pending["tokens"] if accelerator.is_main_process else 0, dtype=torch.long,
+                                device=accelerator.device)  # no host sync per step
     out_of_time = False
     progress = tqdm(total=total_steps, initial=step, desc="DAPT", disable=not accelerator.is_local_main_process)
     objective.train()
@@ -277,7 +309,7 @@ def pretrain(config: PretrainConfig) -> dict:
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
-            step += 1
+            step = state["step"] = step + 1
             progress.update(1)
 
             if step % config.train.log_every == 0 or step == total_steps:
@@ -302,7 +334,9 @@ def pretrain(config: PretrainConfig) -> dict:
                 logger.info(f"step {step}: held-out perplexity {result['perplexity']:.2f}")
             if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
                 state["wall_time_s"] = time.time() - session_start
-                checkpoints.save(step, state)
+                state["pending"] = {"loss": accelerator.reduce(running_loss.clone(), "sum").item(), "batches": running_batches,
+                                    "tokens": int(accelerator.reduce(local_tokens.clone(), "sum"))}
+                checkpoints.save(step, state, metrics.size())
             if step >= total_steps or out_of_time:
                 break
         else:
@@ -313,17 +347,21 @@ def pretrain(config: PretrainConfig) -> dict:
         logger.warning(f"wall-clock budget of {config.train.time_budget_minutes} min reached at step {step}/{total_steps}")
     state["tokens_seen"] += int(accelerator.reduce(local_tokens, "sum"))
 
-    # --- the result
+    # --- the result: finite weights only, written beside the old ones and then switched in
+    unwrapped = accelerator.unwrap_model(objective).model
+    bad = nonfinite_parameters(unwrapped)
+    if bad:
+        raise FloatingPointError(f"non-finite weights after step {step} in {len(bad)} tensors (e.g. {bad[0]}): no model "
+                                 f"saved; the last good checkpoint is {checkpoints.latest_name()} (lower train.lr?)")
     after = evaluate(objective, eval_loader, accelerator)
     metrics.log({"event": "final", **after}, step=step)
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(objective).model
+    staging = staging_dir(accelerator, output_dir)
     unwrapped.save_pretrained(
-        output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+        staging, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
         state_dict=inner_state_dict(accelerator, objective, "model."),
     )
     if accelerator.is_main_process:
-        tokenizer.save_pretrained(output_dir)
+        tokenizer.save_pretrained(staging)
     before = state["before"]
     summary = {
         "model_name_or_path": config.model.name_or_path,
@@ -355,7 +393,10 @@ def pretrain(config: PretrainConfig) -> dict:
         "global_batch_size": config.train.batch_size * accelerator.num_processes * config.train.grad_accum,
         "config": to_dict(config),
     }
-    write_json(accelerator, output_dir / "dapt_summary.json", summary)
+    write_json(accelerator, staging / SUMMARY, summary)
+    if accelerator.is_main_process:
+        switch_in(staging, output_dir, SUMMARY)
+    accelerator.wait_for_everyone()
     logger.info(f"held-out perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}; encoder saved to {output_dir}")
     for tracker in accelerator.trackers:  # not end_training(): it destroys the process group that
         tracker.finish()  # a following stage-2 run in the same processes (dapt-ablate) still needs
@@ -366,7 +407,7 @@ def main(argv=None) -> None:
     config = parse_cli(PretrainConfig, argv, "Stage 1: domain-adaptive MLM pretraining", default_config=None)
     try:
         pretrain(config)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError, ValueError) as error:
         logger.error(str(error))
         raise SystemExit(f"error: {error}") from None
 

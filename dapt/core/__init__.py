@@ -1,0 +1,1 @@
+"""The shared core both stages stand on; nothing here imports a stage."""
