@@ -252,22 +252,56 @@ def test_nonfinite_weights_are_never_saved(tmp_path, tiny_encoder_dir, tiny_head
     assert not (tmp_path / "s2" / "model").exists() and not (tmp_path / "s2" / "checkpoints" / "best").exists()
 
 
-def test_a_skipped_fp16_scaler_step_is_not_a_failure():
-    """GradScaler on the CPU: an overflow skips the step (not counted as a failure); the weights stay finite."""
+def shared_step(scaler=None, grad_accum: int = 1, max_nonfinite: int = 0):
+    from accelerate import Accelerator
+
+    from dapt.core.state import TrainState
+    from dapt.core.step import OptimizerStep
+    from dapt.runtime import linear_warmup_decay, reset_accelerator_state
+
+    reset_accelerator_state()
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=grad_accum)
+    accelerator.scaler = scaler  # what accelerate builds for fp16 on a GPU; the CPU gets none
+    torch.manual_seed(0)
+    model = accelerator.prepare(torch.nn.Linear(4, 1))
+    optimizer = accelerator.prepare(torch.optim.AdamW(model.parameters(), lr=1e-2))
+    state = TrainState()
+    step = OptimizerStep(accelerator, model, optimizer, linear_warmup_decay(optimizer.optimizer, 0, 10), state,
+                         max_grad_norm=1.0, max_nonfinite=max_nonfinite)
+    return accelerator, model, step, state
+
+
+def test_the_shared_step_skips_an_fp16_overflow_without_counting_it():
+    """fp16 + GradScaler: an overflowing step is skipped by the scaler (its scale drops), which is
+    not a failure even with max_nonfinite=0; the weights stay as they were, the schedule moves on."""
     from dapt.core.step import nonfinite_parameters
 
-    model = torch.nn.Linear(4, 2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    loss = model(torch.full((1, 4), 1e38)).sum()
-    scaler.scale(loss).backward()
+    accelerator, model, step, state = shared_step(scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16))
     before = [p.detach().clone() for p in model.parameters()]
-    scaler.step(optimizer)
-    scaler.update()
-    assert scaler.get_scale() < 2.0**16  # the step was skipped
+    with accelerator.accumulate(model):
+        result = step(model(torch.full((1, 4), 1e36)).sum())
+    assert result.skipped and (state.step, state.nonfinite) == (1, 0) and accelerator.scaler.get_scale() == 2.0**15
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and nonfinite_parameters(model) == []
+    with accelerator.accumulate(model):
+        result = step(model(torch.ones(1, 4)).sum())
+    assert not result.skipped and state.step == 2 and not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_the_shared_step_counts_nonfinite_updates_and_stops_past_the_limit():
+    accelerator, model, step, state = shared_step(grad_accum=2, max_nonfinite=1)
+    with accelerator.accumulate(model):
+        assert step(model(torch.ones(1, 4)).sum()) is None  # accumulating: no update yet
+    with accelerator.accumulate(model):
+        result = step(model(torch.ones(1, 4)).sum() * float("nan"))
+    assert result.skipped and (state.step, state.nonfinite) == (1, 1)
+    with pytest.raises(FloatingPointError, match="2 non-finite updates"):
+        for _ in range(2):
+            with accelerator.accumulate(model):
+                step(model(torch.ones(1, 4)).sum() * float("inf"))
     with torch.no_grad():
         model.weight[0, 0] = float("nan")
+    from dapt.core.step import nonfinite_parameters
+
     assert nonfinite_parameters(model) == ["weight"]
 
 

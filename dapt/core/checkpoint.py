@@ -35,7 +35,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from dapt.core.step import nonfinite_parameters
+from dapt.core.step import check_finite
 
 logger = get_logger(__name__)
 
@@ -151,17 +151,16 @@ class CheckpointManager:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         return model, getattr(self.optimizer, "optimizer", self.optimizer)
 
-    def save(self, step: int, state: dict, metrics_bytes: int = 0) -> Path:
-        """``step_{step}``: complete or absent; the weights must be finite (else FloatingPointError,
-        and the previous checkpoint stays the last good one)."""
+    def save(self, step: int, state, metrics_bytes: int = 0) -> Path:
+        """``step_{step}``: complete or absent, with ``state`` (a :class:`~dapt.core.state.TrainState`
+        or a dict) as JSON; the weights must be finite (else FloatingPointError, and the previous
+        checkpoint stays the last good one)."""
         accelerator = self.accelerator
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             raise CheckpointError(f"checkpoints under {accelerator.distributed_type} are not supported (set checkpoint.every_steps=0)")
         model, optimizer = self._modules()
-        bad = nonfinite_parameters(model)
-        if bad:
-            raise FloatingPointError(f"non-finite weights at step {step} in {len(bad)} tensors (e.g. {bad[0]}): "
-                                     f"not saving them; the last good checkpoint is {self.latest_name()}")
+        check_finite(model, f"at step {step}", self.latest_name())
+        state = state.to_json() if hasattr(state, "to_json") else state
         final = self.directory / f"step_{step:08d}"
         temporary = self.directory / f".tmp-step_{step:08d}"
         rank = accelerator.process_index
