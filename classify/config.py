@@ -6,14 +6,20 @@ wrong type is an error naming the key); :meth:`ClassifyConfig.validate` checks t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from classify.data import LabelledSetConfig
 from classify.model import TRUNCATION_STRATEGIES
-from dapt.runtime import CheckpointConfig, ImplConfig, raise_config
+from dapt.core.loop import LoopConfig
+from dapt.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
 
 BEST_METRICS = {"val_acc": "max", "val_f1": "max", "val_roc_auc": "max", "val_loss": "min"}
+# keys that may change between a run and its resume (everything else is the run's fingerprint);
+# data.eval: the test sets are read only after training
+RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "overwrite", "push_to_hub", "hub_repo_id", "hub_private",
+                  "checkpoint", "data.eval", "train.log_every", "train.max_nonfinite", "impl.dataloader_workers", "impl.pin_memory")
 
 
 @dataclass
@@ -49,22 +55,28 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    seed: int = 42
+class TrainConfig(LoopConfig):
+    """The keys both stages share (:class:`~dapt.core.loop.LoopConfig`, defaults changed here), plus stage 2's own."""
+
     epochs: int = 3
     batch_size: int = 64  # per process; the global batch is batch_size x processes x grad_accum
     eval_batch_size: int = 128  # per process
-    grad_accum: int = 1
     encoder_lr: float = 1e-5
     head_lr: float = 5e-5
     min_lr: float = 1e-8  # where the linear decay ends
-    weight_decay: float = 0.01  # not on biases and LayerNorm weights
     warmup_ratio: float = 0.1  # of all optimizer steps
-    max_grad_norm: float = 1.0  # 0: no clipping
     best_metric: str = "val_acc"  # val_acc | val_f1 | val_roc_auc | val_loss (minimised)
     early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0: never
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
-    max_nonfinite: int = 20  # skipped non-finite updates before the run stops
+
+    def validate(self, prefix: str = "train") -> None:
+        super().validate(prefix)
+        for key in ("encoder_lr", "head_lr"):
+            check_range(f"{prefix}.{key}", getattr(self, key))
+        if self.epochs < 1:
+            raise_config(f"{prefix}.epochs", self.epochs, "an integer >= 1")
+        if self.best_metric not in BEST_METRICS:
+            raise_config(f"{prefix}.best_metric", self.best_metric, " | ".join(BEST_METRICS))
 
 
 @dataclass
@@ -75,6 +87,7 @@ class ClassifyCheckpointConfig(CheckpointConfig):
 @dataclass
 class ClassifyConfig:
     output_dir: str = "runs/classify"
+    overwrite: bool = False  # replace a previous run in output_dir (its results stay until this one finishes)
     run_name: str = "classify"
     tensorboard: bool = False
     push_to_hub: bool = False  # after training: build the Hub folder and upload it (classify.publish)
@@ -88,6 +101,8 @@ class ClassifyConfig:
 
     def validate(self) -> None:
         self.impl.validate()
+        self.checkpoint.validate()
+        self.train.validate()
         if self.model.truncation not in TRUNCATION_STRATEGIES:
             raise_config("model.truncation", self.model.truncation, "head, head+tail or windows")
         if self.model.max_length < 8:
@@ -98,15 +113,8 @@ class ClassifyConfig:
             raise_config("model.window_stride", self.model.window_stride, f"between 0 and max_length - 3 ({self.model.max_length - 3})")
         if not 0 <= self.model.dropout < 1:
             raise_config("model.dropout", self.model.dropout, "a probability in [0, 1)")
-        for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "log_every"):
-            if getattr(self.train, key) < 1:
-                raise_config(f"train.{key}", getattr(self.train, key), "an integer >= 1")
-        if self.data.validation_size <= 0:
+        if not (math.isfinite(self.data.validation_size) and self.data.validation_size > 0):
             raise_config("data.validation_size", self.data.validation_size, "a fraction in (0, 1) or a count >= 1")
-        if not 0 <= self.train.warmup_ratio < 1:
-            raise_config("train.warmup_ratio", self.train.warmup_ratio, "a fraction in [0, 1)")
-        if self.train.best_metric not in BEST_METRICS:
-            raise_config("train.best_metric", self.train.best_metric, " | ".join(BEST_METRICS))
         if self.push_to_hub and not self.hub_repo_id:
             raise_config("hub_repo_id", self.hub_repo_id, "USER/NAME when push_to_hub is true")
         if self.push_to_hub:  # a name the Hub rejects is found now, not after training

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -37,7 +39,7 @@ from safetensors.torch import load_file as safe_load_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from classify.config import BEST_METRICS, ClassifyConfig, TrainConfig
+from classify.config import BEST_METRICS, RESUMABLE_KEYS, ClassifyConfig, TrainConfig
 from classify.data import (
     Collator,
     DataError,
@@ -54,16 +56,24 @@ from classify.evaluate import compute_metrics, evaluate_all, fit_temperature_on,
 from classify.model import WEIGHTS_NAME, EncoderClassifier
 from dapt.config import ConfigError, parse_cli, to_dict
 from dapt.core.hub import looks_local
+from dapt.core.checkpoint import CheckpointError, CheckpointManager, fingerprint
+from dapt.core.loop import epoch_batches
+from dapt.core.rundir import check_output_dir, open_run_dir, staging_dir, switch_in
+from dapt.core.state import RunningLoss, TrainState
+from dapt.core.step import OptimizerStep, check_finite
 from dapt.runtime import (
     linear_warmup_decay,
     logger,
     make_accelerator,
     make_optimizer,
-    open_run_dir,
     parameter_groups,
+    raise_config,
+    report_weights_format,
     steps_from_budget,
     write_json,
 )
+
+RESULTS = "results.json"  # written last: its presence marks a finished run
 
 
 def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
@@ -80,6 +90,7 @@ def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
     if data.train.max_samples and data.train.max_samples < len(train):
         train = train.select(stratified_subset(train.labels, data.train.max_samples, seed))
     train, dropped = drop_empty(train)
+    check_trainable(train, labelled.where, dropped, config.train.batch_size, accelerator.num_processes)
     encode = dict(tokenizer=tokenizer, max_length=model.max_length, truncation=model.truncation, head_tokens=model.head_tokens, window_stride=model.window_stride)
     train_data = ReviewDataset(train.texts, train.labels, **{**encode, "truncation": training_truncation(model.truncation)})
     val_data = ReviewDataset(validation.texts, validation.labels, **encode)
@@ -103,6 +114,18 @@ def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
         "truncated": sum(n >= model.max_length for n in train_data.lengths),
     }
     return train_loader, val_loader, sampler, sizes
+
+
+def check_trainable(train, where: str, dropped: int, batch_size: int, processes: int) -> None:
+    """Enough usable training rows for every process and both classes, or a DataError."""
+    if len(train) < processes:
+        raise DataError(f"{where}: {len(train)} usable training rows ({dropped} empty texts dropped): need at least one "
+                        f"per process ({processes}); check data.train.text_column and data.train.max_samples")
+    classes = sorted(set(train.labels))
+    if len(classes) < 2:
+        raise DataError(f"{where}: every one of the {len(train)} training rows has label {classes[0]}: need both classes")
+    if len(train) < batch_size * processes:
+        logger.warning(f"{where}: {len(train)} training rows fill less than one global batch of {batch_size * processes}")
 
 
 def classifier_parameter_groups(model: EncoderClassifier, config: TrainConfig) -> list[dict]:
@@ -148,20 +171,23 @@ def check_encoder(name_or_path: str) -> None:
 def train_classifier(config: ClassifyConfig) -> dict:
     """Run stage 2 as configured; returns the results also written to ``results.json``."""
     output_dir = Path(config.output_dir)
+    check_output_dir(output_dir, marker=RESULTS, overwrite=config.overwrite, resume=config.checkpoint.resume)
     accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
-    if config.tensorboard:
-        accelerator.init_trackers(config.run_name)
     set_seed(config.train.seed)  # the head's initialisation and dropout
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
     hp, mc = config.train, config.model
 
     # --- model and data
     check_encoder(mc.encoder)
+    report_weights_format(mc.encoder)
     tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
     model = EncoderClassifier.from_encoder(
         mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation,
         head_tokens=mc.head_tokens, window_stride=mc.window_stride, revision=mc.revision, attn_implementation=config.impl.attn_implementation,
     )
+    positions = getattr(model.encoder.config, "max_position_embeddings", None)
+    if positions is not None and mc.max_length > positions:
+        raise_config("model.max_length", mc.max_length, f"at most {positions}, the positions of {mc.encoder}")
     train_loader, val_loader, train_sampler, sizes = get_dataloaders(config, tokenizer, accelerator)
     logger.info(f"data: {sizes}")
     # read now, not after the last epoch: a missing or unreachable evaluation set fails before training
@@ -176,143 +202,43 @@ def train_classifier(config: ClassifyConfig) -> dict:
     total_steps = steps_from_budget(len(train_loader), hp.grad_accum, hp.epochs, 0)
     warmup_steps = round(hp.warmup_ratio * total_steps)
     scheduler = linear_warmup_decay(optimizer.optimizer, warmup_steps, total_steps, hp.min_lr)
-    accelerator.register_for_checkpointing(scheduler)
-    group_names = [group["name"] for group in optimizer.param_groups]
-    checkpoints, resume_from, metrics = open_run_dir(accelerator, output_dir, config, config.checkpoint)
-    best_dir = output_dir / "checkpoints" / "best"
+    checkpoints = CheckpointManager(accelerator, output_dir, keep=config.checkpoint.keep, model=model, optimizer=optimizer,
+                                    scheduler=scheduler, fingerprint=fingerprint(config, RESUMABLE_KEYS))
+    resume_from, metrics = open_run_dir(accelerator, output_dir, config, checkpoints, resume=config.checkpoint.resume,
+                                        overwrite=config.overwrite, marker=RESULTS)
+    if config.tensorboard:
+        accelerator.init_trackers(config.run_name)
     if resume_from is not None:
-        state = checkpoints.load(resume_from)
+        state = ClassifyState.from_json(checkpoints.load(resume_from))
     else:
-        state = {
-            "step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "best_epoch": None, "best_value": None,
-            "bad_epochs": 0, "stopped_early": False, "train_sums": [0.0, 0.0, 0.0], "wall_time_s": 0.0,
-            "train_time_s": 0.0, "train_samples": 0, "nonfinite": 0,
-        }
-        if accelerator.is_main_process:
-            shutil.rmtree(best_dir, ignore_errors=True)  # a previous run's
-    # the epoch's running sums (loss, correct, rows); a checkpoint holds the all-process totals
-    sums = torch.tensor(state["train_sums"] if accelerator.is_main_process else [0.0] * 3, dtype=torch.float64, device=accelerator.device)
+        state = ClassifyState()
     logger.info(f"{total_steps} optimizer steps ({len(train_loader)} batches/epoch/process, {warmup_steps} warmup), "
                 f"global batch {hp.batch_size * accelerator.num_processes * hp.grad_accum}")
-
-    # --- training
-    step = state["step"]
-    session_start = time.time() - state["wall_time_s"]
-
-    def save_checkpoint():
-        state["train_sums"] = accelerator.reduce(sums.clone(), "sum").tolist()
-        state["wall_time_s"] = time.time() - session_start
-        checkpoints.save(step, state)
-
-    running_loss = torch.zeros((), device=accelerator.device)
-    running_batches = 0
-    progress = tqdm(total=total_steps, initial=step, desc="classifier", disable=not accelerator.is_local_main_process)
-    while state["epoch"] < hp.epochs and not state["stopped_early"]:
-        epoch = state["epoch"]
-        train_sampler.set_epoch(epoch)
-        train_loader.set_epoch(epoch)
-        skip = state["batch_in_epoch"]
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        model.train()
-        epoch_started = time.time()
-        for batch in loader:
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                losses = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
-                loss = losses.mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    lrs = [group["lr"] for group in optimizer.param_groups]  # the LRs of this update
-                    max_norm = hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf")
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                    if accelerator.mixed_precision != "fp16" and not torch.isfinite(grad_norm):
-                        state["nonfinite"] += 1  # the fp16 scaler skips such steps by itself
-                        logger.warning(f"step {step + 1}: non-finite gradient norm, update skipped")
-                        if state["nonfinite"] > hp.max_nonfinite:
-                            raise FloatingPointError(f"{state['nonfinite']} non-finite updates: stopping (lower the LRs?)")
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                correct = (logits.argmax(dim=-1) == batch["labels"]).sum()
-                sums += torch.stack([losses.detach().sum().double(), correct.double(), torch.tensor(float(len(losses)), dtype=torch.float64, device=sums.device)])
-            running_loss += loss.detach().float()
-            running_batches += 1
-            state["batch_in_epoch"] += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            progress.update(1)
-            if step % hp.log_every == 0 or step == total_steps:
-                mean_loss = accelerator.reduce(running_loss / running_batches, "mean").item()
-                record = {"loss": mean_loss, "grad_norm": float(grad_norm), "epoch": round(epoch + state["batch_in_epoch"] / len(train_loader), 4)}
-                record.update({f"lr_{name}": lr for name, lr in zip(group_names, lrs)})
-                metrics.log(record, step=step)
-                progress.set_postfix(loss=f"{mean_loss:.3f}")
-                running_loss.zero_()
-                running_batches = 0
-            if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
-                state["train_time_s"] += time.time() - epoch_started
-                save_checkpoint()
-                epoch_started = time.time()
-        state["train_time_s"] += time.time() - epoch_started
-
-        # --- end of epoch: training totals over all processes, validation, best weights
-        loss_sum, correct, rows = accelerator.reduce(sums, "sum").tolist()
-        sums.zero_()
-        state["train_samples"] += int(rows)
-        val = predict(model, val_loader, accelerator)
-        val_metrics = compute_metrics(val.label, val.pred, val.prob, val.loss)
-        record = {
-            "epoch": epoch + 1, "train_loss": loss_sum / max(rows, 1), "train_acc": correct / max(rows, 1),
-            "val_loss": val_metrics["loss"], "val_acc": val_metrics["accuracy"], "val_f1": val_metrics["f1"],
-            "val_roc_auc": val_metrics["roc_auc"],
-        }
-        state["history"].append(record)
-        if accelerator.is_main_process:
-            tqdm.write(format_epoch_line(record))
-        metrics.log({"event": "epoch", **record}, step=step)
-        if is_better(record[hp.best_metric], state["best_value"], hp.best_metric):
-            state.update(best_epoch=epoch + 1, best_value=record[hp.best_metric], bad_epochs=0)
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(best_dir)
-            accelerator.wait_for_everyone()
-        else:
-            state["bad_epochs"] += 1
-            patience = hp.early_stopping_patience
-            if patience and state["bad_epochs"] >= patience and epoch + 1 < hp.epochs:
-                state["stopped_early"] = True
-                logger.info(f"early stopping: no {hp.best_metric} improvement for {patience} epoch(s); best epoch {state['best_epoch']}")
-        state["epoch"] += 1
-        state["batch_in_epoch"] = 0
-        if config.checkpoint.every_epoch:
-            save_checkpoint()
-    progress.close()
-    state["wall_time_s"] = time.time() - session_start
+    step = OptimizerStep(accelerator, model, optimizer, scheduler, state, max_grad_norm=hp.max_grad_norm, max_nonfinite=hp.max_nonfinite)
+    train_loop(config, accelerator, model, step, train_loader, val_loader, train_sampler, state, total_steps, checkpoints, metrics)
+    best_dir = checkpoints.directory / "best"
 
     # --- the best epoch's weights, evaluated on the held-out test sets
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    if state["best_epoch"] is not None and state["best_epoch"] != len(state["history"]):
+    if state.best_epoch is not None and state.best_epoch != len(state.history):
         if (best_dir / WEIGHTS_NAME).is_file():
-            logger.info(f"restoring the weights of epoch {state['best_epoch']} ({hp.best_metric} {state['best_value']:.4f})")
+            logger.info(f"restoring the weights of epoch {state.best_epoch} ({hp.best_metric} {state.best_value:.4f})")
             unwrapped.load_state_dict(safe_load_file(str(best_dir / WEIGHTS_NAME)))  # copied onto the device
         else:
-            logger.warning(f"{best_dir / WEIGHTS_NAME} is missing: keeping the last epoch's weights, not epoch {state['best_epoch']}'s")
+            logger.warning(f"{best_dir / WEIGHTS_NAME} is missing: keeping the last epoch's weights, not epoch {state.best_epoch}'s")
     calibration = fit_temperature_on(model, val_loader, accelerator)  # stored in the model's config, saved with it
-    plots_dir = output_dir / "plots"
+    # the final artifacts go to a staging folder and replace a previous run's only when complete
+    staging = staging_dir(accelerator, output_dir)
     evaluation, plots = evaluate_all(
         model, tokenizer, config.data.eval, eval_data, unwrapped.settings, accelerator, batch_size=hp.eval_batch_size,
-        output_dir=output_dir, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
+        output_dir=staging, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir / "model", tokenizer)
+        unwrapped.save_pretrained(staging / "model", tokenizer)
         from classify.plots import training_curves_png
 
-        curves = training_curves_png(state["history"], output_dir / "metrics.jsonl", plots_dir / "training_curves.png")
+        curves = training_curves_png(state.history, output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png")
         plots += [curves] if curves else []
 
     results = {
@@ -328,20 +254,23 @@ def train_classifier(config: ClassifyConfig) -> dict:
             "num_processes": accelerator.num_processes,
         },
         "training": {
-            "epochs": state["history"],
-            "best_epoch": state["best_epoch"],
+            "epochs": state.history,
+            "best_epoch": state.best_epoch,
             "best_metric": hp.best_metric,
-            "best_value": state["best_value"],
-            "stopped_early": state["stopped_early"],
-            "wall_time_s": round(state["wall_time_s"], 2),
-            "train_samples_per_s": round(state["train_samples"] / state["train_time_s"], 2) if state["train_time_s"] else None,
+            "best_value": state.best_value,
+            "stopped_early": state.stopped_early,
+            "wall_time_s": round(state.wall_time_s, 2),
+            "train_samples_per_s": round(state.train_samples / state.train_time_s, 2) if state.train_time_s else None,
             "calibration": calibration,
         },
         "evaluation": evaluation,
-        "plots": sorted(p.relative_to(output_dir).as_posix() for p in plots),
+        "plots": sorted(p.relative_to(staging).as_posix() for p in plots),
     }
-    write_json(accelerator, output_dir / "results.json", results)
-    metrics.log({"event": "final", **{f"{k}_{m}": v[m] for k, v in evaluation.items() for m in ("accuracy", "loss")}}, step=step)
+    write_json(accelerator, staging / RESULTS, results)
+    if accelerator.is_main_process:
+        switch_in(staging, output_dir, RESULTS)
+    accelerator.wait_for_everyone()
+    metrics.log({"event": "final", **{f"{k}_{m}": v[m] for k, v in evaluation.items() for m in ("accuracy", "loss")}}, step=state.step)
     if config.push_to_hub and accelerator.is_main_process:
         from classify.publish import publish_run
 
@@ -352,11 +281,113 @@ def train_classifier(config: ClassifyConfig) -> dict:
     return results
 
 
+@dataclass
+class ClassifyState(TrainState):
+    """Stage 2's loop state (a checkpoint's ``trainer_state.json``)."""
+
+    history: list = field(default_factory=list)  # one record per finished epoch
+    best_epoch: Optional[int] = None
+    best_value: Optional[float] = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    train_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this epoch's loss, correct, rows (all processes)
+    train_time_s: float = 0.0
+    train_samples: int = 0
+
+
+def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, train_loader, val_loader, train_sampler,
+               state: ClassifyState, total_steps: int, checkpoints: CheckpointManager, metrics) -> None:
+    """Epochs from ``state`` on: batches through the shared step, validation after each epoch."""
+    hp, group_names = config.train, [group["name"] for group in step.optimizer.param_groups]
+    running = RunningLoss(accelerator, state)
+    sums = torch.tensor(state.train_sums if accelerator.is_main_process else [0.0] * 3, dtype=torch.float64, device=accelerator.device)
+    session_start = time.time() - state.wall_time_s
+
+    def save_checkpoint():
+        state.train_sums = accelerator.reduce(sums.clone(), "sum").tolist()
+        running.save_into(state)
+        state.wall_time_s = time.time() - session_start
+        checkpoints.save(state.step, state, metrics.size())
+
+    progress = tqdm(total=total_steps, initial=state.step, desc="classifier", disable=not accelerator.is_local_main_process)
+    while state.epoch < hp.epochs and not state.stopped_early:
+        model.train()
+        epoch_started = time.time()
+        for batch in epoch_batches(accelerator, train_loader, state, train_sampler):
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                losses = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+                stepped = step(losses.mean())
+            with torch.no_grad():
+                correct = (logits.argmax(dim=-1) == batch["labels"]).sum()
+                sums += torch.stack([losses.sum().double(), correct.double(), sums.new_tensor(float(len(losses)))])
+                running.add(losses.mean())
+            state.batch_in_epoch += 1
+            if stepped is None:
+                continue
+            progress.update(1)
+            if state.step % hp.log_every == 0 or state.step == total_steps:
+                record = {"loss": running.pop_mean(), "grad_norm": float(stepped.grad_norm),
+                          "epoch": round(state.epoch + state.batch_in_epoch / len(train_loader), 4)}
+                record.update({f"lr_{name}": lr for name, lr in zip(group_names, stepped.lrs)})
+                metrics.log(record, step=state.step)
+                progress.set_postfix(loss=f"{record['loss']:.3f}")
+            if config.checkpoint.every_steps and state.step % config.checkpoint.every_steps == 0:
+                state.train_time_s += time.time() - epoch_started
+                save_checkpoint()
+                epoch_started = time.time()
+        state.train_time_s += time.time() - epoch_started
+        end_of_epoch(config, accelerator, model, val_loader, state, sums, checkpoints, metrics)
+        if config.checkpoint.every_epoch:
+            save_checkpoint()
+    progress.close()
+    state.wall_time_s = time.time() - session_start
+
+
+def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: ClassifyState, sums, checkpoints, metrics) -> None:
+    """Finite weights, the epoch's training totals, validation, the best weights so far, early stopping."""
+    hp, epoch = config.train, state.epoch + 1
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    check_finite(unwrapped, f"after epoch {epoch} (step {state.step})", checkpoints.latest_name())
+    loss_sum, correct, rows = accelerator.reduce(sums, "sum").tolist()
+    sums.zero_()
+    state.train_samples += int(rows)
+    val = predict(model, val_loader, accelerator)
+    val_metrics = compute_metrics(val.label, val.pred, val.prob, val.loss)
+    record = {
+        "epoch": epoch, "train_loss": loss_sum / max(rows, 1), "train_acc": correct / max(rows, 1),
+        "val_loss": val_metrics["loss"], "val_acc": val_metrics["accuracy"], "val_f1": val_metrics["f1"],
+        "val_roc_auc": val_metrics["roc_auc"],
+    }
+    state.history.append(record)
+    if accelerator.is_main_process:
+        tqdm.write(format_epoch_line(record))
+    metrics.log({"event": "epoch", **record}, step=state.step)
+    if is_better(record[hp.best_metric], state.best_value, hp.best_metric):
+        state.best_epoch, state.best_value, state.bad_epochs = epoch, record[hp.best_metric], 0
+        best_dir = checkpoints.directory / "best"
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # complete or absent, like a checkpoint
+            unwrapped.save_pretrained(best_dir.with_name(".tmp-best"))
+            shutil.rmtree(best_dir, ignore_errors=True)
+            os.replace(best_dir.with_name(".tmp-best"), best_dir)
+        accelerator.wait_for_everyone()
+    else:
+        state.bad_epochs += 1
+        patience = hp.early_stopping_patience
+        if patience and state.bad_epochs >= patience and epoch < hp.epochs:
+            state.stopped_early = True
+            logger.info(f"early stopping: no {hp.best_metric} improvement for {patience} epoch(s); best epoch {state.best_epoch}")
+    state.next_epoch()
+
+
 def main(argv=None) -> None:
+
     config = parse_cli(ClassifyConfig, argv, "Stage 2: train and evaluate the sentiment classifier", default_config=None)
     try:
         results = train_classifier(config)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, CheckpointError, DataError, FileNotFoundError, FloatingPointError, ValueError) as error:
         logger.error(str(error))
         raise SystemExit(f"error: {error}") from None
     for name, block in results["evaluation"].items():

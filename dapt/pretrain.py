@@ -30,81 +30,30 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dapt.config import ConfigError, parse_cli, to_dict
-from dapt.data import CorpusConfig, build_blocks
+from dapt.core.checkpoint import CheckpointError, CheckpointManager, fingerprint
+from dapt.core.loop import epoch_batches
+from dapt.core.rundir import check_output_dir, open_run_dir, staging_dir, switch_in
+from dapt.core.state import RunningLoss, TrainState
+from dapt.core.step import OptimizerStep, check_finite
+from dapt.data import build_blocks
 from dapt.masking import EVAL_EPOCH, MLMCollator
 from dapt.modeling import MaskedLMObjective, head_parameters, load_masked_lm
+from dapt.pretrain_config import RESUMABLE_KEYS, PretrainConfig, TrainConfig  # noqa: F401 (the schema, importable from here)
 from dapt.runtime import (
-    CheckpointConfig,
-    ImplConfig,
     ThroughputMeter,
     inner_state_dict,
     linear_warmup_decay,
     logger,
     make_accelerator,
     make_optimizer,
-    open_run_dir,
     parameter_groups,
     raise_config,
+    report_weights_format,
     steps_from_budget,
     write_json,
 )
 
-
-@dataclass
-class ModelConfig:
-    name_or_path: str = "distilbert/distilbert-base-uncased"
-    revision: Optional[str] = None
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 42
-    batch_size: int = 32  # per device; the global batch is batch_size x processes x grad_accum
-    eval_batch_size: int = 64  # per device
-    grad_accum: int = 1
-    lr: float = 1e-4
-    min_lr: float = 0.0
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    warmup_steps: int = 0  # > 0 overrides warmup_ratio
-    epochs: float = 1.0
-    max_steps: int = 0  # > 0 overrides epochs
-    max_grad_norm: float = 1.0
-    log_every: int = 20
-    eval_every: int = 500  # 0: only before and after
-    head_warmup_steps: int = 0  # head-only steps (encoder frozen) when the checkpoint has no MLM head
-    head_warmup_lr: float = 1e-3
-    time_budget_minutes: float = 0.0  # 0: no wall-clock limit
-    max_nonfinite: int = 20  # skipped steps with a non-finite gradient before the run stops
-
-
-@dataclass
-class PretrainImplConfig(ImplConfig):
-    masked_only_logits: bool = True  # vocabulary projection only at masked positions
-
-
-@dataclass
-class PretrainConfig:
-    output_dir: str = "runs/dapt"
-    run_name: str = "dapt"
-    tensorboard: bool = False
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: CorpusConfig = field(default_factory=CorpusConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    impl: PretrainImplConfig = field(default_factory=PretrainImplConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-
-    def validate(self) -> None:
-        self.impl.validate()
-        if not 0 < self.data.mlm_probability < 1:
-            raise_config("data.mlm_probability", self.data.mlm_probability, "a probability in (0, 1)")
-        if self.data.mask_replace_prob + self.data.random_replace_prob > 1:
-            raise_config("data.random_replace_prob", self.data.random_replace_prob, "mask + random <= 1")
-        for key in ("batch_size", "eval_batch_size", "grad_accum"):
-            if getattr(self.train, key) < 1:
-                raise_config(f"train.{key}", getattr(self.train, key), "an integer >= 1")
-        if self.train.max_steps <= 0 and self.train.epochs <= 0:
-            raise_config("train.epochs", self.train.epochs, "> 0 (or set train.max_steps)")
+SUMMARY = "dapt_summary.json"  # written last: its presence marks a finished run
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,17 +125,31 @@ def warm_up_head(objective, loader, collator, accelerator, config: PretrainConfi
     progress.close()
 
 
+@dataclass
+class PretrainState(TrainState):
+    """Stage 1's loop state (a checkpoint's ``trainer_state.json``)."""
+
+    tokens_seen: int = 0
+    pending_tokens: int = 0  # all-process tokens since the last log line
+    baseline: str = "pretrained_head"  # pretrained_head | random_head | head_warmup
+    before: dict = field(default_factory=dict)  # held-out loss and perplexity before DAPT
+    before_random_head: Optional[dict] = None
+
+
 def pretrain(config: PretrainConfig) -> dict:
     """Run stage 1 as configured; returns the summary also written to ``dapt_summary.json``."""
     started = time.time()
     output_dir = Path(config.output_dir)
+    check_output_dir(output_dir, marker=SUMMARY, overwrite=config.overwrite, resume=config.checkpoint.resume)
     accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
-    if config.tensorboard:
-        accelerator.init_trackers(config.run_name)
     set_seed(config.train.seed)
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
 
+    report_weights_format(config.model.name_or_path)
     model, tokenizer, had_head = load_masked_lm(config.model.name_or_path, config.impl.attn_implementation, config.model.revision)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and config.data.block_size > positions:
+        raise_config("data.block_size", config.data.block_size, f"at most {positions}, the positions of {config.model.name_or_path}")
     train_blocks, heldout_blocks, corpus = build_blocks(config.data, tokenizer, accelerator, seed=config.train.seed)
     logger.info(f"corpus: {corpus}")
 
@@ -215,159 +178,133 @@ def pretrain(config: PretrainConfig) -> dict:
     total_steps = steps_from_budget(len(train_loader), config.train.grad_accum, config.train.epochs, config.train.max_steps)
     warmup = config.train.warmup_steps or round(config.train.warmup_ratio * total_steps)
     scheduler = linear_warmup_decay(optimizer.optimizer, warmup, total_steps, config.train.min_lr)
-    accelerator.register_for_checkpointing(scheduler)
-    checkpoints, resume_from, metrics = open_run_dir(accelerator, output_dir, config, config.checkpoint)
+    checkpoints = CheckpointManager(accelerator, output_dir, keep=config.checkpoint.keep, model=objective, optimizer=optimizer,
+                                    scheduler=scheduler, fingerprint=fingerprint(config, RESUMABLE_KEYS))
+    resume_from, metrics = open_run_dir(accelerator, output_dir, config, checkpoints, resume=config.checkpoint.resume,
+                                        overwrite=config.overwrite, marker=SUMMARY)
+    if config.tensorboard:
+        accelerator.init_trackers(config.run_name)
 
     # --- the pretrained baseline, or where a run left off
     if resume_from is not None:
-        state = checkpoints.load(resume_from)
+        state = PretrainState.from_json(checkpoints.load(resume_from))
     else:
-        state = {"epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "nonfinite": 0, "wall_time_s": 0.0}
-        before = evaluate(objective, eval_loader, accelerator)
-        state["baseline"] = "pretrained_head" if had_head else "random_head"
-        state["before"] = before
-        state["before_random_head"] = None if had_head else before
+        state = PretrainState(baseline="pretrained_head" if had_head else "random_head")
+        state.before = evaluate(objective, eval_loader, accelerator)
+        state.before_random_head = None if had_head else state.before
         if not had_head and config.train.head_warmup_steps > 0:
-            logger.info(f"random-head perplexity {before['perplexity']:.1f}; warming up the head for {config.train.head_warmup_steps} steps")
+            logger.info(f"random-head perplexity {state.before['perplexity']:.1f}; warming up the head for "
+                        f"{config.train.head_warmup_steps} steps")
             warm_up_head(objective, train_loader, collator, accelerator, config)
-            state["before"] = evaluate(objective, eval_loader, accelerator)
-            state["baseline"] = "head_warmup"
+            state.before, state.baseline = evaluate(objective, eval_loader, accelerator), "head_warmup"
         elif not had_head:
             logger.warning("no MLM head and train.head_warmup_steps=0: the 'before' perplexity is that of a random "
                            "head; set train.head_warmup_steps > 0 for an honest baseline")
-        metrics.log({"event": "baseline", **state["before"], "baseline": state["baseline"]}, step=0)
-        logger.info(f"held-out perplexity before DAPT: {state['before']['perplexity']:.2f} ({state['baseline']})")
+        metrics.log({"event": "baseline", **state.before, "baseline": state.baseline}, step=0)
+        logger.info(f"held-out perplexity before DAPT: {state.before['perplexity']:.2f} ({state.baseline})")
 
-    # --- training
-    step = state.get("step", 0)
-    session_start = time.time() - state["wall_time_s"]
-    budget_s = config.train.time_budget_minutes * 60
-    meter = ThroughputMeter(warmup=1)
-    running_loss = torch.zeros((), device=accelerator.device)
-    running_batches = 0
-    local_tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # no host sync per step
-    out_of_time = False
-    progress = tqdm(total=total_steps, initial=step, desc="DAPT", disable=not accelerator.is_local_main_process)
-    objective.train()
-    while step < total_steps and not out_of_time:
-        epoch = state["epoch"]
-        train_loader.set_epoch(epoch)
-        collator.set_epoch(epoch)
-        skip = state["batch_in_epoch"]
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        for batch in loader:
-            with accelerator.accumulate(objective):
-                with accelerator.autocast():
-                    losses, _ = objective(**batch)
-                    loss = losses.mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    max_norm = config.train.max_grad_norm if config.train.max_grad_norm > 0 else float("inf")
-                    grad_norm = accelerator.clip_grad_norm_(objective.parameters(), max_norm)
-                    if accelerator.mixed_precision != "fp16" and not torch.isfinite(grad_norm):
-                        state["nonfinite"] += 1  # the fp16 scaler skips such steps by itself
-                        logger.warning(f"step {step + 1}: non-finite gradient norm, update skipped ({state['nonfinite']})")
-                        if state["nonfinite"] > config.train.max_nonfinite:
-                            raise FloatingPointError(f"{state['nonfinite']} non-finite updates: stopping (lower train.lr?)")
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            state["batch_in_epoch"] += 1
-            running_loss += loss.detach().float()
-            running_batches += 1
-            local_tokens += batch["attention_mask"].sum()
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            progress.update(1)
+    out_of_time = train_loop(config, accelerator, objective, OptimizerStep(
+        accelerator, objective, optimizer, scheduler, state, max_grad_norm=config.train.max_grad_norm,
+        max_nonfinite=config.train.max_nonfinite), train_loader, eval_loader, collator, state, total_steps, checkpoints, metrics)
 
-            if step % config.train.log_every == 0 or step == total_steps:
-                tokens = int(accelerator.reduce(local_tokens, "sum"))
-                mean_loss = accelerator.reduce(running_loss / running_batches, "mean").item()
-                state["tokens_seen"] += tokens
-                meter.update(tokens)
-                record = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "epoch": epoch, "tokens_seen": state["tokens_seen"]}
-                if meter.elapsed > 0:
-                    record["tokens_per_s"] = meter.tokens_per_s
-                metrics.log(record, step=step)
-                progress.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{record['lr']:.2e}")
-                running_loss.zero_()
-                running_batches = 0
-                local_tokens.zero_()
-                if budget_s:
-                    over = torch.tensor(float(time.time() - session_start > budget_s), device=accelerator.device)
-                    out_of_time = bool(accelerator.reduce(over, "max").item())
-            if config.train.eval_every and step % config.train.eval_every == 0 and step < total_steps:
-                result = evaluate(objective, eval_loader, accelerator)
-                metrics.log({"event": "eval", **result}, step=step)
-                logger.info(f"step {step}: held-out perplexity {result['perplexity']:.2f}")
-            if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
-                state["wall_time_s"] = time.time() - session_start
-                checkpoints.save(step, state)
-            if step >= total_steps or out_of_time:
-                break
-        else:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-    progress.close()
-    if out_of_time:
-        logger.warning(f"wall-clock budget of {config.train.time_budget_minutes} min reached at step {step}/{total_steps}")
-    state["tokens_seen"] += int(accelerator.reduce(local_tokens, "sum"))
-
-    # --- the result
-    after = evaluate(objective, eval_loader, accelerator)
-    metrics.log({"event": "final", **after}, step=step)
-    accelerator.wait_for_everyone()
+    # --- the result: finite weights only, written beside the old ones and then switched in
     unwrapped = accelerator.unwrap_model(objective).model
+    check_finite(unwrapped, f"after step {state.step}", checkpoints.latest_name())
+    after = evaluate(objective, eval_loader, accelerator)
+    metrics.log({"event": "final", **after}, step=state.step)
+    staging = staging_dir(accelerator, output_dir)
     unwrapped.save_pretrained(
-        output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+        staging, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
         state_dict=inner_state_dict(accelerator, objective, "model."),
     )
     if accelerator.is_main_process:
-        tokenizer.save_pretrained(output_dir)
-    before = state["before"]
+        tokenizer.save_pretrained(staging)
+    masker, processes, train = collator.masker, accelerator.num_processes, config.train
     summary = {
-        "model_name_or_path": config.model.name_or_path,
-        "run_name": config.run_name,
-        "corpus": corpus,
-        "block_size": config.data.block_size,
-        "mlm_probability": config.data.mlm_probability,
-        "whole_word_mask": config.data.whole_word_mask,
-        "mask_replace_prob": collator.masker.mask_replace_prob,
-        "random_replace_prob": collator.masker.random_replace_prob,
-        "had_mlm_head": had_head,
-        "baseline": state["baseline"],
-        "perplexity_before": before["perplexity"],
-        "perplexity_before_random_head": (state["before_random_head"] or {}).get("perplexity"),
-        "heldout_loss_before": before["heldout_loss"],
-        "perplexity_after": after["perplexity"],
-        "heldout_loss_after": after["heldout_loss"],
-        "heldout_masked_tokens": after["heldout_masked_tokens"],
-        "tokens_seen": state["tokens_seen"],
-        "steps": step,
-        "total_steps": total_steps,
-        "epochs": round(step * config.train.grad_accum * config.train.batch_size * accelerator.num_processes / len(train_blocks), 4),
-        "stopped_by_time_budget": out_of_time,
-        "nonfinite_steps": state["nonfinite"],
-        "wall_time_s": round(time.time() - session_start, 2),
-        "process_wall_time_s": round(time.time() - started, 2),
-        "mixed_precision": accelerator.mixed_precision,
-        "num_processes": accelerator.num_processes,
-        "global_batch_size": config.train.batch_size * accelerator.num_processes * config.train.grad_accum,
-        "config": to_dict(config),
+        "model_name_or_path": config.model.name_or_path, "run_name": config.run_name, "corpus": corpus,
+        "block_size": config.data.block_size, "mlm_probability": config.data.mlm_probability,
+        "whole_word_mask": config.data.whole_word_mask, "mask_replace_prob": masker.mask_replace_prob,
+        "random_replace_prob": masker.random_replace_prob, "had_mlm_head": had_head, "baseline": state.baseline,
+        "perplexity_before": state.before["perplexity"],
+        "perplexity_before_random_head": (state.before_random_head or {}).get("perplexity"),
+        "heldout_loss_before": state.before["heldout_loss"], "perplexity_after": after["perplexity"],
+        "heldout_loss_after": after["heldout_loss"], "heldout_masked_tokens": after["heldout_masked_tokens"],
+        "tokens_seen": state.tokens_seen, "steps": state.step, "total_steps": total_steps,
+        "epochs": round(state.step * train.grad_accum * train.batch_size * processes / len(train_blocks), 4),
+        "stopped_by_time_budget": out_of_time, "nonfinite_steps": state.nonfinite,
+        "wall_time_s": round(state.wall_time_s, 2), "process_wall_time_s": round(time.time() - started, 2),
+        "mixed_precision": accelerator.mixed_precision, "num_processes": processes,
+        "global_batch_size": train.batch_size * processes * train.grad_accum, "config": to_dict(config),
     }
-    write_json(accelerator, output_dir / "dapt_summary.json", summary)
-    logger.info(f"held-out perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}; encoder saved to {output_dir}")
+    write_json(accelerator, staging / SUMMARY, summary)
+    if accelerator.is_main_process:
+        switch_in(staging, output_dir, SUMMARY)
+    accelerator.wait_for_everyone()
+    logger.info(f"held-out perplexity {state.before['perplexity']:.2f} -> {after['perplexity']:.2f}; encoder saved to {output_dir}")
     accelerator.end_training()
     return summary
+
+
+def train_loop(config: PretrainConfig, accelerator, objective, step: OptimizerStep, train_loader, eval_loader, collator,
+               state: PretrainState, total_steps: int, checkpoints: CheckpointManager, metrics) -> bool:
+    """Train from ``state`` to ``total_steps`` (or the wall-clock budget: returns True when it stopped the run)."""
+    train = config.train
+    running = RunningLoss(accelerator, state)
+    tokens = torch.tensor(state.pending_tokens if accelerator.is_main_process else 0, device=accelerator.device)
+    session_start, budget_s = time.time() - state.wall_time_s, train.time_budget_minutes * 60
+    meter, out_of_time = ThroughputMeter(warmup=1), False
+    progress = tqdm(total=total_steps, initial=state.step, desc="DAPT", disable=not accelerator.is_local_main_process)
+    objective.train()
+    while state.step < total_steps and not out_of_time:
+        for batch in epoch_batches(accelerator, train_loader, state, collator):
+            with accelerator.accumulate(objective):
+                with accelerator.autocast():
+                    loss = objective(**batch)[0].mean()
+                stepped = step(loss)
+            state.batch_in_epoch += 1
+            running.add(loss)
+            tokens += batch["attention_mask"].sum()  # no host sync per batch
+            if stepped is None:
+                continue
+            progress.update(1)
+            if state.step % train.log_every == 0 or state.step == total_steps:
+                new_tokens = int(accelerator.reduce(tokens, "sum"))
+                state.tokens_seen += new_tokens
+                tokens.zero_()
+                meter.update(new_tokens)
+                record = {"loss": running.pop_mean(), "lr": stepped.lrs[0], "epoch": state.epoch, "tokens_seen": state.tokens_seen}
+                record.update({"tokens_per_s": meter.tokens_per_s} if meter.elapsed > 0 else {})
+                metrics.log(record, step=state.step)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+                if budget_s:
+                    over = torch.tensor(float(time.time() - session_start > budget_s), device=accelerator.device)
+                    out_of_time = bool(accelerator.reduce(over, "max").item())
+            if train.eval_every and state.step % train.eval_every == 0 and state.step < total_steps:
+                result = evaluate(objective, eval_loader, accelerator)
+                metrics.log({"event": "eval", **result}, step=state.step)
+                logger.info(f"step {state.step}: held-out perplexity {result['perplexity']:.2f}")
+            if config.checkpoint.every_steps and state.step % config.checkpoint.every_steps == 0:
+                state.wall_time_s = time.time() - session_start
+                running.save_into(state)
+                state.pending_tokens = int(accelerator.reduce(tokens.clone(), "sum"))
+                checkpoints.save(state.step, state, metrics.size())
+            if state.step >= total_steps or out_of_time:
+                break
+        else:
+            state.next_epoch()
+    progress.close()
+    if out_of_time:
+        logger.warning(f"wall-clock budget of {train.time_budget_minutes} min reached at step {state.step}/{total_steps}")
+    state.tokens_seen += int(accelerator.reduce(tokens, "sum"))
+    state.wall_time_s = time.time() - session_start
+    return out_of_time
 
 
 def main(argv=None) -> None:
     config = parse_cli(PretrainConfig, argv, "Stage 1: domain-adaptive MLM pretraining", default_config=None)
     try:
         pretrain(config)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError, ValueError) as error:
         logger.error(str(error))
         raise SystemExit(f"error: {error}") from None
 

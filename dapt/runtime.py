@@ -7,8 +7,8 @@ Everything a training loop needs besides the model and the data lives here once:
   fused when every parameter is on a CUDA device.
 * :func:`linear_warmup_decay` - linear warmup to each group's LR, then linear decay to ``min_lr``;
   it steps once per optimizer step, whatever the number of processes.
-* :class:`CheckpointManager` - ``accelerator.save_state`` into a temporary folder, then an atomic
-  rename: a folder named ``step_*`` is always complete. ``resume: latest | PATH``.
+* :class:`CheckpointConfig` - the ``checkpoint`` group (the checkpoints themselves:
+  :mod:`dapt.core.checkpoint`; the run folder's contract: :mod:`dapt.core.rundir`).
 * :class:`MetricsWriter` - ``metrics.jsonl`` on the main process, and TensorBoard when asked.
 * :class:`ThroughputMeter` - tokens/s with warm-up steps excluded.
 """
@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,11 +66,34 @@ class CheckpointConfig:
     keep: int = 2  # how many step_* folders to keep
     resume: Optional[str] = None  # latest | PATH to a step_* folder
 
+    def validate(self, prefix: str = "checkpoint") -> None:
+        if self.keep < 1:
+            raise_config(f"{prefix}.keep", self.keep, "an integer >= 1 (the checkpoint just written is always kept)")
+        if self.every_steps < 0:
+            raise_config(f"{prefix}.every_steps", self.every_steps, "an integer >= 0 (0: off)")
+
 
 def raise_config(key: str, value: Any, expected: str):
     from dapt.config import ConfigError
 
     raise ConfigError(f"config key '{key}': got {value!r}, expected {expected}")
+
+
+def check_range(key: str, value: float, low: float = 0.0, high: float = math.inf, expected: str = "a finite number >= 0") -> None:
+    """``value`` must be a finite number in ``[low, high]`` (NaN and infinities are refused)."""
+    if not (math.isfinite(value) and low <= value <= high):
+        raise_config(key, value, expected)
+
+
+def report_weights_format(name_or_path: str) -> None:
+    """Say how a local encoder's weights will be read: a folder with only ``pytorch_model.bin`` (a
+    pickle) is loaded by transformers with ``torch.load(weights_only=True)``: tensors only, no code."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("pytorch_model*.bin")):
+        logging.getLogger(__name__).warning(
+            f"{name_or_path} ships its weights only as pytorch_model.bin (a pickle): loading it with "
+            "torch.load(weights_only=True), which reads tensors and refuses code; prefer model.safetensors"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,79 +222,6 @@ def steps_from_budget(batches_per_epoch: int, grad_accum: int, epochs: float, ma
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-class CheckpointManager:
-    """``OUTPUT/checkpoints/step_00000100``: complete, or absent.
-
-    Every process calls :meth:`save` (``save_state`` writes per-process RNG states); the state is
-    written into ``.tmp-step_*`` and renamed by the main process once all of it is on disk, with
-    ``trainer_state.json`` (step, epoch, batch position, and whatever the loop adds) inside.
-    """
-
-    STATE_FILE = "trainer_state.json"
-
-    def __init__(self, accelerator: Accelerator, output_dir: str | Path, keep: int = 2):
-        self.accelerator = accelerator
-        self.directory = Path(output_dir) / "checkpoints"
-        self.keep = keep
-
-    def save(self, step: int, state: dict) -> Path:
-        final = self.directory / f"step_{step:08d}"
-        temporary = self.directory / f".tmp-step_{step:08d}"
-        accelerator = self.accelerator
-        if accelerator.is_main_process:
-            shutil.rmtree(temporary, ignore_errors=True)
-            temporary.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (temporary / self.STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(temporary, final)
-            self._prune()
-            logger.info(f"checkpoint saved: {final}")
-        accelerator.wait_for_everyone()
-        return final
-
-    def _prune(self) -> None:
-        checkpoints = self.all()
-        for old in checkpoints[: max(0, len(checkpoints) - self.keep)]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def all(self) -> list[Path]:
-        if not self.directory.is_dir():
-            return []
-        found = [p for p in self.directory.iterdir() if p.is_dir() and re.fullmatch(r"step_\d{8}", p.name)]
-        return sorted(p for p in found if (p / self.STATE_FILE).is_file())
-
-    def resolve(self, resume: Optional[str]) -> Optional[Path]:
-        """``None`` -> start fresh; ``latest`` -> newest complete checkpoint (or fresh if none);
-        a path -> that checkpoint, which must be complete."""
-        if not resume:
-            return None
-        if resume == "latest":
-            checkpoints = self.all()
-            if not checkpoints:
-                logger.info(f"resume=latest: no checkpoint under {self.directory}, starting fresh")
-                return None
-            return checkpoints[-1]
-        path = Path(resume)
-        if not (path / self.STATE_FILE).is_file():
-            raise FileNotFoundError(f"resume: {path} is not a complete checkpoint (no {self.STATE_FILE})")
-        return path
-
-    def load(self, path: Path) -> dict:
-        self.accelerator.load_state(str(path))
-        state = json.loads((path / self.STATE_FILE).read_text())
-        logger.info(f"resumed from {path} at step {state['step']}")
-        return state
-
-
-# --------------------------------------------------------------------------------------------
 # Metrics and files
 
 
@@ -306,6 +255,10 @@ class MetricsWriter:
             if not append:
                 self.path.write_text("")
 
+    def size(self) -> int:
+        """Bytes written so far (main process): a checkpoint records it, a resume cuts back to it."""
+        return self.path.stat().st_size if self.accelerator.is_main_process and self.path.is_file() else 0
+
     def log(self, metrics: dict, step: int) -> None:
         if self.accelerator.is_main_process:
             with self.path.open("a") as handle:
@@ -313,21 +266,6 @@ class MetricsWriter:
         if self.accelerator.log_with:
             numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.accelerator.log(numeric, step=step)
-
-
-def open_run_dir(accelerator: Accelerator, output_dir: Path, config, checkpoint: CheckpointConfig):
-    """A run's folder, for both stages: ``config.yaml`` written (main process), the
-    :class:`CheckpointManager`, the checkpoint to resume from (``None``: a fresh start) and
-    ``metrics.jsonl`` (appended to when resuming). Returns ``(checkpoints, resume_from, metrics)``."""
-    from dapt.config import to_yaml
-
-    checkpoints = CheckpointManager(accelerator, output_dir, keep=checkpoint.keep)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(to_yaml(config))
-    resume_from = checkpoints.resolve(checkpoint.resume)
-    metrics = MetricsWriter(accelerator, output_dir / "metrics.jsonl", append=resume_from is not None)
-    return checkpoints, resume_from, metrics
 
 
 class ThroughputMeter:

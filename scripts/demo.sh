@@ -16,8 +16,8 @@ export HF_DATASETS_CACHE="${HF_DATASETS_CACHE:-$PWD/.cache/datasets}"
 OUT="${DEMO_OUT:-runs/demo}"
 BUDGET="${DEMO_BUDGET:-full}"
 DATA="${DAPT_DATA_DIR:-../shared/data}"
-dapt_args=("output_dir=$OUT/dapt")
-classify_args=("output_dir=$OUT/classify" "model.encoder=$OUT/dapt")
+dapt_args=("output_dir=$OUT/dapt" "overwrite=true")  # a demo re-run replaces the previous one
+classify_args=("output_dir=$OUT/classify" "overwrite=true" "model.encoder=$OUT/dapt")
 
 if [ -f "$DATA/imdb/train.parquet" ]; then
     export DAPT_DATA_DIR="$(cd "$DATA" && pwd)" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1

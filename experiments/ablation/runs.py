@@ -87,6 +87,7 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
             return None
         loaded = load_config(PretrainConfig, _config_path(config.dapt.config), list(config.dapt.overrides) + list(extra))
         loaded.output_dir = str(directory)
+        loaded.overwrite = True  # the ablation's own folder: run() decides what to reuse
         if base:
             loaded.model.name_or_path = base
         loaded.validate()
@@ -141,6 +142,7 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
             # an interrupted run continues from its last checkpoint (checkpoint.every_epoch in the
             # GPU configs); checkpoints of a run with other settings are deleted before it starts
             loaded.checkpoint.resume = loaded.checkpoint.resume or "latest"
+            loaded.overwrite = True  # a finished run with other settings is replaced, not refused
             loaded.validate()
             finished = (run_dir / "results.json").is_file() and (run_dir / "model" / "config.json").is_file()
             reuse = config.reuse_runs and finished and same_yaml(run_dir, loaded)

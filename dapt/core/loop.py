@@ -1,0 +1,45 @@
+"""What both training loops share besides the step: the ``train`` keys and the resumable epoch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dapt.core.state import TrainState
+from dapt.runtime import check_range, raise_config
+
+
+@dataclass
+class LoopConfig:
+    """The ``train`` keys of both stages (each stage's ``TrainConfig`` adds its own and may change defaults)."""
+
+    seed: int = 42
+    batch_size: int = 32  # per device; the global batch is batch_size x processes x grad_accum
+    eval_batch_size: int = 64  # per device
+    grad_accum: int = 1
+    min_lr: float = 0.0  # where the linear decay ends
+    weight_decay: float = 0.01  # not on biases and norm weights
+    warmup_ratio: float = 0.06  # of all optimizer steps
+    max_grad_norm: float = 1.0  # 0: no clipping
+    log_every: int = 20  # optimizer steps between metrics.jsonl lines
+    max_nonfinite: int = 20  # skipped non-finite updates before the run stops
+
+    def validate(self, prefix: str = "train") -> None:
+        for key in ("batch_size", "eval_batch_size", "grad_accum", "log_every"):
+            if getattr(self, key) < 1:
+                raise_config(f"{prefix}.{key}", getattr(self, key), "an integer >= 1")
+        for key in ("min_lr", "weight_decay", "max_grad_norm"):
+            check_range(f"{prefix}.{key}", getattr(self, key))
+        check_range(f"{prefix}.warmup_ratio", self.warmup_ratio, 0.0, 1.0, "a fraction in [0, 1]")
+        if self.max_nonfinite < 0:
+            raise_config(f"{prefix}.max_nonfinite", self.max_nonfinite, "an integer >= 0")
+
+
+def epoch_batches(accelerator, loader, state: TrainState, *also):
+    """The batches of epoch ``state.epoch`` still to train. The loader and everything in ``also``
+    (a batch sampler, a collator drawing masks) get ``set_epoch``, so an epoch's order and masks
+    depend only on the seed and the epoch; a resumed run skips the ``state.batch_in_epoch``
+    batches trained before its checkpoint."""
+    for item in (loader, *also):
+        item.set_epoch(state.epoch)
+    skip = state.batch_in_epoch
+    return accelerator.skip_first_batches(loader, skip) if skip else loader

@@ -1,0 +1,121 @@
+"""A run's folder: what may be reused, what is refused, and how final results replace old ones.
+
+The contract (README, "Re-running, resuming, diverging"):
+
+* A folder holding a previous run (``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` or the
+  stage's finished marker) is refused unless ``overwrite=true`` (start afresh) or
+  ``checkpoint.resume`` is set (continue it). Nothing is written before this check.
+* Final artifacts are written into ``.staging/`` and moved into place when complete; the finished
+  marker (``dapt_summary.json`` / ``results.json``) is removed first and written last, so a folder
+  with a marker is always one consistent run, and a run that fails leaves the previous results.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+
+from dapt.core.checkpoint import CheckpointManager, read_state
+
+logger = get_logger(__name__)
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")
+STAGING = ".staging"
+
+
+def check_output_dir(output_dir: Path, *, marker: str, overwrite: bool, resume: Optional[str]) -> None:
+    """Raise a ConfigError naming ``output_dir`` when the run must not start there. Writes nothing."""
+    from dapt.config import ConfigError
+
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir {output_dir}: is a file, not a folder")
+    ancestor = output_dir
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"output_dir {output_dir}: {ancestor} is a file, not a folder")
+    if not _writable(ancestor):
+        raise ConfigError(f"output_dir {output_dir}: {ancestor} is not writable")
+    previous = [name for name in (*RUN_FILES, marker) if (output_dir / name).exists()]
+    if previous and not overwrite and not resume:
+        raise ConfigError(
+            f"output_dir {output_dir} holds a previous run ({', '.join(previous)}): set overwrite=true to replace it "
+            "(its results stay until the new run finishes) or checkpoint.resume=latest to continue it"
+        )
+
+
+def _writable(directory: Path) -> bool:
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return False
+    try:  # root passes os.access everywhere; a read-only file system does not pass this
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
+def open_run_dir(accelerator: Accelerator, output_dir: Path, config, checkpoints: CheckpointManager, *,
+                 resume: Optional[str], overwrite: bool, marker: str):
+    """Resolve the checkpoint to resume from (``None``: a fresh start), then write ``config.yaml``
+    and open ``metrics.jsonl`` (cut back to where the checkpoint was taken, so no step appears
+    twice). A fresh start removes checkpoints left by an earlier attempt. Returns
+    ``(resume_from, metrics)``."""
+    from dapt.config import ConfigError, to_yaml
+    from dapt.runtime import MetricsWriter
+
+    resume_from = checkpoints.resolve(resume, overwrite=overwrite)
+    if resume and resume_from is None and (output_dir / marker).is_file() and not overwrite:
+        raise ConfigError(f"checkpoint.resume={resume}: {output_dir} holds a finished run and no checkpoint to continue "
+                          "from; set overwrite=true to replace it")
+    metrics_path = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(output_dir / STAGING, ignore_errors=True)
+        if resume_from is None:
+            shutil.rmtree(checkpoints.directory, ignore_errors=True)
+        (output_dir / "config.yaml.tmp").write_text(to_yaml(config))
+        os.replace(output_dir / "config.yaml.tmp", output_dir / "config.yaml")
+        if resume_from is not None and metrics_path.is_file():
+            with metrics_path.open("r+b") as handle:  # lines logged after the checkpoint will be logged again
+                handle.truncate(min(read_state(resume_from).get("metrics_bytes", 0), metrics_path.stat().st_size))
+    accelerator.wait_for_everyone()
+    metrics = MetricsWriter(accelerator, metrics_path, append=resume_from is not None)
+    return resume_from, metrics
+
+
+def staging_dir(accelerator: Accelerator, output_dir: Path) -> Path:
+    """An empty folder for the final artifacts (every process gets the same path)."""
+    staging = output_dir / STAGING
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    return staging
+
+
+def switch_in(staging: Path, output_dir: Path, marker: str) -> None:
+    """Move the finished artifacts from ``staging`` into ``output_dir`` (main process). Each file
+    and folder is replaced by a rename; the marker goes first and comes back last."""
+    (output_dir / marker).unlink(missing_ok=True)
+    for item in sorted(staging.iterdir()):
+        if item.name == marker:
+            continue
+        target = output_dir / item.name
+        if item.is_dir():
+            old = output_dir / f".old-{item.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                os.replace(target, old)
+            os.replace(item, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(item, target)
+    if (staging / marker).is_file():
+        os.replace(staging / marker, output_dir / marker)
+    shutil.rmtree(staging, ignore_errors=True)

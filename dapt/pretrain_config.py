@@ -1,0 +1,78 @@
+"""Stage 1's configuration: the typed schema behind ``configs/pretrain*.yaml``.
+
+Loaded with :func:`dapt.config.load_config` (YAML + ``key=value`` overrides; an unknown key or a
+wrong type is an error naming the key); :meth:`PretrainConfig.validate` checks the values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from dapt.core.loop import LoopConfig
+from dapt.data import CorpusConfig
+from dapt.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
+
+# keys that may change between a run and its resume (everything else is the run's fingerprint)
+RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "overwrite", "checkpoint", "train.log_every",
+                  "train.time_budget_minutes", "train.max_nonfinite", "impl.dataloader_workers", "impl.pin_memory", "data.num_proc")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "distilbert/distilbert-base-uncased"
+    revision: Optional[str] = None
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """The keys both stages share (:class:`~dapt.core.loop.LoopConfig`), plus stage 1's own."""
+
+    lr: float = 1e-4
+    warmup_steps: int = 0  # > 0 overrides warmup_ratio
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 overrides epochs
+    eval_every: int = 500  # 0: only before and after
+    head_warmup_steps: int = 0  # head-only steps (encoder frozen) when the checkpoint has no MLM head
+    head_warmup_lr: float = 1e-3
+    time_budget_minutes: float = 0.0  # 0: no wall-clock limit
+
+    def validate(self, prefix: str = "train") -> None:
+        super().validate(prefix)
+        for key in ("lr", "head_warmup_lr", "time_budget_minutes"):
+            check_range(f"{prefix}.{key}", getattr(self, key))
+        for key in ("warmup_steps", "max_steps", "head_warmup_steps", "eval_every"):
+            if getattr(self, key) < 0:
+                raise_config(f"{prefix}.{key}", getattr(self, key), "an integer >= 0")
+        if self.max_steps <= 0 and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise_config(f"{prefix}.epochs", self.epochs, "> 0 (or set train.max_steps)")
+
+
+@dataclass
+class PretrainImplConfig(ImplConfig):
+    masked_only_logits: bool = True  # vocabulary projection only at masked positions
+
+
+@dataclass
+class PretrainConfig:
+    output_dir: str = "runs/dapt"
+    overwrite: bool = False  # replace a previous run in output_dir (its results stay until this one finishes)
+    run_name: str = "dapt"
+    tensorboard: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    impl: PretrainImplConfig = field(default_factory=PretrainImplConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> None:
+        self.impl.validate()
+        self.checkpoint.validate()
+        self.train.validate()
+        if self.data.block_size < 8:
+            raise_config("data.block_size", self.data.block_size, "an integer >= 8")
+        if not 0 < self.data.mlm_probability < 1:
+            raise_config("data.mlm_probability", self.data.mlm_probability, "a probability in (0, 1)")
+        if self.data.mask_replace_prob + self.data.random_replace_prob > 1:
+            raise_config("data.random_replace_prob", self.data.random_replace_prob, "mask + random <= 1")
