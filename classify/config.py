@@ -1,6 +1,6 @@
 """Stage 2's configuration: the typed schema behind ``configs/classify*.yaml``.
 
-Loaded with :func:`dapt.config.load_config` (YAML + ``key=value`` overrides; an unknown key or a
+Loaded with :func:`dapt.core.config.load_config` (YAML + ``key=value`` overrides; an unknown key or a
 wrong type is an error naming the key); :meth:`ClassifyConfig.validate` checks the values.
 """
 
@@ -13,7 +13,7 @@ from typing import Dict, Optional
 from classify.data import LabelledSetConfig
 from classify.model import TRUNCATION_STRATEGIES
 from dapt.core.loop import LoopConfig
-from dapt.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
+from dapt.core.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
 
 BEST_METRICS = {"val_acc": "max", "val_f1": "max", "val_roc_auc": "max", "val_loss": "min"}
 # keys that may change between a run and its resume (everything else is the run's fingerprint);

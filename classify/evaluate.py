@@ -47,7 +47,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from classify.calibration import calibration_report, fit_temperature, get_temperature, reliability_bins, set_temperature
 from classify.data import Collator, LabelledSet, LabelledSetConfig, LengthBucketBatchSampler, ReviewDataset, load_labelled
 from classify.model import clean_text, encode_windows
-from dapt.runtime import logger
+from dapt.core.runtime import logger
 
 PREDICTIONS_DIR = "predictions"  # RUN/predictions/NAME.npz: per-review predictions in dataset order
 METRIC_KEYS = ("accuracy", "f1", "precision", "recall", "roc_auc", "loss", "n")
@@ -260,7 +260,7 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     from accelerate.utils import set_seed
 
     from classify.model import load_classifier
-    from dapt.runtime import make_accelerator, write_json
+    from dapt.core.runtime import make_accelerator, write_json
 
     output_dir = Path(output_dir)
     accelerator = make_accelerator(config.impl, output_dir)
@@ -310,7 +310,7 @@ def fit_temperature_on(model, loader, accelerator) -> dict:
 
 
 def main(argv=None) -> None:
-    from dapt.config import ConfigError, parse_cli
+    from dapt.core.config import ConfigError, parse_cli
 
     from classify.config import ClassifyConfig
 

@@ -54,14 +54,14 @@ from classify.data import (
 )
 from classify.evaluate import compute_metrics, evaluate_all, fit_temperature_on, load_eval_sets, make_eval_loader, predict
 from classify.model import WEIGHTS_NAME, EncoderClassifier
-from dapt.config import ConfigError, parse_cli, to_dict
+from dapt.core.config import ConfigError, parse_cli, to_dict
 from dapt.core.hub import looks_local
 from dapt.core.checkpoint import CheckpointError, CheckpointManager, fingerprint
 from dapt.core.loop import epoch_batches
 from dapt.core.rundir import check_output_dir, open_run_dir, staging_dir, switch_in
 from dapt.core.state import RunningLoss, TrainState
 from dapt.core.step import OptimizerStep, check_finite
-from dapt.runtime import (
+from dapt.core.runtime import (
     linear_warmup_decay,
     logger,
     make_accelerator,

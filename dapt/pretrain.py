@@ -29,7 +29,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dapt.config import ConfigError, parse_cli, to_dict
+from dapt.core.config import ConfigError, parse_cli, to_dict
 from dapt.core.checkpoint import CheckpointError, CheckpointManager, fingerprint
 from dapt.core.loop import epoch_batches
 from dapt.core.rundir import check_output_dir, open_run_dir, staging_dir, switch_in
@@ -39,7 +39,7 @@ from dapt.data import build_blocks
 from dapt.masking import EVAL_EPOCH, MLMCollator
 from dapt.modeling import MaskedLMObjective, head_parameters, load_masked_lm
 from dapt.pretrain_config import RESUMABLE_KEYS, PretrainConfig, TrainConfig  # noqa: F401 (the schema, importable from here)
-from dapt.runtime import (
+from dapt.core.runtime import (
     ThroughputMeter,
     inner_state_dict,
     linear_warmup_decay,

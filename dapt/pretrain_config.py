@@ -1,6 +1,6 @@
 """Stage 1's configuration: the typed schema behind ``configs/pretrain*.yaml``.
 
-Loaded with :func:`dapt.config.load_config` (YAML + ``key=value`` overrides; an unknown key or a
+Loaded with :func:`dapt.core.config.load_config` (YAML + ``key=value`` overrides; an unknown key or a
 wrong type is an error naming the key); :meth:`PretrainConfig.validate` checks the values.
 """
 
@@ -12,7 +12,7 @@ from typing import Optional
 
 from dapt.core.loop import LoopConfig
 from dapt.data import CorpusConfig
-from dapt.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
+from dapt.core.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
 
 # keys that may change between a run and its resume (everything else is the run's fingerprint)
 RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "overwrite", "checkpoint", "train.log_every",

@@ -17,7 +17,7 @@ Stages (``--stages mlm,classify,infer``):
   blocks, batch 64, fp16 on CUDA (fp32 on CPU), full-vocabulary logits. Project: the stage-1 step of
   ``dapt/pretrain.py`` - :class:`dapt.modeling.MaskedLMObjective` (vocabulary projection only at the
   masked positions), :class:`dapt.masking.MLMCollator`, 512-token packed blocks, bf16 autocast, SDPA
-  attention, fused AdamW (:func:`dapt.runtime.make_optimizer`), gradient clipping, the non-finite
+  attention, fused AdamW (:func:`dapt.core.runtime.make_optimizer`), gradient clipping, the non-finite
   check, optional ``torch.compile``; DataLoader workers and pinned memory on CUDA.
 * ``classify`` - baseline: ``Trainer`` + ``DataCollatorWithPadding`` (dynamic padding), random
   order, batch 64, ``AutoModelForSequenceClassification`` of the same encoder shape. Project: the
@@ -63,7 +63,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
 
-from dapt.runtime import cpu_has_native_bf16
+from dapt.core.runtime import cpu_has_native_bf16
 from scripts.bench_infer import run_infer
 from scripts.bench_measure import device_info, free, thread_sync_latency_ms, versions
 from scripts.bench_report import compare, markdown_table, summarize

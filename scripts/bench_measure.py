@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from dapt.runtime import cpu_has_native_bf16
+from dapt.core.runtime import cpu_has_native_bf16
 
 # --------------------------------------------------------------------------------------------
 # Environment

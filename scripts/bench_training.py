@@ -155,7 +155,7 @@ def mlm_project(args, tokenizer, config, blocks: list[list[int]], params: dict) 
     from dapt.masking import MLMCollator
     from dapt.modeling import MaskedLMObjective
     from dapt.pretrain import TrainConfig
-    from dapt.runtime import linear_warmup_decay, make_optimizer, parameter_groups
+    from dapt.core.runtime import linear_warmup_decay, make_optimizer, parameter_groups
 
     device = torch.device(args.device)
     model = build_mlm_model(config, args.seed, attn_implementation="sdpa").to(device)
@@ -211,7 +211,7 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
     from classify.model import EncoderClassifier
     from classify.config import TrainConfig
     from classify.train import classifier_parameter_groups
-    from dapt.runtime import linear_warmup_decay, make_optimizer
+    from dapt.core.runtime import linear_warmup_decay, make_optimizer
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)

@@ -19,6 +19,6 @@ fi
 "${launch[@]}" dapt/pretrain.py --config "$stage1"
 "${launch[@]}" classify/train.py --config "$stage2"
 if [ -n "${PUSH_TO:-}" ]; then
-    run_dir=$(python -c "from dapt.config import load_config; from classify.config import ClassifyConfig; print(load_config(ClassifyConfig, '$stage2').output_dir)")
+    run_dir=$(python -c "from dapt.core.config import load_config; from classify.config import ClassifyConfig; print(load_config(ClassifyConfig, '$stage2').output_dir)")
     dapt-publish "$run_dir" --repo-id "$PUSH_TO"
 fi

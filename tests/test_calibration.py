@@ -25,7 +25,7 @@ from classify.calibration import (
 from classify.data import LabelledSet, ReviewDataset
 from classify.evaluate import accuracy_by_length, evaluate_set, fit_temperature_on, from_logits, make_eval_loader, predict
 from classify.model import EncoderClassifier, encode_windows, load_classifier
-from dapt.runtime import ImplConfig, make_accelerator
+from dapt.core.runtime import ImplConfig, make_accelerator
 
 WORDS = "the movie was good great bad terrible boring film acting story loved hated plot end".split()
 
@@ -252,7 +252,7 @@ def test_windows_mode_trains_on_head_tail_and_validates_on_windows(tiny_headless
     train_loader, val_loader, _, sizes = train_module.get_dataloaders(config, tokenizer, accelerator)
     assert len(train_loader.dataset) == train_loader.dataset.num_reviews == 64  # head+tail: one row per review
     assert val_loader.dataset.num_reviews == 16 and len(val_loader.dataset) > 16  # IMDb reviews exceed 64 tokens
-    from dapt.config import ConfigError, load_config
+    from dapt.core.config import ConfigError, load_config
     from classify.config import ClassifyConfig
 
     with pytest.raises(ConfigError, match="model.window_stride"):

@@ -61,7 +61,7 @@ def _eval_main(expected: int, encoder_dir: str, data_dir: str, out: str) -> None
     from classify.data import LabelledSetConfig, load_labelled
     from classify.evaluate import evaluate_set
     from classify.model import EncoderClassifier
-    from dapt.runtime import ImplConfig, make_accelerator
+    from dapt.core.runtime import ImplConfig, make_accelerator
     from transformers import AutoTokenizer
 
     accelerator = make_accelerator(ImplConfig(mixed_precision="no", cpu=True, dataloader_workers=0), Path(out).parent)

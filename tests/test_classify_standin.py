@@ -10,7 +10,7 @@ import pytest
 
 from classify.config import ClassifyConfig
 from classify.train import train_classifier
-from dapt.config import load_config
+from dapt.core.config import load_config
 
 
 @pytest.mark.slow

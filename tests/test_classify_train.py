@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from classify import train as train_module
 from classify.config import ClassifyConfig
 from classify.train import format_epoch_line, train_classifier
-from dapt.config import ConfigError, load_config
+from dapt.core.config import ConfigError, load_config
 from tests.helpers import fresh_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -192,7 +192,7 @@ def classify_overrides(output_dir: Path, encoder: str | Path) -> list[str]:
 @pytest.fixture(scope="module")
 def stage1(recipe_hub, tmp_path_factory):
     """Stage 1 with configs/pretrain.yaml: DistilBERT and IMDb train+unsupervised from the loopback Hub."""
-    from dapt.config import load_config
+    from dapt.core.config import load_config
     from dapt.pretrain import PretrainConfig, pretrain
 
     out = tmp_path_factory.mktemp("dapt")
@@ -227,7 +227,7 @@ def test_pretrain_recipe_reads_model_and_corpus_from_the_hub(stage1, recipe_hub)
 def test_classify_recipe_reads_imdb_and_sst2_from_the_hub(stage1, recipe_hub, tmp_path):
     from classify.config import ClassifyConfig
     from classify.train import train_classifier
-    from dapt.config import load_config
+    from dapt.core.config import load_config
 
     encoder_dir, summary, _ = stage1
     out = tmp_path / "classify"
@@ -257,7 +257,7 @@ def test_classify_baseline_takes_the_plain_encoder_from_the_hub(recipe_hub, tmp_
     from classify.model import load_classifier
     from classify.config import ClassifyConfig
     from classify.train import train_classifier
-    from dapt.config import load_config
+    from dapt.core.config import load_config
 
     out = tmp_path / "classify-plain"
     since = len(recipe_hub.requests)
@@ -275,7 +275,7 @@ def repo_requests(server: HubServer, since: int, repo_path: str) -> list[tuple[s
 
 
 def test_missing_hub_dataset_names_the_id_and_split(recipe_hub, tmp_path):
-    from dapt.config import load_config
+    from dapt.core.config import load_config
     from dapt.core.sources import DataError
     from dapt.pretrain import PretrainConfig, pretrain
 
@@ -291,7 +291,7 @@ def test_missing_hub_dataset_names_the_id_and_split(recipe_hub, tmp_path):
 
 
 def test_missing_hub_split_lists_the_splits_there_are(recipe_hub, tmp_path):
-    from dapt.config import load_config
+    from dapt.core.config import load_config
     from dapt.core.sources import DataError
     from dapt.pretrain import PretrainConfig, pretrain
 
@@ -303,7 +303,7 @@ def test_missing_hub_split_lists_the_splits_there_are(recipe_hub, tmp_path):
 
 
 def test_missing_hub_model_names_the_id(recipe_hub, tmp_path):
-    from dapt.config import load_config
+    from dapt.core.config import load_config
     from dapt.pretrain import PretrainConfig, pretrain
 
     missing = "distilbert/distilbert-base-nonexistent"
@@ -321,7 +321,7 @@ def test_missing_eval_dataset_fails_before_training(stage1, recipe_hub, tmp_path
     """A typo in an evaluation set's Hub id must not cost a whole training run: it fails up front."""
     from classify.config import ClassifyConfig
     from classify.train import train_classifier
-    from dapt.config import load_config
+    from dapt.core.config import load_config
     from dapt.core.sources import DataError
 
     missing = "stanfordnlp/sst2-nonexistent"

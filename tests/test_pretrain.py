@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dapt.config import ConfigError, load_config
+from dapt.core.config import ConfigError, load_config
 from dapt.modeling import MaskedLMObjective, load_masked_lm
 from dapt.pretrain import PretrainConfig, pretrain
 from tests.helpers import _WORDS
@@ -211,7 +211,7 @@ def test_saved_keys_have_no_wrapper_prefixes(tiny_encoder_dir):
     from accelerate import Accelerator
     from transformers import AutoModelForMaskedLM
 
-    from dapt.runtime import inner_state_dict
+    from dapt.core.runtime import inner_state_dict
 
     model = AutoModelForMaskedLM.from_pretrained(tiny_encoder_dir)
     accelerator = Accelerator(cpu=True)

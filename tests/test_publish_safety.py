@@ -240,7 +240,7 @@ def test_a_new_push_removes_the_previous_runs_plots_and_tokenizer_files(hub_env,
 
 def test_training_config_refuses_a_bad_repo_id_before_training():
     from classify.config import ClassifyConfig
-    from dapt.config import ConfigError
+    from dapt.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="hub_repo_id.*alice/bad--name"):
         ClassifyConfig(push_to_hub=True, hub_repo_id="alice/bad--name").validate()

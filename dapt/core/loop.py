@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dapt.core.state import TrainState
-from dapt.runtime import check_range, raise_config
+from dapt.core.runtime import check_range, raise_config
 
 
 @dataclass

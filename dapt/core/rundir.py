@@ -31,7 +31,7 @@ STAGING = ".staging"
 
 def check_output_dir(output_dir: Path, *, marker: str, overwrite: bool, resume: Optional[str]) -> None:
     """Raise a ConfigError naming ``output_dir`` when the run must not start there. Writes nothing."""
-    from dapt.config import ConfigError
+    from dapt.core.config import ConfigError
 
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"output_dir {output_dir}: is a file, not a folder")
@@ -66,8 +66,8 @@ def open_run_dir(accelerator: Accelerator, output_dir: Path, config, checkpoints
     and open ``metrics.jsonl`` (cut back to where the checkpoint was taken, so no step appears
     twice). A fresh start removes checkpoints left by an earlier attempt. Returns
     ``(resume_from, metrics)``."""
-    from dapt.config import ConfigError, to_yaml
-    from dapt.runtime import MetricsWriter
+    from dapt.core.config import ConfigError, to_yaml
+    from dapt.core.runtime import MetricsWriter
 
     resume_from = checkpoints.resolve(resume, overwrite=overwrite)
     if resume and resume_from is None and (output_dir / marker).is_file() and not overwrite:

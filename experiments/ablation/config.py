@@ -1,6 +1,6 @@
 """The DAPT ablation's configuration (``configs/ablate/*.yaml``): the arms, the seeds, the two
-stages' configs and how a stage is launched. Loaded with :func:`dapt.config.load_config`; an
-unknown key or a bad value is a :class:`~dapt.config.ConfigError` naming the key.
+stages' configs and how a stage is launched. Loaded with :func:`dapt.core.config.load_config`; an
+unknown key or a bad value is a :class:`~dapt.core.config.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
-from dapt.runtime import raise_config
+from dapt.core.runtime import raise_config
 
 #: metrics the paired bootstrap can resample (``experiments.ablation.stats.resampled_metric``)
 BOOTSTRAP_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc")
@@ -92,8 +92,8 @@ class AblationConfig:
                 raise_config(f"arms.{index}.name", arm.name, "a name no other arm has")
             if arm.dapt_overrides and arm.encoder != "dapt":
                 raise_config(f"arms.{index}.dapt_overrides", arm.dapt_overrides, "none unless encoder is dapt")
-            if arm.encoder == "dapt" and not self.dapt.config and not (self.dapt.reuse_dir and not arm.dapt_overrides):
-                raise_config("dapt.config", self.dapt.config, f"a stage-1 config (arm {arm.name!r} needs a DAPT encoder)")
+            if arm.encoder == "dapt" and not self.dapt.core.config and not (self.dapt.reuse_dir and not arm.dapt_overrides):
+                raise_config("dapt.core.config", self.dapt.core.config, f"a stage-1 config (arm {arm.name!r} needs a DAPT encoder)")
         if self.baseline is not None and self.baseline not in names:
             raise_config("baseline", self.baseline, "the name of an arm: " + ", ".join(names))
         for index, metric in enumerate(self.metrics):

@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from classify.evaluate import METRIC_KEYS
-from dapt.config import ConfigError, parse_cli, to_dict, to_yaml
+from dapt.core.config import ConfigError, parse_cli, to_dict, to_yaml
 from dapt.core.sources import DataError
 from experiments.ablation.config import AblationConfig
 from experiments.ablation.report import bar_chart_png, convergence_png, markdown_report
@@ -73,7 +73,7 @@ def run_ablation(config: AblationConfig) -> dict:
             logger.info(f"stage 1 ({stage.name}): reusing {stage.output_dir}")
             matches = stage.config is not None and same_yaml(stage.output_dir, stage.config)
             if stage.config is not None and not matches:
-                logger.warning(f"stage 1 ({stage.name}): {stage.output_dir}/config.yaml differs from dapt.config + overrides; "
+                logger.warning(f"stage 1 ({stage.name}): {stage.output_dir}/config.yaml differs from dapt.core.config + overrides; "
                                f"reusing it anyway (set dapt.reuse_dir=null to train stage 1 into {out / 'dapt'})")
             if summary.get("model_name_or_path") not in (None, base):
                 logger.warning(f"stage 1 ({stage.name}): {stage.output_dir} was adapted from {summary['model_name_or_path']}, "

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from classify.evaluate import PREDICTIONS_DIR, load_predictions
-from dapt.config import ConfigError, load_config, to_yaml
+from dapt.core.config import ConfigError, load_config, to_yaml
 from experiments.ablation.config import AblationConfig, ArmConfig
 
 logger = logging.getLogger(__name__)
@@ -83,9 +83,9 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
     keys: Dict[tuple, str] = {}
 
     def stage1_config(extra: Sequence[str], directory: Path):
-        if not config.dapt.config:
+        if not config.dapt.core.config:
             return None
-        loaded = load_config(PretrainConfig, _config_path(config.dapt.config), list(config.dapt.overrides) + list(extra))
+        loaded = load_config(PretrainConfig, _config_path(config.dapt.core.config), list(config.dapt.overrides) + list(extra))
         loaded.output_dir = str(directory)
         loaded.overwrite = True  # the ablation's own folder: run() decides what to reuse
         if base:
@@ -110,13 +110,13 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
         reuse = finished and (given or config.reuse_runs and (loaded is None or same_yaml(directory, loaded)))
         if not reuse and loaded is None:
             raise ConfigError(f"dapt.reuse_dir {directory} holds no finished stage-1 output (dapt_summary.json) "
-                              f"and dapt.config is not set, so stage 1 cannot run")
+                              f"and dapt.core.config is not set, so stage 1 cannot run")
         stage1[name] = Stage1Plan(name, directory, loaded, reuse, given)
 
     if base is None:
         first = next((s.config for s in stage1.values() if s.config is not None), None)
-        if first is None and config.dapt.config:
-            first = load_config(PretrainConfig, _config_path(config.dapt.config), list(config.dapt.overrides))
+        if first is None and config.dapt.core.config:
+            first = load_config(PretrainConfig, _config_path(config.dapt.core.config), list(config.dapt.overrides))
         if first is None:
             raise ConfigError("base_encoder is not set and there is no stage-1 config to take model.name_or_path from")
         base = first.model.name_or_path

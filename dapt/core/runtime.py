@@ -74,7 +74,7 @@ class CheckpointConfig:
 
 
 def raise_config(key: str, value: Any, expected: str):
-    from dapt.config import ConfigError
+    from dapt.core.config import ConfigError
 
     raise ConfigError(f"config key '{key}': got {value!r}, expected {expected}")
 
