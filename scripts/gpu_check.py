@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="PART.json and summary.md go here (on the device: $OUT)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, run in this order (default {','.join(PARTS)})")
-    p.add_argument("--budget-min", type=float, default=9.0, help="wall-clock budget of each part, in minutes")
+    p.add_argument("--budget-min", default="9", help="wall-clock budget of each part in minutes: N for every part, "
+                   "or PART=N,... (parts not named: 9)")
     p.add_argument("--dry-run", action="store_true", help="CPU: a tiny model and data slice through every part")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
                    help="imdb/{train,test,unsupervised}.parquet and sst2/validation.parquet (default ../shared/data)")
@@ -59,8 +60,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [part for part in args.parts if part not in PARTS]
     if unknown or not args.parts:
         p.error(f"--parts: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
-    if args.budget_min <= 0:
-        p.error("--budget-min must be > 0")
+    try:
+        if "=" in args.budget_min:
+            named = {k.strip(): float(v) for k, v in (item.split("=", 1) for item in args.budget_min.split(",") if item.strip())}
+            args.budget_min = {part: named.pop(part, 9.0) for part in PARTS}
+            if named:
+                p.error(f"--budget-min: unknown part(s) {sorted(named)}")
+        else:
+            args.budget_min = dict.fromkeys(PARTS, float(args.budget_min))
+    except ValueError:
+        p.error(f"--budget-min: expected minutes (9) or PART=minutes,... (throughput=3.5,smoke=2), got {args.budget_min!r}")
+    if any(minutes <= 0 for minutes in args.budget_min.values()):
+        p.error("--budget-min: every budget must be > 0 minutes")
     for name in ("data_dir", "encoder_dir"):
         if getattr(args, name) is not None:
             setattr(args, name, Path(getattr(args, name)).resolve())
@@ -165,7 +176,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu_check-")) if temporary else Path(args.work_dir or "/tmp/dapt-gpu/work").resolve()
     work.mkdir(parents=True, exist_ok=True)
     ctx = Context(out=Path(args.out).resolve(), work=work, data_dir=args.data_dir, encoder_dir=args.encoder_dir,
-                  dry_run=args.dry_run, device="cpu" if args.dry_run else "cuda", budget_s=args.budget_min * 60)
+                  dry_run=args.dry_run, device="cpu" if args.dry_run else "cuda", budget_s=0.0)
     ctx.out.mkdir(parents=True, exist_ok=True)
     env = environment()
     with (ctx.out / "summary.md").open("a") as handle:
@@ -177,6 +188,7 @@ def main(argv=None) -> int:
     try:
         fixtures = build_fixtures(ctx, args.parts)
         for part in args.parts:
+            ctx.budget_s = args.budget_min[part] * 60
             statuses[part] = run_part(ctx, part, fixtures, env)["status"]
     finally:
         if temporary:

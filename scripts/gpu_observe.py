@@ -2,6 +2,7 @@
 GPU code paths did, for ``scripts/gpu_check.py``:
 
     python scripts/gpu_observe.py REPORT.json MODULE [ARGS...]
+    python scripts/gpu_observe.py REPORT.json scripts/bench.py [ARGS...]
 
 The product is not changed and none of its internal names is used: the observers wrap public
 ``torch`` entry points before the module runs (``torch.optim.AdamW``, ``torch.amp.GradScaler``,
@@ -104,10 +105,14 @@ def main() -> None:
             "grad_scaler_scale": 0, "grad_scaler_step": 0}
     _install(seen)
     sys.argv = [module, *args]
-    sys.path[0] = os.getcwd()  # as `python -m`: the working directory first, not scripts/
+    # as `python -m MODULE` (the working directory first) or `python FILE.py` (the file's folder first)
+    sys.path[0] = os.path.dirname(os.path.abspath(module)) if module.endswith(".py") else os.getcwd()
     started, exit_code, pid = time.time(), 0, os.getpid()
     try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        if module.endswith(".py"):
+            runpy.run_path(module, run_name="__main__")
+        else:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as stop:
         exit_code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
         raise

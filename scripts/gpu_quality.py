@@ -126,8 +126,8 @@ def run_quality(ctx: Context, fixtures: dict) -> dict:
     work.mkdir(parents=True)
     encoder = fixtures["encoder"] if ctx.dry_run else ctx.encoder_dir
     data = fixtures["data"] if ctx.dry_run else ctx.data_dir
-    if encoder is None or not (Path(encoder) / "config.json").is_file():
-        return {"status": "error", "error": f"--encoder-dir {encoder}: no encoder (config.json) there"}
+    if encoder is None or not (Path(encoder) / "model.safetensors").is_file():
+        return {"status": "error", "error": f"--encoder-dir {encoder}: no weights (model.safetensors) there"}
     s1_extra, s2_extra, cap = [], [], None
     if ctx.dry_run:  # the same commands on a tiny encoder and data slice, fp32, no compile (the smoke part has those)
         common = ["impl.mixed_precision=no", "impl.compile=false", "impl.dataloader_workers=0"]

@@ -15,7 +15,7 @@ STAGE_KEYS = ("tokens_per_s", "samples_per_s", "mfu", "model_tflops_per_s", "pea
 
 
 def bench_argv(ctx: Context, compile_: bool, json_path, fixtures: dict) -> list:
-    argv = [ctx.python, str(SCRIPTS / "bench.py"), "--json", str(json_path), "--compile" if compile_ else "--no-compile"]
+    argv = ["--json", str(json_path), "--compile" if compile_ else "--no-compile"]
     if ctx.dry_run:  # CPU: the tiny shape, synthetic ids, one measured step
         return argv + ["--device", "cpu", "--size", "tiny", "--synthetic", "--steps", "1", "--warmup", "1", "--threads", "1",
                        "--stages", "mlm,classify"]
@@ -51,7 +51,8 @@ def run_throughput(ctx: Context, fixtures: dict) -> dict:
     for name, compile_ in (("compile", True), ("no-compile", False)):
         path = work / f"bench-{name}.json"
         path.unlink(missing_ok=True)
-        run = run_command(ctx, f"throughput-{name}", bench_argv(ctx, compile_, path, fixtures), deadline)
+        run = run_command(ctx, f"throughput-{name}", bench_argv(ctx, compile_, path, fixtures), deadline,
+                          observe_module=str(SCRIPTS / "bench.py"))
         result["runs"][name] = run
         report = read_json(path)
         if ok(run) and report:
