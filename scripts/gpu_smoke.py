@@ -7,6 +7,7 @@ steps each, on a small random encoder and a slice of the data, through the produ
 | stage1-fp16 | stage 1 under fp16 autocast with accelerate's GradScaler (steps taken, scale finite) |
 | stage2-bf16-compile | stage 2, the same paths as stage 1's first run, evaluation included |
 | stage2-fp16 | stage 2 with fp16 + GradScaler |
+| evaluate | ``classify.evaluate`` (the evaluate-only CLI) on the device: the training run's metrics again |
 | infer | ``infer_reviews`` on CUDA (``dapt-predict --device cuda``): same labels and P(positive) as on the CPU |
 
 Each check is read from what ``scripts/gpu_observe.py`` saw (the AdamW, GradScaler, autocast,
@@ -110,9 +111,19 @@ def run_smoke(ctx: Context, fixtures: dict) -> dict:
         run["checks"] = _stage_checks(run, cuda, precision, compiled, workers, finite)
         result["runs"][name] = run
 
-    # infer_reviews on CUDA against the CPU, with the bf16 stage-2 run's classifier
+    # the evaluate-only CLI on the device, and infer_reviews on CUDA against the CPU, with the bf16 stage-2 classifier
     model_run = work / ("stage2-bf16-compile" if cuda else "stage2-bf16")
     if (model_run / "results.json").is_file():
+        evaluated = work / "evaluate"
+        argv = ["--model", str(model_run), "--output-dir", str(evaluated),
+                *stage2_args(ctx, encoder, data, evaluated, "impl.mixed_precision=bf16", "train.eval_batch_size=32")]
+        run = run_command(ctx, "smoke-evaluate", argv, deadline, observe_module="classify.evaluate")
+        own = (read_json(model_run / "results.json") or {}).get("evaluation", {})
+        again = (read_json(evaluated / "results.json") or {}).get("evaluation", {})
+        run["checks"] = {"exit 0": ok(run), "same sets as the training run's evaluation": bool(own) and set(own) == set(again),
+                         "accuracy within 0.02 of the training run's": bool(own) and all(
+                             abs(own[name]["accuracy"] - again.get(name, {}).get("accuracy", -1)) <= 0.02 for name in own)}
+        result["runs"]["evaluate"] = run
         reviews = work / "reviews.txt"
         texts = _write_reviews(data, reviews)
         cpu_run, cpu_rows = _predict(ctx, "smoke-infer-cpu", model_run, reviews, "cpu", deadline)

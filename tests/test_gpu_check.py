@@ -120,6 +120,7 @@ def test_dry_run_runs_every_part_on_cpu(tmp_path, shared_data, standin_encoder_d
     smoke = json.loads((out / "smoke.json").read_text())
     assert smoke["status"] == "ok", smoke["failed_checks"]
     assert {"stage1-fp16", "stage2-fp16", "infer on cuda"} <= set(smoke["skipped"])
+    assert set(smoke["runs"]) == {"stage1-bf16-compile", "stage2-bf16", "evaluate", "infer"}
     observed = smoke["runs"]["stage1-bf16-compile"]["observed"]
     assert observed["compile_calls"] >= 1 and "cpu:bfloat16" in observed["autocast"]
     assert any(loader["num_workers"] == 2 for loader in observed["dataloaders"])
