@@ -124,8 +124,8 @@ def run_quality(ctx: Context, fixtures: dict) -> dict:
     work = ctx.work / "quality"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    encoder = fixtures["encoder"] if ctx.dry_run else ctx.encoder_dir
-    data = fixtures["data"] if ctx.dry_run else ctx.data_dir
+    encoder = fixtures.get("encoder") if ctx.dry_run else ctx.encoder_dir
+    data = fixtures.get("data") if ctx.dry_run else ctx.data_dir
     if encoder is None or not (Path(encoder) / "model.safetensors").is_file():
         return {"status": "error", "error": f"--encoder-dir {encoder}: no weights (model.safetensors) there"}
     s1_extra, s2_extra, cap = [], [], None

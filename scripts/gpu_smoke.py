@@ -81,6 +81,8 @@ def run_smoke(ctx: Context, fixtures: dict) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     encoder, data = fixtures["small_encoder"], fixtures["data"]
+    if encoder is None:
+        return {"status": "error", "error": f"no small encoder to train: {fixtures.get('error', 'not built')}"}
     result: dict = {"status": "incomplete", "device": ctx.device, "runs": {}, "skipped": {}}
     # every variant: (name, stage, precision, compile, workers)
     variants = [("stage1-bf16-compile", 1, "bf16", True, 2), ("stage1-fp16", 1, "fp16", False, 2),
