@@ -2,7 +2,7 @@
 GPU code paths did, for ``scripts/gpu_check.py``:
 
     python scripts/gpu_observe.py REPORT.json MODULE [ARGS...]
-    python scripts/gpu_observe.py REPORT.json scripts/bench.py [ARGS...]
+    python scripts/gpu_observe.py REPORT.json scripts.bench [ARGS...]
 
 The product is not changed and none of its internal names is used: the observers wrap public
 ``torch`` entry points before the module runs (``torch.optim.AdamW``, ``torch.amp.GradScaler``,

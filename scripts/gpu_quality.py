@@ -32,14 +32,8 @@ STATS_RESERVE_S = 30
 
 
 def ablation_stats():
-    """The ablation's statistics (paired bootstrap). The one place that names their module:
-    classify/ablation_stats.py today, experiments/ablation/stats.py after the restructure."""
-    for name in ("experiments.ablation.stats", "classify.ablation_stats"):
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-    raise ImportError("the ablation's statistics module (experiments.ablation.stats / classify.ablation_stats) is missing")
+    """The ablation's statistics (paired bootstrap), imported when the quality part needs them."""
+    return importlib.import_module("experiments.ablation.stats")
 
 
 def fit_stage1(*, tokens_per_s: float, tokens_per_step: int, steps_per_epoch: int, epochs: float, head_warmup_steps: int,

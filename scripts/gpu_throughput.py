@@ -52,7 +52,7 @@ def run_throughput(ctx: Context, fixtures: dict) -> dict:
         path = work / f"bench-{name}.json"
         path.unlink(missing_ok=True)
         run = run_command(ctx, f"throughput-{name}", bench_argv(ctx, compile_, path, fixtures), deadline,
-                          observe_module=str(SCRIPTS / "bench.py"))
+                          observe_module="scripts.bench")
         result["runs"][name] = run
         report = read_json(path)
         if ok(run) and report:
