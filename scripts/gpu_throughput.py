@@ -9,7 +9,7 @@ sizes the compile lever. The ``Trainer`` baseline runs in both: its two rates ar
 
 from __future__ import annotations
 
-from gpu_common import SCRIPTS, Context, Deadline, fmt, ok, read_json, run_command
+from gpu_common import Context, Deadline, fmt, ok, read_json, run_command
 
 STAGE_KEYS = ("tokens_per_s", "samples_per_s", "mfu", "model_tflops_per_s", "peak_memory_gib", "step_ms")
 
