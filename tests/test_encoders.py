@@ -1,0 +1,116 @@
+"""The support matrix: every architecture of tests/encoder_matrix.py through the whole pipeline.
+
+Per architecture (tiny random model, tokenizer trained offline on IMDb text): the masked-only MLM
+loss and gradients equal the model's own full-logit ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+
+from dapt.modeling import MaskedLMObjective
+from tests.encoder_matrix import ARCHITECTURES, BY_NAME, imdb_texts, tiny_config, train_tokenizer
+
+IDS = [arch.name for arch in ARCHITECTURES]
+
+
+@pytest.fixture(scope="module")
+def texts(shared_data):
+    return imdb_texts(300)
+
+
+@pytest.fixture(scope="module")
+def tokenizers(texts):
+    return {arch.name: train_tokenizer(arch, texts) for arch in ARCHITECTURES}
+
+
+def masked_batch(tokenizer, texts, rows=3, length=40, seed=0):
+    """Real text, one padded row, ~25 % of the tokens selected as labels."""
+    ids = [tokenizer(t, truncation=True, max_length=length)["input_ids"] for t in texts[:rows]]
+    ids[-1] = ids[-1][: length - 9]
+    input_ids = torch.full((rows, length), tokenizer.pad_token_id)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        attention_mask[row, : len(seq)] = 1
+    chosen = torch.rand(input_ids.shape, generator=torch.Generator().manual_seed(seed)) < 0.25
+    labels = torch.where(chosen & attention_mask.bool(), input_ids, torch.full_like(input_ids, -100))
+    return input_ids, attention_mask, labels
+
+
+def without_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=IDS)
+def test_masked_only_loss_and_gradients_equal_the_models_own(arch, tokenizers, texts):
+    from transformers import AutoModelForMaskedLM
+
+    tokenizer = tokenizers[arch.name]
+    torch.manual_seed(0)
+    model = without_dropout(AutoModelForMaskedLM.from_config(tiny_config(arch, tokenizer), attn_implementation="eager"))
+    reference = copy.deepcopy(model)
+    input_ids, attention_mask, labels = masked_batch(tokenizer, texts)
+    objective = MaskedLMObjective(model)
+    assert objective.strategy in ("native", "gather") and objective.masked_only  # never the full-logit fallback
+
+    expected = reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    losses, example = objective(input_ids, attention_mask, labels)
+    assert len(losses) == int((labels != -100).sum()) and example.tolist() == sorted(example.tolist())
+    assert losses.mean().item() == pytest.approx(expected.item(), abs=1e-5)
+    expected.backward()
+    losses.mean().backward()
+    for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
+        assert (ours.grad is None) == (theirs.grad is None), name
+        if ours.grad is not None:
+            torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_a_head_that_mixes_positions_falls_back_to_full_logits(tokenizers, texts, caplog):
+    """An MLM model whose head is not per-position cannot be split: the probe sees it, one log
+    line says so, and the loss is still the model's own."""
+    from transformers import BertForMaskedLM
+
+    class MixingHead(BertForMaskedLM):
+        def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask)[0]
+            logits = self.cls(hidden + hidden.mean(dim=1, keepdim=True))
+            loss = None if labels is None else torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+            return type("Out", (), {"logits": logits, "loss": loss})()
+
+    tokenizer = tokenizers["bert"]
+    torch.manual_seed(0)
+    model = MixingHead(tiny_config(BY_NAME["bert"], tokenizer)).eval()
+    input_ids, attention_mask, labels = masked_batch(tokenizer, texts)
+    with caplog.at_level(logging.WARNING, logger="dapt.modeling"):
+        objective = MaskedLMObjective(model)
+    assert objective.strategy == "full" and not objective.masked_only
+    assert [r.message for r in caplog.records if "masked-only MLM logits unavailable" in r.message] != []
+    assert len(caplog.records) == 1
+    assert model.bert._forward_hooks == {}  # the probe's hook is gone
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        assert objective(input_ids, attention_mask, labels)[0].mean().item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_head_warm_up_trains_the_head_only_with_either_logit_path(tokenizers, texts):
+    """``freeze_encoder``: no gradient reaches the encoder (nor a tied decoder), the head gets one."""
+    from transformers import AutoModelForMaskedLM
+
+    tokenizer = tokenizers["roberta"]
+    input_ids, attention_mask, labels = masked_batch(tokenizer, texts)
+    for masked_only in (True, False):
+        torch.manual_seed(0)
+        model = AutoModelForMaskedLM.from_config(tiny_config(BY_NAME["roberta"], tokenizer))
+        objective = MaskedLMObjective(model, masked_only=masked_only)
+        objective(input_ids, attention_mask, labels, freeze_encoder=True)[0].mean().backward()
+        assert all(p.grad is None for p in model.base_model.parameters())
+        assert all(p.requires_grad for p in model.parameters())  # restored afterwards
+        assert model.lm_head.dense.weight.grad is not None
