@@ -114,3 +114,41 @@ def test_head_warm_up_trains_the_head_only_with_either_logit_path(tokenizers, te
         assert all(p.grad is None for p in model.base_model.parameters())
         assert all(p.requires_grad for p in model.parameters())  # restored afterwards
         assert model.lm_head.dense.weight.grad is not None
+
+
+@pytest.fixture(scope="module")
+def saved_models(tokenizers, tmp_path_factory):
+    """Each architecture's tiny random MLM model and tokenizer, saved once (stage 1's input)."""
+    from transformers import AutoModelForMaskedLM
+
+    root = tmp_path_factory.mktemp("encoders")
+    folders = {}
+    for arch in ARCHITECTURES:
+        torch.manual_seed(0)
+        model = AutoModelForMaskedLM.from_config(tiny_config(arch, tokenizers[arch.name]), attn_implementation="eager")
+        folders[arch.name] = root / arch.name
+        model.save_pretrained(folders[arch.name])
+        tokenizers[arch.name].save_pretrained(folders[arch.name])
+    return folders
+
+
+@pytest.mark.parametrize("requested, expected", [("sdpa", "eager"), ("flash_attention_2", "eager")])
+def test_unsupported_attention_falls_back_with_one_log_line(saved_models, requested, expected, caplog):
+    """DeBERTa-v2/v3 have no SDPA (nor flash attention here): stage 1 loads the best supported one."""
+    from dapt.modeling import load_masked_lm
+
+    with caplog.at_level(logging.INFO, logger="dapt.modeling"):
+        model, _, had_head = load_masked_lm(str(saved_models["deberta-v3"]), requested)
+    assert model.config._attn_implementation == expected and had_head
+    lines = [r.message for r in caplog.records if "attn_implementation" in r.message]
+    assert len(lines) == 1 and f"attn_implementation={requested} is not supported" in lines[0]
+    assert lines[0].endswith(f"using {expected}")
+
+
+def test_supported_attention_is_kept_silently(saved_models, caplog):
+    from dapt.modeling import load_masked_lm
+
+    with caplog.at_level(logging.INFO, logger="dapt.modeling"):
+        model, _, _ = load_masked_lm(str(saved_models["roberta"]), "sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    assert not [r for r in caplog.records if "attn_implementation" in r.message]
