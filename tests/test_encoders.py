@@ -152,3 +152,59 @@ def test_supported_attention_is_kept_silently(saved_models, caplog):
         model, _, _ = load_masked_lm(str(saved_models["roberta"]), "sdpa")
     assert model.config._attn_implementation == "sdpa"
     assert not [r for r in caplog.records if "attn_implementation" in r.message]
+
+
+# --------------------------------------------------------------------------------------------
+# Packing and whole-word masking with each tokenizer
+
+
+EXPECTED_LAYOUT = {  # (first, last) token of a packed block, as the real checkpoints' tokenizers lay out one text
+    "RobertaTokenizer": ("<s>", "</s>"), "XLMRobertaTokenizer": ("<s>", "</s>"),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=IDS)
+def test_blocks_use_the_tokenizers_own_special_layout(arch, tokenizers, texts):
+    import datasets
+
+    from dapt.data import pack_blocks
+
+    tokenizer = tokenizers[arch.name]
+    blocks = pack_blocks(datasets.Dataset.from_dict({"text": texts[:20]}), tokenizer, 48)
+    first, last = EXPECTED_LAYOUT.get(arch.tokenizer, ("[CLS]", "[SEP]"))
+    one_text = tokenizer.convert_ids_to_tokens(tokenizer("a film")["input_ids"])
+    assert (one_text[0], one_text[-1]) == (first, last)
+    for ids in blocks["input_ids"]:
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        assert len(ids) == 48 and tokens[0] == first and tokens[-1] == last
+        assert first not in tokens[1:-1]  # documents are joined by the separator only
+    joined = sum((ids[1:-1] for ids in blocks["input_ids"]), [])
+    assert joined.count(tokenizer.convert_tokens_to_ids(last)) >= 2  # document ends inside the stream
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=IDS)
+def test_whole_word_masking_uses_the_tokenizers_word_boundaries(arch, tokenizers, texts):
+    """Every piece of a selected word is masked, with no ``##`` convention: the word ids of the
+    tokenizer's own pre-tokenization (WordPiece, byte-level BPE, SentencePiece)."""
+    import datasets
+
+    from dapt.data import pack_blocks
+    from dapt.masking import MLMCollator
+
+    tokenizer = tokenizers[arch.name]
+    blocks = pack_blocks(datasets.Dataset.from_dict({"text": texts[:12]}), tokenizer, 64, with_word_ids=True)
+    batch = MLMCollator(tokenizer, whole_word_mask=True, mlm_probability=0.3, seed=0)(list(blocks))
+    masked = batch["labels"] != -100
+    assert 0.15 < masked.float().mean() < 0.5
+    split_words = 0
+    for row, words in enumerate(blocks["word_ids"]):
+        words = torch.tensor(words)
+        assert (words[torch.isin(torch.tensor(blocks["input_ids"][row]), torch.tensor(tokenizer.all_special_ids))] == -1).all()
+        for word in words.unique():
+            if word < 0:
+                continue
+            pieces = masked[row, : len(words)][words == word]
+            assert pieces.all() or not pieces.any(), (row, int(word))
+            split_words += len(pieces) > 1
+    assert split_words > 20  # words of several pieces were there to test
+    assert (batch["input_ids"][masked] == tokenizer.mask_token_id).all()
