@@ -208,3 +208,93 @@ def test_whole_word_masking_uses_the_tokenizers_word_boundaries(arch, tokenizers
             split_words += len(pieces) > 1
     assert split_words > 20  # words of several pieces were there to test
     assert (batch["input_ids"][masked] == tokenizer.mask_token_id).all()
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline per architecture: stage 1 -> stage 2 -> publish (dry run) -> use
+
+
+REVIEWS = ["great movie", "terrible film, a waste of time", "I loved this film!", "Terrible."]
+
+
+@pytest.fixture(scope="module")
+def corpus(texts, tmp_path_factory):
+    """Stage 1's corpus: IMDb reviews as a parquet file in a temp folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path_factory.mktemp("corpus") / "reviews.parquet"
+    pq.write_table(pa.table({"text": texts[:100]}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(saved_models, corpus, shared_data, tmp_path_factory):
+    """``run(name) -> (stage-1 summary, stage-2 results, published folder)``, each architecture run once."""
+    from classify import publish
+    from classify.config import ClassifyConfig
+    from classify.train import train_classifier
+    from dapt.config import load_config
+    from dapt.pretrain import PretrainConfig, pretrain
+
+    done = {}
+
+    def run(name: str):
+        if name not in done:
+            root = tmp_path_factory.mktemp(f"pipeline-{name}")
+            summary = pretrain(load_config(PretrainConfig, None, [
+                f"output_dir={root / 'dapt'}", f"model.name_or_path={saved_models[name]}",
+                f"data.sources=[{{path: {corpus}}}]", "data.heldout=10", "data.block_size=64",
+                "train.batch_size=8", "train.eval_batch_size=32", "train.max_steps=10", "train.lr=2e-3",
+                "train.warmup_steps=2", "train.log_every=5", "train.eval_every=0",
+                "impl.mixed_precision=no", "impl.dataloader_workers=0"]))  # attention: the default, sdpa
+            results = train_classifier(load_config(ClassifyConfig, None, [
+                f"output_dir={root / 'classify'}", f"model.encoder={root / 'dapt'}", "model.max_length=64",
+                f"data.train.path={shared_data}/imdb", "data.train.max_samples=32", "data.validation_size=8",
+                f"data.eval.imdb_test.path={shared_data}/imdb", "data.eval.imdb_test.max_samples=16",
+                f"data.eval.sst2_validation.path={shared_data}/sst2", "data.eval.sst2_validation.max_samples=16",
+                "data.bucket_batches=2", "train.epochs=1", "train.batch_size=8", "train.eval_batch_size=16",
+                "train.encoder_lr=1e-3", "train.head_lr=5e-3", "impl.mixed_precision=no", "impl.dataloader_workers=0",
+                "checkpoint.every_epoch=false"]))
+            folder = root / "hub"
+            assert publish.main([str(root / "classify"), "--repo-id", f"alice/{name}", "--folder", str(folder),
+                                 "--dry-run"]) == 0
+            done[name] = summary, results, folder
+        return done[name]
+
+    return run
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=IDS)
+def test_stage1_lowers_heldout_perplexity(arch, pipeline_run):
+    summary, _, _ = pipeline_run(arch.name)
+    assert summary["had_mlm_head"] and summary["steps"] == 10
+    assert summary["perplexity_after"] < summary["perplexity_before"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=IDS)
+def test_stage2_trains_and_evaluates(arch, pipeline_run):
+    import math
+
+    _, results, _ = pipeline_run(arch.name)
+    assert results["training"]["epochs"][0]["train_loss"] > 0
+    for name in ("imdb_test", "sst2_validation"):
+        assert all(math.isfinite(results["evaluation"][name][m]) for m in ("accuracy", "roc_auc", "loss"))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=IDS)
+def test_published_folder_rebuilds_the_encoder_and_pipeline_agrees(arch, pipeline_run):
+    """model.py rebuilds this architecture offline from its embedded config; infer_reviews,
+    AutoModelForSequenceClassification and pipeline() give the same probabilities."""
+    from transformers import pipeline
+
+    from classify.model import load_classifier, predict_proba
+
+    _, _, folder = pipeline_run(arch.name)
+    classifier, tokenizer = load_classifier(folder)
+    assert classifier.encoder.config.model_type == arch.model_type.replace("-", "_") or \
+        classifier.encoder.config.model_type == arch.model_type
+    expected = predict_proba(REVIEWS, classifier, tokenizer)
+    classify = pipeline("text-classification", model=str(folder), trust_remote_code=True)
+    for scores, p in zip(classify(REVIEWS, truncation=True, top_k=None), expected):
+        assert {s["label"]: s["score"] for s in scores}["Positive"] == pytest.approx(p, abs=1e-5)
