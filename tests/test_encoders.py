@@ -1,7 +1,11 @@
 """The support matrix: every architecture of tests/encoder_matrix.py through the whole pipeline.
 
 Per architecture (tiny random model, tokenizer trained offline on IMDb text): the masked-only MLM
-loss and gradients equal the model's own full-logit ones.
+loss and gradients equal the model's own full-logit ones; blocks carry the tokenizer's own special
+tokens and whole-word masking its word boundaries; then stage 1 (held-out perplexity falls), stage 2,
+``dapt-publish --dry-run``, the published model.py through ``pipeline(..., trust_remote_code=True)``,
+and DESIGN.md's user snippet against the loopback Hub. Adding an architecture is one line in
+tests/encoder_matrix.py.
 """
 
 from __future__ import annotations
@@ -265,6 +269,7 @@ def pipeline_run(saved_models, corpus, shared_data, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # the three share one pipeline run per architecture (~10 s of CPU each)
 @pytest.mark.parametrize("arch", ARCHITECTURES, ids=IDS)
 def test_stage1_lowers_heldout_perplexity(arch, pipeline_run):
     summary, _, _ = pipeline_run(arch.name)
@@ -272,6 +277,7 @@ def test_stage1_lowers_heldout_perplexity(arch, pipeline_run):
     assert summary["perplexity_after"] < summary["perplexity_before"]
 
 
+@pytest.mark.slow  # the three share one pipeline run per architecture (~10 s of CPU each)
 @pytest.mark.parametrize("arch", ARCHITECTURES, ids=IDS)
 def test_stage2_trains_and_evaluates(arch, pipeline_run):
     import math
@@ -282,6 +288,7 @@ def test_stage2_trains_and_evaluates(arch, pipeline_run):
         assert all(math.isfinite(results["evaluation"][name][m]) for m in ("accuracy", "roc_auc", "loss"))
 
 
+@pytest.mark.slow  # the three share one pipeline run per architecture (~10 s of CPU each)
 @pytest.mark.parametrize("arch", ARCHITECTURES, ids=IDS)
 def test_published_folder_rebuilds_the_encoder_and_pipeline_agrees(arch, pipeline_run):
     """model.py rebuilds this architecture offline from its embedded config; infer_reviews,
@@ -298,3 +305,56 @@ def test_published_folder_rebuilds_the_encoder_and_pipeline_agrees(arch, pipelin
     classify = pipeline("text-classification", model=str(folder), trust_remote_code=True)
     for scores, p in zip(classify(REVIEWS, truncation=True, top_k=None), expected):
         assert {s["label"]: s["score"] for s in scores}["Positive"] == pytest.approx(p, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_user_snippet_from_the_hub_for_every_architecture(pipeline_run, hub_env, tmp_path):
+    """DESIGN.md's snippet, verbatim, in a fresh interpreter that cannot import this repository,
+    against each architecture's repo pushed to the loopback Hub (one process for all of them)."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from classify import publish
+    from classify.model import infer_reviews, load_classifier
+    from tests.test_hub_roundtrip import user_script
+
+    hub_env.login("alice")
+    api = hub_env.api("alice")
+    repos = {}
+    for arch in ARCHITECTURES:
+        _, _, folder = pipeline_run(arch.name)
+        repos[arch.name] = hub_env.hub.new_repo_id("alice", arch.name)
+        api.create_repo(repos[arch.name])
+        api.upload_folder(repo_id=repos[arch.name], folder_path=folder)
+        assert set(publish.list_folder(folder)) and "model.py" in api.list_repo_files(repos[arch.name])
+    hub_env.logout()
+    script = textwrap.dedent("""
+        import importlib, os, sys
+        for name, repo_id in REPOS.items():
+            os.makedirs(name); os.chdir(name)
+            sys.modules.pop("model", None)  # each repo's own model.py, downloaded into "."
+            importlib.invalidate_caches()
+            print("\\nARCH", name)
+            exec(compile(SNIPPET.replace("REPO_ID = ", "REPO_ID = " + repr(repo_id) + "  # ", 1), name, "exec"), {})
+            os.chdir("..")
+    """)
+    script = f"REPOS = {repos!r}\nSNIPPET = {user_script('REPO_ID')!r}\n" + script
+    env = hub_env.subprocess_env()
+    env.pop("PYTHONPATH", None)
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    outputs = {}
+    for chunk in done.stdout.split("\nARCH ")[1:]:
+        name, rest = chunk.split("\n", 1)
+        outputs[name] = json.loads(rest.split("\nRESULT ")[-1].splitlines()[0])
+    assert set(outputs) == set(repos)
+    for name, out in outputs.items():
+        classifier, tokenizer = load_classifier(pipeline_run(name)[2])
+        one = infer_reviews("Great movie", classifier, tokenizer)
+        assert out["one"][:2] == list(one[:2]) and out["one"][2] == pytest.approx(one[2], abs=1e-5), name
+        many = infer_reviews(["I loved this film!", "Terrible."], classifier, tokenizer)
+        assert [r[2] for r in out["many"]] == pytest.approx([r[2] for r in many], abs=1e-5), name
