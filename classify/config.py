@@ -76,6 +76,7 @@ class ClassifyConfig:
     output_dir: str = "runs/classify"
     run_name: str = "classify"
     tensorboard: bool = False
+    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow, ... (Accelerate's)
     push_to_hub: bool = False  # after training: build the Hub folder and upload it (classify.publish)
     hub_repo_id: Optional[str] = None  # USER/NAME
     hub_private: bool = False

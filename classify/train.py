@@ -148,8 +148,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
     """Run stage 2 as configured; returns the results also written to ``results.json``."""
     output_dir = Path(config.output_dir)
     # make_accelerator starts a fresh AcceleratorState: repeated runs in one process work
-    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
-    if config.tensorboard:
+    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard, config.report_to)
+    if accelerator.log_with:
         accelerator.init_trackers(config.run_name)
     set_seed(config.train.seed)  # the head's initialisation and dropout
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")

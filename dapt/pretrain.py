@@ -86,6 +86,7 @@ class PretrainConfig:
     output_dir: str = "runs/dapt"
     run_name: str = "dapt"
     tensorboard: bool = False
+    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow, ... (Accelerate's)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -178,8 +179,8 @@ def pretrain(config: PretrainConfig) -> dict:
     """Run stage 1 as configured; returns the summary also written to ``dapt_summary.json``."""
     started = time.time()
     output_dir = Path(config.output_dir)
-    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
-    if config.tensorboard:
+    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard, config.report_to)
+    if accelerator.log_with:
         accelerator.init_trackers(config.run_name)
     set_seed(config.train.seed)
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
