@@ -8,7 +8,7 @@ For each architecture (BERT-base, RoBERTa-base and ModernBERT-base shapes, rando
 picks), the stage-1 training step of ``dapt/pretrain.py`` - :class:`dapt.modeling.MaskedLMObjective`
 on a :class:`dapt.masking.MLMCollator` batch, autocast, backward, gradient clipping, AdamW from
 :func:`dapt.runtime.make_optimizer` - runs with ``masked_only`` on and off on the same batches, the
-two interleaved ``--repeats`` times; the report is the ratio of the median step times (full / masked
+two interleaved ``--repeats`` times in ABBA order; the report is the ratio of the median step times (full / masked
 only) and the losses of both, which must agree. Only a ratio measured in one run is reported.
 """
 
@@ -122,8 +122,9 @@ def measure(name: str, args) -> dict:
         for _ in range(args.warmup):
             step(objective, data[0])
     times = {side: [] for side in sides}
-    for _ in range(args.repeats):
-        for side, objective in sides.items():
+    for repeat in range(args.repeats):  # ABBA order: a load that drifts during the run hits both sides alike
+        order = list(sides.items()) if repeat % 2 == 0 else list(reversed(sides.items()))
+        for side, objective in order:
             times[side].append(timed(objective))
     # the two losses on one batch, same weights, no dropout difference: eval mode, no update
     model.eval()
