@@ -299,8 +299,7 @@ def test_published_folder_rebuilds_the_encoder_and_pipeline_agrees(arch, pipelin
 
     _, _, folder = pipeline_run(arch.name)
     classifier, tokenizer = load_classifier(folder)
-    assert classifier.encoder.config.model_type == arch.model_type.replace("-", "_") or \
-        classifier.encoder.config.model_type == arch.model_type
+    assert classifier.encoder.config.model_type in (arch.model_type, arch.model_type.replace("-", "_"))
     expected = predict_proba(REVIEWS, classifier, tokenizer)
     classify = pipeline("text-classification", model=str(folder), trust_remote_code=True)
     for scores, p in zip(classify(REVIEWS, truncation=True, top_k=None), expected):
