@@ -18,7 +18,7 @@ from dapt.core.runtime import CheckpointConfig, ImplConfig, check_range, raise_c
 BEST_METRICS = {"val_acc": "max", "val_f1": "max", "val_roc_auc": "max", "val_loss": "min"}
 # keys that may change between a run and its resume (everything else is the run's fingerprint);
 # data.eval: the test sets are read only after training
-RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "overwrite", "push_to_hub", "hub_repo_id", "hub_private",
+RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "report_to", "overwrite", "push_to_hub", "hub_repo_id", "hub_private",
                   "checkpoint", "data.eval", "train.log_every", "train.max_nonfinite", "impl.dataloader_workers", "impl.pin_memory")
 
 
@@ -90,6 +90,7 @@ class ClassifyConfig:
     overwrite: bool = False  # replace a previous run in output_dir (its results stay until this one finishes)
     run_name: str = "classify"
     tensorboard: bool = False
+    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow, ... (Accelerate's)
     push_to_hub: bool = False  # after training: build the Hub folder and upload it (classify.publish)
     hub_repo_id: Optional[str] = None  # USER/NAME
     hub_private: bool = False

@@ -248,8 +248,8 @@ def build_encoder(encoder_config: dict) -> PreTrainedModel:
     try:
         return AutoModel.from_config(config, **kwargs)
     except (ValueError, ImportError) as error:  # no SDPA for this architecture
-        logger.info("SDPA attention unavailable (%s); using the default attention", error)
-        kwargs.pop("attn_implementation")
+        logger.info("SDPA attention unavailable (%s); using eager attention", str(error).splitlines()[0][:120])
+        kwargs["attn_implementation"] = "eager"  # not a pop: the failed attempt left "sdpa" in the config
         return AutoModel.from_config(config, **kwargs)
 
 
@@ -395,8 +395,8 @@ class EncoderClassifier(nn.Module):
         except (ValueError, ImportError) as error:
             if kwargs.get("attn_implementation") != "sdpa":
                 raise
-            logger.info("SDPA attention unavailable (%s); using the default attention", error)
-            kwargs.pop("attn_implementation")
+            logger.info("SDPA attention unavailable (%s); using eager attention", str(error).splitlines()[0][:120])
+            kwargs["attn_implementation"] = "eager"  # not a pop: the failed attempt left "sdpa" in the config
             encoder = _load_encoder(name_or_path, encoder_config, kwargs)
         config = {
             "encoder_config": _encoder_dict_of(encoder.config),

@@ -172,7 +172,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     """Run stage 2 as configured; returns the results also written to ``results.json``."""
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir, marker=RESULTS, overwrite=config.overwrite, resume=config.checkpoint.resume)
-    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
+    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard, config.report_to)
     set_seed(config.train.seed)  # the head's initialisation and dropout
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
     hp, mc = config.train, config.model
@@ -206,7 +206,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
                                     scheduler=scheduler, fingerprint=fingerprint(config, RESUMABLE_KEYS))
     resume_from, metrics = open_run_dir(accelerator, output_dir, config, checkpoints, resume=config.checkpoint.resume,
                                         overwrite=config.overwrite, marker=RESULTS)
-    if config.tensorboard:
+    if accelerator.log_with:
         accelerator.init_trackers(config.run_name)
     if resume_from is not None:
         state = ClassifyState.from_json(checkpoints.load(resume_from))

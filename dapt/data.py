@@ -23,7 +23,7 @@ class CorpusConfig:
         default_factory=lambda: [SourceConfig(path="stanfordnlp/imdb", splits=["train", "unsupervised"])]
     )
     heldout: float = 0.01  # held-out documents: a fraction (< 1) or a count (>= 1)
-    block_size: int = 512  # packed block length, [CLS] and [SEP] included
+    block_size: int = 512  # packed block length, the special tokens ([CLS]/[SEP], <s>/</s>) included
     mlm_probability: float = 0.15
     mask_replace_prob: float = 0.8  # of the selected tokens: [MASK]
     random_replace_prob: float = 0.1  # of the selected tokens: a random token (the rest unchanged)
@@ -59,50 +59,75 @@ def split_heldout(dataset: datasets.Dataset, heldout: float, seed: int) -> tuple
     return parts["train"], parts["test"]
 
 
+def special_layout(tokenizer) -> tuple[list[int], list[int], int]:
+    """``(prefix, suffix, separator)``: the special tokens the tokenizer puts around one sequence
+    (``[CLS]`` / ``[SEP]`` for BERT, DeBERTa and ModernBERT, ``<s>`` / ``</s>`` for RoBERTa and XLM-R)
+    and the token that ends a document inside a block. A tokenizer that adds none gets its own
+    cls/bos and sep/eos tokens."""
+    probe = "a"
+    inner = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    outer = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    prefix, suffix = [], []
+    for start in range(len(outer) - len(inner) + 1):
+        if inner and outer[start : start + len(inner)] == inner:
+            prefix, suffix = list(outer[:start]), list(outer[start + len(inner) :])
+            break
+    if not prefix and not suffix:
+        first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        prefix, suffix = [first] if first is not None else [], [last] if last is not None else []
+    separator = suffix[-1] if suffix else tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if separator is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no separator, sep or eos token to join documents with")
+    return prefix, suffix, separator
+
+
 def pack_blocks(
     dataset: datasets.Dataset,
     tokenizer,
     block_size: int,
     *,
     keep_remainder: bool = False,
-    with_offsets: bool = False,
+    with_word_ids: bool = False,
     num_proc: Optional[int] = None,
     map_batch_size: int = 1000,
 ) -> datasets.Dataset:
-    """Tokenize once (cached by ``datasets``), join documents with ``[SEP]`` and cut the stream
-    into ``[CLS] ... [SEP]`` blocks of ``block_size`` tokens. Columns: ``input_ids``, ``index``
-    (and ``offset_mapping`` for whole-word masking). The tail shorter than a block in each map
-    batch is dropped, or kept as a short block when ``keep_remainder``."""
+    """Tokenize once (cached by ``datasets``), join documents with the tokenizer's separator and cut
+    the stream into blocks of ``block_size`` tokens laid out as the tokenizer lays out one sequence
+    (``[CLS] ... [SEP]``, ``<s> ... </s>``; :func:`special_layout`). Columns: ``input_ids``,
+    ``index`` (and ``word_ids`` for whole-word masking: a word number per token, from the
+    tokenizer's own pre-tokenization - WordPiece, BPE or SentencePiece alike - and -1 for special
+    tokens). The tail shorter than a block in each map batch is dropped, or kept as a short block
+    when ``keep_remainder``."""
     if block_size < 8:
         raise DataError(f"block_size {block_size} is too small")
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    if cls_id is None or sep_id is None:
-        cls_id = cls_id if cls_id is not None else tokenizer.bos_token_id
-        sep_id = sep_id if sep_id is not None else tokenizer.eos_token_id
-    body = block_size - 2
+    prefix, suffix, separator = special_layout(tokenizer)
+    body = block_size - len(prefix) - len(suffix)
+    if with_word_ids and not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"data.whole_word_mask needs a fast tokenizer (word ids); {type(tokenizer).__name__} is not")
 
     def tokenize(batch):
-        encoded = tokenizer(
-            batch["text"], add_special_tokens=False, return_attention_mask=False,
-            return_offsets_mapping=with_offsets, verbose=False,
-        )
+        encoded = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False, verbose=False)
         out = {"ids": encoded["input_ids"]}
-        if with_offsets:
-            out["offsets"] = [[list(pair) for pair in row] for row in encoded["offset_mapping"]]
+        if with_word_ids:
+            out["words"] = [[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(batch["text"]))]
         return out
 
     def pack(batch):
-        stream, offsets = [], []
+        stream, words, next_word = [], [], 0
         for i, ids in enumerate(batch["ids"]):
             stream.extend(ids)
-            stream.append(sep_id)
-            if with_offsets:
-                offsets.extend(batch["offsets"][i])
-                offsets.append([0, 0])
+            stream.append(separator)
+            if with_word_ids:  # numbered across the whole stream, so two documents never share a word
+                doc_words = batch["words"][i]
+                words.extend(w + next_word if w >= 0 else -1 for w in doc_words)
+                words.append(-1)
+                next_word += max(doc_words, default=-1) + 1
         stop = len(stream) if keep_remainder else len(stream) - len(stream) % body
-        blocks = {"input_ids": [[cls_id] + stream[i : i + body] + [sep_id] for i in range(0, stop, body)]}
-        if with_offsets:
-            blocks["offset_mapping"] = [[[0, 0]] + offsets[i : i + body] + [[0, 0]] for i in range(0, stop, body)]
+        blocks = {"input_ids": [prefix + stream[i : i + body] + suffix for i in range(0, stop, body)]}
+        if with_word_ids:
+            edge_before, edge_after = [-1] * len(prefix), [-1] * len(suffix)
+            blocks["word_ids"] = [edge_before + words[i : i + body] + edge_after for i in range(0, stop, body)]
         return blocks
 
     tokenized = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="tokenizing")
@@ -118,7 +143,7 @@ def build_blocks(data: CorpusConfig, tokenizer, accelerator, seed: int):
     with accelerator.main_process_first():
         documents, stats = load_corpus(data.sources, seed=seed)
         train_docs, heldout_docs = split_heldout(documents, data.heldout, seed=seed)
-        kwargs = dict(with_offsets=data.whole_word_mask, num_proc=data.num_proc)
+        kwargs = dict(with_word_ids=data.whole_word_mask, num_proc=data.num_proc)
         train_blocks = pack_blocks(train_docs, tokenizer, data.block_size, **kwargs)
         heldout_blocks = pack_blocks(heldout_docs, tokenizer, data.block_size, keep_remainder=True, **kwargs)
     if len(train_blocks) == 0:

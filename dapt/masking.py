@@ -28,8 +28,12 @@ def example_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class MLMCollator:
-    """Collates packed blocks (``input_ids``, ``index`` and optionally ``offset_mapping``) into a
-    padded, masked batch: ``input_ids``, ``attention_mask``, ``labels`` (-100 where unmasked)."""
+    """Collates packed blocks (``input_ids``, ``index`` and, for whole-word masking, ``word_ids``)
+    into a padded, masked batch: ``input_ids``, ``attention_mask``, ``labels`` (-100 where unmasked).
+
+    Word boundaries come from the tokenizer's own word ids (:func:`dapt.data.pack_blocks`), not from
+    ``##`` continuation marks, so whole-word masking works with WordPiece, byte-level BPE and
+    SentencePiece tokenizers alike."""
 
     def __init__(
         self,
@@ -69,14 +73,17 @@ class MLMCollator:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def mask_one(self, input_ids: torch.Tensor, index: int, offsets: torch.Tensor | None = None):
+    def mask_one(self, input_ids: torch.Tensor, index: int, word_ids: torch.Tensor | None = None):
         """``(masked_ids, labels)`` for one block, seeded by (seed, epoch, index)."""
         self.masker.generator.manual_seed(example_seed(self.seed, self.epoch, index))
         ids = input_ids.clone()[None]
         special = torch.isin(ids, self.special_ids)
-        masked, labels = self.masker.torch_mask_tokens(
-            ids, special_tokens_mask=special, offset_mapping=None if offsets is None else offsets[None]
-        )
+        offsets = None
+        if word_ids is not None:
+            # transformers finds word starts in character offsets (a token starting where the previous
+            # one ended continues its word); the span (w, w) of word number w says exactly that
+            offsets = torch.stack([word_ids, word_ids], dim=-1)[None]
+        masked, labels = self.masker.torch_mask_tokens(ids, special_tokens_mask=special, offset_mapping=offsets)
         return masked[0], labels[0]
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -88,10 +95,8 @@ class MLMCollator:
         attention = torch.zeros((len(examples), longest), dtype=torch.long)
         for row, example in enumerate(examples):
             ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
-            offsets = None
-            if self.whole_word_mask:
-                offsets = torch.as_tensor(example["offset_mapping"], dtype=torch.long)
-            masked, row_labels = self.mask_one(ids, int(example["index"]), offsets)
+            words = torch.as_tensor(example["word_ids"], dtype=torch.long) if self.whole_word_mask else None
+            masked, row_labels = self.mask_one(ids, int(example["index"]), words)
             batch_ids[row, : len(ids)] = masked
             labels[row, : len(ids)] = row_labels
             attention[row, : len(ids)] = 1

@@ -141,7 +141,7 @@ def pretrain(config: PretrainConfig) -> dict:
     started = time.time()
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir, marker=SUMMARY, overwrite=config.overwrite, resume=config.checkpoint.resume)
-    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard)
+    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard, config.report_to)
     set_seed(config.train.seed)
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
 
@@ -182,7 +182,7 @@ def pretrain(config: PretrainConfig) -> dict:
                                     scheduler=scheduler, fingerprint=fingerprint(config, RESUMABLE_KEYS))
     resume_from, metrics = open_run_dir(accelerator, output_dir, config, checkpoints, resume=config.checkpoint.resume,
                                         overwrite=config.overwrite, marker=SUMMARY)
-    if config.tensorboard:
+    if accelerator.log_with:
         accelerator.init_trackers(config.run_name)
 
     # --- the pretrained baseline, or where a run left off

@@ -15,7 +15,7 @@ from dapt.data import CorpusConfig
 from dapt.core.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
 
 # keys that may change between a run and its resume (everything else is the run's fingerprint)
-RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "overwrite", "checkpoint", "train.log_every",
+RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "report_to", "overwrite", "checkpoint", "train.log_every",
                   "train.time_budget_minutes", "train.max_nonfinite", "impl.dataloader_workers", "impl.pin_memory", "data.num_proc")
 
 
@@ -60,6 +60,7 @@ class PretrainConfig:
     overwrite: bool = False  # replace a previous run in output_dir (its results stay until this one finishes)
     run_name: str = "dapt"
     tensorboard: bool = False
+    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow, ... (Accelerate's)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

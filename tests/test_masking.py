@@ -76,7 +76,7 @@ def test_whole_word_masking_masks_all_pieces_of_a_word(tiny_tokenizer, caplog, r
     from dapt.data import pack_blocks
 
     text = " ".join(["xylophone quizzical zephyr movie"] * 40)
-    blocks = pack_blocks(datasets.Dataset.from_dict({"text": [text] * 4}), tiny_tokenizer, 64, with_offsets=True)
+    blocks = pack_blocks(datasets.Dataset.from_dict({"text": [text] * 4}), tiny_tokenizer, 64, with_word_ids=True)
     collator = MLMCollator(tiny_tokenizer, whole_word_mask=True, mlm_probability=0.3, seed=0)
     # the whole-word collator only ever writes [MASK]: said once in our log, with the values in use
     assert "mask_replace_prob 0.8 -> 1.0" in caplog.text

@@ -31,6 +31,8 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration
 
+from dapt.core.trackers import tracker_names
+
 logger = get_logger(__name__)
 
 NO_DECAY_PATTERN = re.compile(r"(^|\.)(bias|LayerNorm\.weight|layer_norm\.weight|layernorm\.weight|norm\.weight)$")
@@ -101,7 +103,7 @@ def report_weights_format(name_or_path: str) -> None:
 
 
 def make_accelerator(
-    impl: ImplConfig, output_dir: str | Path, grad_accum: int = 1, tensorboard: bool = False
+    impl: ImplConfig, output_dir: str | Path, grad_accum: int = 1, tensorboard: bool = False, report_to=()
 ) -> Accelerator:
     """An Accelerator for one run. On a machine without CUDA it runs on the CPU, several CPU
     processes (``torchrun`` / ``accelerate launch --multi_gpu``) talk over gloo."""
@@ -120,7 +122,7 @@ def make_accelerator(
         cpu=cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
-        log_with="tensorboard" if tensorboard else None,
+        log_with=tracker_names(tensorboard, report_to),  # report_to: any tracker Accelerate supports
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "tb")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
