@@ -1,8 +1,8 @@
 """Masked-only MLM logits against full-vocabulary logits, per architecture, in one process.
 
-    python scripts/bench_masked_logits.py --device cpu --json masked-logits.json          # base shapes
-    python scripts/bench_masked_logits.py --device cuda --batch 32 --block 512 --steps 20
-    python scripts/bench_masked_logits.py --tiny --steps 1 --warmup 1                      # smoke test
+    python -m scripts.bench_masked_logits --device cpu --json masked-logits.json          # base shapes
+    python -m scripts.bench_masked_logits --device cuda --batch 32 --block 512 --steps 20
+    python -m scripts.bench_masked_logits --tiny --steps 1 --warmup 1                      # smoke test
 
 For each architecture (BERT-base, RoBERTa-base and ModernBERT-base shapes, random init; ``--arch``
 picks), the stage-1 training step of ``dapt/pretrain.py`` - :class:`dapt.modeling.MaskedLMObjective`
@@ -17,12 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -73,8 +69,6 @@ class _SyntheticTokenizer:
 
 
 def batches(vocab_size: int, args, n: int) -> list[dict]:
-    from transformers import DataCollatorForLanguageModeling  # noqa: F401  (MLMCollator builds one)
-
     from dapt.masking import MLMCollator
 
     generator = torch.Generator().manual_seed(args.seed)
