@@ -114,3 +114,19 @@ def test_missing_graph_and_bad_folder_are_clear_errors(exported, tmp_path):
         export.OnnxClassifier(tmp_path)
     with pytest.raises(SystemExit, match="config.json not found|not found"):
         export.main([str(tmp_path / "nope"), "--onnx"])
+
+
+def test_bench_script_reports_same_process_ratios(exported, shared_data, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_onnx.py"
+    spec = importlib.util.spec_from_file_location("bench_onnx", script)
+    bench_onnx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_onnx)
+    folder, out = exported
+    assert bench_onnx.main([str(folder), "--export", str(out), "--reviews", "8", "--threads", "1", "--repeats", "1",
+                            "--data-dir", str(shared_data), "--json", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["variant"] for r in rows] == ["pytorch", "onnx fp32", "onnx int8 (graph-optimised)"]
+    assert rows[0]["vs_pytorch"] == 1.0 and all(r["reviews_per_s"] > 0 for r in rows)
