@@ -30,6 +30,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,22 @@ def _require_onnx():
 # --------------------------------------------------------------------------------------------
 
 
+class _Logits(torch.nn.Module):
+    """The classifier with a plain logits tensor as its output (whatever its forward returns)."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, input_ids, attention_mask):
+        out = self.classifier(input_ids=input_ids, attention_mask=attention_mask)
+        return out.logits if hasattr(out, "logits") else out
+
+
 def export_fp32(classifier, path: Path) -> Path:
-    """``torch.onnx.export`` (the dynamo exporter) with dynamic batch and sequence axes."""
-    classifier = classifier.eval().to("cpu")
+    """``torch.onnx.export`` (the dynamo exporter) with dynamic batch and sequence axes. Whatever the
+    forward does (a calibration temperature included) is in the graph."""
+    model = _Logits(classifier.eval().to("cpu")).eval()
     ids = torch.full((2, 16), 5, dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0  # a padded row, so the trace keeps the attention-mask path general
@@ -74,7 +88,7 @@ def export_fp32(classifier, path: Path) -> Path:
     dims = {0: batch, 1: sequence}
     with torch.no_grad():
         program = torch.onnx.export(
-            classifier,
+            model,
             (ids, mask),
             input_names=list(INPUT_NAMES),
             output_names=["logits"],
@@ -162,16 +176,18 @@ class OnnxClassifier:
     ``OnnxClassifier(folder, int8=False)``; then ``predict(reviews)`` (= ``infer_reviews``),
     ``infer_reviews`` and ``predict_proba`` with the semantics of :mod:`classify.model`'s functions,
     which do the work: this object is passed to them in place of the ``nn.Module``. For that it
-    offers what they read from a classifier: ``config_dict`` (the stored inference settings),
-    ``encoder.config`` (position-table size), a CPU ``device``/``parameters()`` to place inputs on,
-    and ``__call__(input_ids, attention_mask)`` -> float32 logits.
+    offers what they read from a classifier: the stored inference settings from ``config.json``
+    (as ``config`` attributes, and as the ``config_dict`` mapping older versions read), the
+    encoder's ``encoder.config`` (position-table size), a CPU ``device``/``parameters()`` to place
+    inputs on, and ``__call__(input_ids, attention_mask)`` -> an output with float32 ``logits``.
+    A calibration temperature needs nothing here: the exported forward already divides by it.
     """
 
     def __init__(self, folder, *, int8: bool = False, threads: int | None = None):
         _require_onnx()
         import onnxruntime
 
-        from classify.model import _normalize_config, load_tokenizer
+        from classify.model import load_tokenizer
 
         folder = Path(folder)
         graph = folder / (INT8_FILE if int8 else FP32_FILE)
@@ -179,8 +195,11 @@ class OnnxClassifier:
             hint = " (export with --int8)" if int8 else ""
             raise ExportError(f"{graph} not found: not an ONNX export folder{hint}")
         self.folder, self.int8 = folder, int8
-        self.config_dict = _normalize_config(folder / "config.json")
-        self.encoder = SimpleNamespace(config=SimpleNamespace(**self.config_dict["encoder_config"]))
+        stored = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        stored["id2label"] = {int(k): v for k, v in stored.get("id2label", {0: "Negative", 1: "Positive"}).items()}
+        self.config_dict = stored
+        self.config = SimpleNamespace(**stored)
+        self.encoder = SimpleNamespace(config=SimpleNamespace(**stored["encoder_config"]))
         self.tokenizer = load_tokenizer(folder)
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -205,7 +224,7 @@ class OnnxClassifier:
         feed["attention_mask"] = attention_mask.cpu().numpy()
         if token_type_ids is not None and "token_type_ids" in self._inputs:
             feed["token_type_ids"] = token_type_ids.cpu().numpy()
-        return torch.from_numpy(self.session.run(["logits"], feed)[0]).float()
+        return SequenceClassifierOutput(logits=torch.from_numpy(self.session.run(["logits"], feed)[0]).float())
 
     # the one entry point, and its probability form
     def infer_reviews(self, reviews, batch_size: int = 32, **settings):

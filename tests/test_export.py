@@ -12,7 +12,9 @@ import json
 import pytest
 
 from classify import export
-from classify.model import EncoderClassifier, infer_reviews, load_classifier, predict_proba
+from classify import model
+from classify.model import infer_reviews, load_classifier, predict_proba
+from tests.test_model import make_run_dir
 
 pytestmark = pytest.mark.slow  # one ONNX export (~15-30 s on 2 loaded cores)
 
@@ -23,21 +25,19 @@ REVIEWS = [
     "A masterpiece of boredom.<br /><br />Terrible acting.",
     LONG,  # far over max_length: head+tail truncation decides what the model reads
     "x",
-    "",
 ]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_headless_encoder_dir, shared_data):
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_classifier")
-    classifier = EncoderClassifier.from_encoder(
-        str(tiny_headless_encoder_dir), max_length=64, truncation="head+tail", head_tokens=16
-    )
-    classifier.save_pretrained(folder, AutoTokenizer.from_pretrained(str(tiny_headless_encoder_dir)))
+    run_dir, _, _ = make_run_dir(tmp_path_factory.mktemp("run"), tiny_headless_encoder_dir,
+                                 truncation="head+tail", head_tokens=16, max_length=64)
+    folder = run_dir / "model"
+    # a calibration temperature, where the classifier applies one (it divides the logits in forward)
+    stored = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**stored, "temperature": 1.7}, indent=2))
     out = tmp_path_factory.mktemp("onnx")
-    assert export.main([str(folder), "--onnx", "--int8", "--out", str(out), "--check", "60",
+    assert export.main([str(run_dir), "--onnx", "--int8", "--out", str(out), "--check", "60",
                         "--data-dir", str(shared_data)]) == 0
     return folder, out
 
@@ -56,7 +56,8 @@ def test_fp32_probabilities_match_pytorch_on_tricky_and_long_reviews(exported):
     folder, out = exported
     classifier, tokenizer = load_classifier(folder)
     served = export.OnnxClassifier(out)
-    for truncation in (None, "head"):  # the stored head+tail, and an override at inference time
+    # the stored head+tail, and overrides at inference time
+    for truncation in [None, "head"] + (["windows"] if "windows" in model.TRUNCATION_STRATEGIES else []):
         expected = predict_proba(REVIEWS, classifier, tokenizer, truncation=truncation)
         got = served.predict_proba(REVIEWS, truncation=truncation)
         assert max(abs(a - b) for a, b in zip(expected, got)) < 1e-4

@@ -115,7 +115,10 @@ def test_highlighted_part_is_exactly_what_the_model_reads(built, truncation):
     _, model_folder, folder = built
     app = _import_app(folder)
     module, classifier, tokenizer = app.load_model(str(model_folder))
-    classifier.config_dict["truncation"] = truncation
+    if isinstance(getattr(classifier, "config_dict", None), dict):
+        classifier.config_dict["truncation"] = truncation
+    else:  # model.py versions whose settings live on the config object
+        classifier.config.truncation = truncation
     ids, kept, _, _ = app.read_tokens(LONG_REVIEW, module, classifier, tokenizer)
     expected = encode_reviews(tokenizer, [LONG_REVIEW], 64, truncation, 16)[0]
     assert [tokenizer.cls_token_id] + [ids[i] for i in kept] + [tokenizer.sep_token_id] == expected

@@ -53,25 +53,34 @@ def load_model(model_ref: str):
     return module, classifier, tokenizer
 
 
+def settings(classifier) -> dict:
+    """The inference settings the model stores (max_length, truncation, head_tokens, id2label, and
+    temperature where the model has one), from whichever model.py version the repo was published with."""
+    stored = getattr(classifier, "config_dict", None)
+    stored = dict(stored) if isinstance(stored, dict) else classifier.config.to_dict()
+    stored["id2label"] = {int(k): v for k, v in stored["id2label"].items()}
+    return stored
+
+
 def read_tokens(text: str, module, classifier, tokenizer) -> tuple[list[int], list[int], list[tuple[int, int]], str]:
     """What ``infer_reviews`` feeds the model for ``text``: (all content token ids, the indices of
     the ones kept, their character offsets in the cleaned text, the cleaned text)."""
-    settings = classifier.config_dict
+    stored = settings(classifier)
     cleaned = module.clean_text(text)
     content = tokenizer(cleaned, add_special_tokens=False, return_offsets_mapping=True)
-    encoded = module.encode_reviews(tokenizer, [text], _max_length(classifier, tokenizer), settings["truncation"],
-                                    settings["head_tokens"])[0]
+    truncation, head_tokens = stored["truncation"], stored["head_tokens"]
+    encoded = module.encode_reviews(tokenizer, [text], _max_length(classifier), truncation, head_tokens)[0]
     kept_count = len(encoded) - tokenizer.num_special_tokens_to_add(pair=False)
     everything = list(range(len(content["input_ids"])))
-    if settings["truncation"] in ("head", "head+tail"):
-        kept = module.truncate_ids(everything, kept_count, settings["truncation"], settings["head_tokens"])
+    if truncation in ("head", "head+tail"):
+        kept = module.truncate_ids(everything, kept_count, truncation, head_tokens)
     else:  # sliding windows read the whole review
         kept = everything
     return content["input_ids"], kept, content["offset_mapping"], cleaned
 
 
-def _max_length(classifier, tokenizer) -> int:
-    limits = [classifier.config_dict["max_length"], getattr(classifier.encoder.config, "max_position_embeddings", None)]
+def _max_length(classifier) -> int:
+    limits = [settings(classifier)["max_length"], getattr(classifier.encoder.config, "max_position_embeddings", None)]
     return min(limit for limit in limits if isinstance(limit, int) and limit > 0)
 
 
@@ -93,7 +102,7 @@ def read_spans(text: str, module, classifier, tokenizer) -> list[tuple[str, str 
 
 
 def confidence_note(classifier) -> str:
-    temperature = classifier.config_dict.get("temperature")
+    temperature = settings(classifier).get("temperature")
     if temperature and temperature != 1:
         return f"Confidence is calibrated: logits are divided by the temperature {temperature:.3g} fitted on validation data."
     return "This model stores no temperature: its confidence is the raw softmax, not calibrated."
@@ -101,7 +110,7 @@ def confidence_note(classifier) -> str:
 
 def build_demo(model_ref: str) -> gr.Blocks:
     module, classifier, tokenizer = load_model(model_ref)
-    labels = classifier.config_dict["id2label"]
+    labels = settings(classifier)["id2label"]
 
     def classify(text: str):
         if not text or not text.strip():
@@ -110,7 +119,7 @@ def build_demo(model_ref: str) -> gr.Blocks:
         scores = {labels[label_class]: confidence, labels[1 - label_class]: 1.0 - confidence}
         ids, kept, _, _ = read_tokens(text, module, classifier, tokenizer)
         where = "the whole review" if len(kept) == len(ids) else (
-            f"{len(kept)} of {len(ids)} tokens ({classifier.config_dict['truncation']} truncation)")
+            f"{len(kept)} of {len(ids)} tokens ({settings(classifier)['truncation']} truncation)")
         return scores, read_spans(text, module, classifier, tokenizer), f"**{label}** ({confidence:.1%}); read {where}."
 
     def classify_lines(lines: str):
