@@ -128,8 +128,10 @@ def export_onnx(source, out_dir, *, int8: bool = False) -> dict:
 
     from classify.model import load_classifier
 
-    classifier, _ = load_classifier(source)
     model_dir = _model_dir(source)
+    if not (model_dir / "config.json").is_file():
+        raise ExportError(f"{source}: no config.json (nor model/config.json): not a stage-2 run or classifier folder")
+    classifier, _ = load_classifier(model_dir)
     out_dir = Path(out_dir)
     if out_dir.resolve() == model_dir.resolve():
         raise ExportError("--out must not be the model folder itself")
