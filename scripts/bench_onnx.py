@@ -43,7 +43,7 @@ def bench(run_dir, export_dir, reviews: int, threads: list[int], repeats: int, b
         fp32 = OnnxClassifier(export_dir, threads=count)
         variants["onnx fp32"] = lambda: fp32.infer_reviews(texts, batch_size=batch_size)
         if (Path(export_dir) / INT8_FILE).is_file():
-            int8 = OnnxClassifier(export_dir, int8=True, threads=count)
+            int8 = OnnxClassifier(export_dir, int8=True, threads=count, allow_unverified=True)  # speed, not answers
             variants["onnx int8 (graph-optimised)"] = lambda: int8.infer_reviews(texts, batch_size=batch_size)
         base = None
         for name, run in variants.items():

@@ -88,10 +88,23 @@ def test_check_report_is_measured_and_judged(exported):
     assert 0 < int8["max_abs_prob_diff"] < 1  # a different computation, not a copy of fp32
 
 
-def test_int8_graph_serves_through_the_same_entry_point(exported):
+def test_int8_graph_is_served_only_as_measured(exported, tmp_path):
     _, out = exported
-    probs = export.OnnxClassifier(out, int8=True).predict_proba(REVIEWS)
+    report = json.loads((out / export.CHECK_FILE).read_text())
+    if report["variants"]["int8"]["equivalent"]:
+        export.OnnxClassifier(out, int8=True)
+    else:
+        with pytest.raises(export.ExportError, match="not equivalent to PyTorch"):
+            export.OnnxClassifier(out, int8=True)
+    probs = export.OnnxClassifier(out, int8=True, allow_unverified=True).predict_proba(REVIEWS)
     assert len(probs) == len(REVIEWS) and all(0.0 <= p <= 1.0 for p in probs)
+    # never checked at all: refused whatever it would answer
+    unchecked = tmp_path / "unchecked"
+    unchecked.mkdir()
+    for name in (export.INT8_FILE, "config.json", "tokenizer.json", "tokenizer_config.json"):
+        (unchecked / name).write_bytes((out / name).read_bytes())
+    with pytest.raises(export.ExportError, match="never checked"):
+        export.OnnxClassifier(unchecked, int8=True)
 
 
 def test_verdict_refuses_int8_below_the_agreement_bar():
