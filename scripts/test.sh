@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
+source scripts/setup_browser.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # a private datasets cache, so runs never read another checkout's stale cache files
 export HF_DATASETS_CACHE="${HF_DATASETS_CACHE:-$PWD/.cache/datasets}"
