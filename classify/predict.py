@@ -4,7 +4,7 @@
     dapt-predict --model runs/demo --file reviews.txt --jsonl      # one review per line
     cat reviews.txt | dapt-predict --model user/name -             # stdin
 
-``--model`` is a Hub repository, a folder written by ``EncoderClassifier.save_pretrained`` or
+``--model`` is a Hub repository, a folder written by ``DistilBERTClassifier.save_pretrained`` or
 ``dapt-publish``, or a stage-2 run directory (its ``model/`` is used).
 """
 

@@ -50,7 +50,8 @@ from classify.data import (
     stratified_subset,
 )
 from classify.evaluate import compute_metrics, evaluate_all, load_eval_sets, make_eval_loader, predict
-from classify.model import WEIGHTS_NAME, EncoderClassifier
+from classify.encoder import from_encoder
+from classify.model import WEIGHTS_NAME, DistilBERTClassifier
 from dapt.config import ConfigError, parse_cli, to_dict
 from dapt.runtime import (
     linear_warmup_decay,
@@ -103,7 +104,7 @@ def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
     return train_loader, val_loader, sampler, sizes
 
 
-def classifier_parameter_groups(model: EncoderClassifier, config: TrainConfig) -> list[dict]:
+def classifier_parameter_groups(model: DistilBERTClassifier, config: TrainConfig) -> list[dict]:
     """Encoder and head each at their own LR, each split into decay / no-decay (bias, LayerNorm)."""
     groups = []
     for name, module, lr in (("encoder", model.encoder, config.encoder_lr), ("head", model.classifier, config.head_lr)):
@@ -158,7 +159,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     # --- model and data
     check_encoder(mc.encoder)
     tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
-    model = EncoderClassifier.from_encoder(
+    model = from_encoder(
         mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation,
         head_tokens=mc.head_tokens, revision=mc.revision, attn_implementation=config.impl.attn_implementation,
     )
@@ -218,7 +219,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
         for batch in loader:
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 losses = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
                 loss = losses.mean()
                 accelerator.backward(loss)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from classify.model import without_load_report
+from classify.encoder import without_load_report  # moves to dapt/core/loading.py (helper restructure)
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ Stages (``--stages mlm,classify,infer``):
   check, optional ``torch.compile``; DataLoader workers and pinned memory on CUDA.
 * ``classify`` - baseline: ``Trainer`` + ``DataCollatorWithPadding`` (dynamic padding), random
   order, batch 64, ``AutoModelForSequenceClassification`` of the same encoder shape. Project: the
-  stage-2 step of ``classify/train.py`` - :class:`classify.model.EncoderClassifier`, separate
+  stage-2 step of ``classify/train.py`` - :class:`classify.model.DistilBERTClassifier`, separate
   encoder/head learning rates, :class:`classify.data.LengthBucketBatchSampler` (shuffled,
   length-bucketed batches) and :class:`classify.data.Collator` (padding to a multiple of 8).
 * ``infer`` - :func:`classify.model.infer_reviews` against a naive loop (tokenize one review,

@@ -22,7 +22,7 @@ def naive_infer(texts: list[str], classifier, tokenizer, device) -> list[tuple[i
     with torch.no_grad():
         for text in texts:
             encoded = tokenizer(text, truncation=True, max_length=512, return_tensors="pt").to(device)
-            probs = torch.softmax(classifier(**encoded).float(), dim=-1)[0]
+            probs = torch.softmax(classifier(**encoded).logits.float(), dim=-1)[0]
             label = int(probs.argmax())
             out.append((label, float(probs[label])))
     return out
@@ -74,7 +74,8 @@ def infer_variants(args, classifier, tokenizer, texts: list[str]) -> dict:
 
 
 def run_infer(args, tokenizer, config, texts: list[str]) -> dict:
-    from classify.model import EncoderClassifier, infer_reviews
+    from classify.encoder import from_encoder
+    from classify.model import DaptClassifierConfig, DistilBERTClassifier, infer_reviews
 
     device = torch.device(args.device)
     previous_threads = torch.get_num_threads()
@@ -82,9 +83,9 @@ def run_infer(args, tokenizer, config, texts: list[str]) -> dict:
         torch.set_num_threads(args.infer_threads)
     torch.manual_seed(args.seed)
     if args.infer_encoder:
-        classifier = EncoderClassifier.from_encoder(args.infer_encoder)
+        classifier = from_encoder(args.infer_encoder)
     else:
-        classifier = EncoderClassifier({"encoder_config": config.to_dict()})
+        classifier = DistilBERTClassifier(DaptClassifierConfig(encoder_config=config.to_dict()))
     classifier.eval().to(device)
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
 

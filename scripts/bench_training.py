@@ -202,14 +202,14 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
     from torch.utils.data import DataLoader
 
     from classify.data import Collator, LengthBucketBatchSampler
-    from classify.model import EncoderClassifier
+    from classify.model import DaptClassifierConfig, DistilBERTClassifier
     from classify.config import TrainConfig
     from classify.train import classifier_parameter_groups
     from dapt.runtime import linear_warmup_decay, make_optimizer
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = EncoderClassifier({"encoder_config": config.to_dict()}).to(device)
+    model = DistilBERTClassifier(DaptClassifierConfig(encoder_config=config.to_dict())).to(device)
     hp = TrainConfig(batch_size=args.classify_batch)
     optimizer = make_optimizer(classifier_parameter_groups(model, hp), fused=args.fused_adamw)
     total = args.warmup + args.steps
@@ -222,7 +222,7 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
                         **loader_kwargs(args))
     model.train()
     result = run_project(
-        args, lambda b: forward(input_ids=b["input_ids"], attention_mask=b["attention_mask"]), list(model.parameters()),
+        args, lambda b: forward(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, list(model.parameters()),
         optimizer, scheduler, loader, lambda logits, b: F.cross_entropy(logits.float(), b["labels"]), params,
         mlm=False, on_epoch=sampler.set_epoch,
     )

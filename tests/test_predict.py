@@ -88,3 +88,4 @@ def test_reads_sys_stdin_when_piped(run, monkeypatch):
     out = io.StringIO()
     assert predict.main(["--model", str(run_dir), "--jsonl", "-"], stdout=out) == 0
     assert [json.loads(x)["label"] for x in out.getvalue().splitlines()] == ["Positive", "Negative"]
+
