@@ -299,6 +299,15 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int | None = DEFA
 # ------------------------------------------------------------------------------------------------
 
 
+def review_problem(text: str) -> str | None:
+    """Why ``text`` cannot be classified, or None: empty after :func:`clean_text`, or not encodable."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"is not valid text: {error.object[error.start]!r} at character {error.start} is a lone surrogate"
+    return None if clean_text(text) else "is empty (or only whitespace/markup): there is nothing to classify"
+
+
 def _check_reviews(reviews) -> tuple[list[str], bool]:
     if isinstance(reviews, str):
         reviews, single = [reviews], True
@@ -309,13 +318,8 @@ def _check_reviews(reviews) -> tuple[list[str], bool]:
     for index, item in enumerate(reviews):
         if not isinstance(item, str):
             raise TypeError(f"reviews[{index}] must be a str, got {type(item).__name__}")
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise ValueError(f"reviews[{index}] is not valid text: {error.object[error.start]!r} at character "
-                             f"{error.start} is a lone surrogate") from None
-        if not clean_text(item):
-            raise ValueError(f"reviews[{index}] is empty (or only whitespace/markup): there is nothing to classify")
+        if problem := review_problem(item):
+            raise ValueError(f"reviews[{index}] {problem}")
     return reviews, single
 
 
@@ -399,12 +403,18 @@ def load_classifier(name_or_path, revision: str | None = None, device=None):
     if path.is_dir() and not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
         path = path / "model"  # a stage-2 run folder
     source = str(path) if path.is_dir() else str(name_or_path)
-    classifier, info = DistilBERTClassifier.from_pretrained(source, revision=revision, output_loading_info=True)
-    problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    try:
+        classifier, info = DistilBERTClassifier.from_pretrained(
+            source, revision=revision, output_loading_info=True, ignore_mismatched_sizes=True)
+    except Exception as error:  # safetensors' own error type is neither an OSError nor a ValueError
+        if type(error).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{source}: {WEIGHTS_NAME} is truncated or corrupt ({error})") from None
+    problems = {"missing": info["missing_keys"], "unexpected": info["unexpected_keys"],
+                "other shape": [key for key, *_ in info["mismatched_keys"]]}
     if any(problems.values()):
-        found = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(map(str, sorted(keys)[:3]))}"
-                          for kind, keys in problems.items() if keys)
-        raise ValueError(f"{source}: config.json does not match {WEIGHTS_NAME} ({found})")
+        found = "; ".join(f"{kind}: {', '.join(sorted(keys)[:3])}" for kind, keys in problems.items() if keys)
+        raise ValueError(f"{source}: config.json does not match {WEIGHTS_NAME} (tensors {found})")
     classifier.eval()
     if device is not None:
         classifier.to(device)
@@ -419,5 +429,5 @@ def load_tokenizer(name_or_path, revision: str | None = None, **kwargs):
 
 
 __all__ = ["EMBEDDED_CONFIG", "DaptClassifierConfig", "DistilBERTClassifier", "clean_text", "encode_reviews",
-           "encode_windows", "truncate_ids", "pad_batch", "token_budget_batches", "infer_reviews", "predict_proba",
+           "encode_windows", "review_problem", "truncate_ids", "pad_batch", "token_budget_batches", "infer_reviews", "predict_proba",
            "load_classifier", "load_tokenizer", "to_config_json", "default_config", "encoder_architecture"]

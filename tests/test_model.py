@@ -452,3 +452,8 @@ def test_from_encoder_standin_minilm_drops_pooler(standin_encoder_dir):
     assert not any("pooler" in k for k in classifier.state_dict())
     assert tuple(classifier.classifier.weight.shape) == (2, 384)
 
+
+def test_infer_names_a_lone_surrogate(tiny):
+    classifier, tokenizer = tiny
+    with pytest.raises(ValueError, match=r"reviews\[2\] is not valid text: '\\udcff' at character 4 is a lone surrogate"):
+        infer_reviews(["ok", "fine", "bad \udcff"], classifier, tokenizer)
