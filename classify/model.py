@@ -39,7 +39,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 AUTO_MAP = {"AutoConfig": "model.DaptClassifierConfig",
             "AutoModelForSequenceClassification": "model.DistilBERTClassifier"}
-# Measured with scripts/bench_infer.py (docs/benchmarks.md): padded tokens per inference batch.
+# Padded tokens per inference batch (scripts/bench_infer.py measures the choice; docs/benchmarks.md).
 DEFAULT_BATCH_TOKENS = 4096
 # Keys of an encoder config that say where/how it was saved, not what it is; labels live one level up.
 _NOT_ARCHITECTURE = ("transformers_version", "_name_or_path", "name_or_path", "dtype", "torch_dtype",
@@ -126,13 +126,6 @@ def build_encoder(architecture: dict) -> PreTrainedModel:
         return AutoModel.from_config(config, **{k: v for k, v in kwargs.items() if k != "attn_implementation"})
 
 
-def hidden_size(config: PretrainedConfig) -> int:
-    for name in ("hidden_size", "dim", "d_model"):
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    raise ValueError(f"cannot find the hidden size of {type(config).__name__}")
-
-
 class DistilBERTClassifier(PreTrainedModel):
     """Encoder + dropout + ``nn.Linear(hidden, num_labels)`` on the first-token hidden state.
 
@@ -150,7 +143,7 @@ class DistilBERTClassifier(PreTrainedModel):
         super().__init__(default_config() if config is None else config)
         self.encoder = build_encoder(self.config.encoder_config) if encoder is None else encoder
         self.dropout = nn.Dropout(self.config.classifier_dropout)
-        self.classifier = nn.Linear(hidden_size(self.encoder.config), len(self.config.id2label))
+        self.classifier = nn.Linear(self.encoder.config.hidden_size, len(self.config.id2label))
         self._takes_token_type_ids = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
         self.post_init()
 
@@ -187,9 +180,7 @@ class DistilBERTClassifier(PreTrainedModel):
         return Path(save_directory)
 
 
-# ------------------------------------------------------------------------------------------------
-# Tokenization shared by training, evaluation and inference
-# ------------------------------------------------------------------------------------------------
+# --- Tokenization shared by training, evaluation and inference ----------------------------------
 
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _WS = re.compile(r"\s+")
@@ -294,9 +285,7 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int | None = DEFA
     return batches
 
 
-# ------------------------------------------------------------------------------------------------
-# Inference
-# ------------------------------------------------------------------------------------------------
+# --- Inference ------------------------------------------------------------------------------------
 
 
 def review_problem(text: str) -> str | None:
@@ -331,6 +320,9 @@ def _probabilities(reviews, classifier, tokenizer, batch_size, max_length, trunc
     stride = config.window_stride if window_stride is None else window_stride
     if truncation not in TRUNCATION_STRATEGIES:
         raise ValueError(f"truncation must be one of {TRUNCATION_STRATEGIES}, got {truncation!r}")
+    for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1 (or None: no cap), got {value}")
     positions = getattr(classifier.encoder.config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
         max_length = min(int(max_length), positions)  # never index past the position table
@@ -382,9 +374,7 @@ def predict_proba(reviews, classifier, tokenizer, batch_size: int | None = None,
     return values[0] if single else values
 
 
-# ------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------
+# --- Loading --------------------------------------------------------------------------------------
 
 
 def to_config_json(config: DaptClassifierConfig | dict, *, auto_map: bool = False) -> dict:
@@ -429,5 +419,5 @@ def load_tokenizer(name_or_path, revision: str | None = None, **kwargs):
 
 
 __all__ = ["EMBEDDED_CONFIG", "DaptClassifierConfig", "DistilBERTClassifier", "clean_text", "encode_reviews",
-           "encode_windows", "review_problem", "truncate_ids", "pad_batch", "token_budget_batches", "infer_reviews", "predict_proba",
-           "load_classifier", "load_tokenizer", "to_config_json", "default_config", "encoder_architecture"]
+           "encode_windows", "review_problem", "truncate_ids", "pad_batch", "token_budget_batches", "infer_reviews",
+           "predict_proba", "load_classifier", "load_tokenizer", "to_config_json", "default_config"]

@@ -457,3 +457,134 @@ def test_infer_names_a_lone_surrogate(tiny):
     classifier, tokenizer = tiny
     with pytest.raises(ValueError, match=r"reviews\[2\] is not valid text: '\\udcff' at character 4 is a lone surrogate"):
         infer_reviews(["ok", "fine", "bad \udcff"], classifier, tokenizer)
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration temperature, sliding windows, token-budget batches (issue 15)
+# --------------------------------------------------------------------------------------------
+
+
+def test_temperature_divides_the_logits_of_every_path(tmp_path, tiny):
+    classifier, tokenizer = tiny
+    texts = ["great movie", "awful film", "the story was boring"]
+    ids, mask = M.pad_batch(encode_reviews(tokenizer, texts, 64), tokenizer.pad_token_id)
+    with torch.no_grad():
+        raw = classifier(ids, mask).logits
+    scaled = copy_of(classifier, tmp_path / "scaled")
+    scaled.config.temperature = 2.5
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(ids, mask).logits, raw / 2.5)
+    assert predict_proba(texts, scaled, tokenizer) == pytest.approx(torch.softmax(raw / 2.5, -1)[:, 1].tolist(), abs=1e-6)
+    [(label, _, confidence)] = infer_reviews(texts[:1], scaled, tokenizer)
+    assert confidence == pytest.approx(float(torch.softmax(raw[0] / 2.5, -1)[label]), abs=1e-6)
+    # saved in config.json and back; a folder written before temperatures existed loads with 1.0
+    scaled.save_pretrained(tmp_path / "saved", tokenizer=tokenizer)
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["temperature"] == 2.5
+    assert load_classifier(tmp_path / "saved")[0].config.temperature == 2.5
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    del config["temperature"], config["window_stride"]
+    (tmp_path / "saved" / "config.json").write_text(json.dumps(config))
+    old, _ = load_classifier(tmp_path / "saved")
+    assert (old.config.temperature, old.config.window_stride) == (1.0, 128)
+    assert predict_proba(texts, old, tokenizer) == pytest.approx(predict_proba(texts, classifier, tokenizer), abs=1e-6)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
+        DaptClassifierConfig(temperature=0)
+
+
+def copy_of(classifier, folder):
+    classifier.save_pretrained(folder)
+    return DistilBERTClassifier.from_pretrained(folder).eval()
+
+
+@pytest.mark.parametrize(("max_length", "stride"), [(16, 4), (16, 0), (24, 13), (40, 8)])
+def test_encode_windows_are_the_tokenizers_overflowing_windows(tiny_tokenizer, max_length, stride):
+    words = ["movie", "film", "story", "plot", "actor", "scene", "cast"] * 11
+    text = " ".join(words)
+    [windows] = M.encode_windows(tiny_tokenizer, [text], max_length, stride)
+    expected = tiny_tokenizer(text, truncation=True, max_length=max_length, stride=stride,
+                              return_overflowing_tokens=True)["input_ids"]
+    assert windows == expected and len(windows) > 1
+    assert all(len(w) <= max_length for w in windows)
+    content = [w[1:-1] for w in windows]
+    if stride:
+        assert all(a[len(a) - stride:] == b[:stride] for a, b in zip(content, content[1:]))
+    assert [t for t in content[0]] + [t for c in content[1:] for t in c[stride:]] == _word_ids(tiny_tokenizer, words)
+    # a text that fits is one window, the same sequence encode_reviews gives
+    assert M.encode_windows(tiny_tokenizer, ["great movie"], max_length, stride) == [
+        encode_reviews(tiny_tokenizer, ["great movie"], max_length)]
+    assert encode_reviews(tiny_tokenizer, [text], max_length, "windows") == [windows[0]]  # training reads the first
+    with pytest.raises(ValueError, match=f"window_stride={max_length - 2} must be"):
+        M.encode_windows(tiny_tokenizer, [text], max_length, max_length - 2)
+
+
+def test_windows_logits_are_the_mean_of_the_windows(tiny):
+    classifier, tokenizer = tiny
+    review = "great movie, loved it. " * 20 + "but a boring story and the worst ending " * 12
+    [windows] = M.encode_windows(tokenizer, [review], 32, 8)
+    assert len(windows) > 3
+    with torch.no_grad():
+        per_window = torch.cat([classifier(torch.tensor([w])).logits for w in windows])
+    expected = torch.softmax(per_window.mean(0), -1)
+    got = predict_proba([review, "great movie"], classifier, tokenizer, max_length=32, truncation="windows",
+                        window_stride=8, batch_tokens=64)
+    assert got[0] == pytest.approx(float(expected[1]), abs=1e-5)
+    assert got[1] == pytest.approx(predict_proba("great movie", classifier, tokenizer), abs=1e-5)
+    # selectable at inference time: each mode gives its own answer for the long review
+    windowed = copy_of(classifier, Path(tempfile_dir()) / "windowed")
+    windowed.config.head_tokens = 8
+    modes = {mode: predict_proba(review, windowed, tokenizer, max_length=32, truncation=mode, window_stride=8)
+             for mode in ("head", "head+tail", "windows")}
+    assert len({round(p, 6) for p in modes.values()}) == 3
+    assert modes["windows"] == pytest.approx(got[0], abs=1e-6)
+    # the model's own setting is the default
+    windowed.config.update({"truncation": "windows", "max_length": 32, "window_stride": 8})
+    assert predict_proba(review, windowed, tokenizer) == pytest.approx(modes["windows"], abs=1e-6)
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="dapt-test-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def test_token_budget_batches_cover_every_review_once_within_the_budget():
+    lengths = [5, 300, 17, 512, 64, 64, 1, 250, 33, 130]
+    batches = M.token_budget_batches(lengths, batch_tokens=1024)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    widths = [-(-max(lengths[i] for i in b) // 8) * 8 for b in batches]
+    assert all(len(b) * w <= 1024 or len(b) == 1 for b, w in zip(batches, widths))
+    assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+    assert all(len(b) <= 2 for b in M.token_budget_batches(lengths, None, batch_size=2))
+    assert M.token_budget_batches([700], batch_tokens=64) == [[0]]  # a review longer than the budget runs alone
+
+
+def test_infer_results_do_not_depend_on_the_batching(tiny):
+    classifier, tokenizer = tiny
+    reviews = ["great movie", "terrible " * 40, "I loved this film! " * 9, "waste of time", "ok"]
+    reference = predict_proba(reviews, classifier, tokenizer, batch_tokens=None, batch_size=1)
+    for kwargs in ({}, {"batch_tokens": 64}, {"batch_tokens": None, "batch_size": 2}, {"batch_size": 3}):
+        assert predict_proba(reviews, classifier, tokenizer, **kwargs) == pytest.approx(reference, abs=1e-5)
+
+
+def test_token_budget_batches_pad_less_than_count_batches_on_imdb(shared_data, standin_encoder_dir):
+    """Real IMDb test lengths (WordPiece, cut at 512): the default token budget wastes less padding
+    than batches of 32 in input order (what a DataLoader gives) and than sorted batches of 32."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    texts = pq.read_table(shared_data / "imdb" / "test.parquet", columns=["text"]).column("text").to_pylist()
+    pick = np.random.default_rng(0).choice(len(texts), 1000, replace=False)
+    tokenizer = AutoTokenizer.from_pretrained(standin_encoder_dir)
+    lengths = [len(ids) for ids in encode_reviews(tokenizer, [texts[i] for i in pick], 512)]
+
+    def padding(batches):
+        padded = sum(len(b) * -(-max(lengths[i] for i in b) // 8) * 8 for b in batches)
+        return 1 - sum(lengths) / padded
+
+    in_order = [list(range(i, min(i + 32, len(lengths)))) for i in range(0, len(lengths), 32)]
+    budget = padding(M.token_budget_batches(lengths))
+    assert budget < padding(M.token_budget_batches(lengths, None, batch_size=32)) < padding(in_order)
+    assert budget < 0.05 and padding(in_order) > 0.3
