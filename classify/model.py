@@ -1,16 +1,13 @@
-"""A linear sentiment head on the first-token ([CLS]) state of a Transformer encoder: network and inference.
-
-Published verbatim as ``model.py`` (with the run's configuration written into ``EMBEDDED_CONFIG``);
+"""A linear sentiment head on the first-token ([CLS]) state of a Transformer encoder: network and
+inference, published verbatim as ``model.py`` (the run's config written into ``EMBEDDED_CONFIG``);
 imports only torch, transformers and the standard library.
 
-* :class:`DistilBERTClassifier`: the one model class. ``DistilBERTClassifier()`` with no arguments
-  rebuilds the trained architecture offline (``EMBEDDED_CONFIG``, else ``config.json`` beside this
-  file, else the DistilBERT-base shape); ``from_pretrained(folder_or_repo)`` and
-  ``AutoModelForSequenceClassification``/``pipeline(..., trust_remote_code=True)`` load the same
-  weights. Its forward returns ``logits / config.temperature`` (the calibration temperature; 1.0
-  when the run fitted none), so every path applies it.
-* :func:`encode_reviews` / :func:`encode_windows` / :func:`clean_text`: tokenization shared by
-  training, evaluation and inference (``head``, ``head+tail`` or overlapping ``windows``).
+* :class:`DistilBERTClassifier`, the one model class: ``DistilBERTClassifier()`` rebuilds the trained
+  architecture offline; ``from_pretrained`` and ``AutoModelForSequenceClassification`` /
+  ``pipeline(..., trust_remote_code=True)`` load the same weights. Its forward returns
+  ``logits / config.temperature`` (calibration; 1.0 when none was fitted), so every path applies it.
+* :func:`encode_reviews` / :func:`encode_windows`: tokenization shared by training, evaluation and
+  inference (``head``, ``head+tail`` or overlapping ``windows``).
 * :func:`infer_reviews` / :func:`predict_proba`: length-sorted inference in token-budget batches.
 """
 
