@@ -116,7 +116,7 @@ def predict(model, loader, accelerator) -> Predictions:
     parts = []
     for batch in loader:
         with accelerator.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         rows = (batch["index"], logits.float(), batch["labels"])
         parts.append(accelerator.gather_for_metrics(rows))  # kept on the device: no sync per batch
     model.train(was_training)
@@ -277,7 +277,7 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
         model, tokenizer, config.data.eval, labelled_sets, settings, accelerator, batch_size=config.train.eval_batch_size,
         output_dir=output_dir, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
     )
-    base_model = classifier.config_dict.get("base_model")
+    base_model = classifier.config.base_model
     dapt = None
     if base_model and (Path(base_model) / "dapt_summary.json").is_file():
         dapt = json.loads((Path(base_model) / "dapt_summary.json").read_text())

@@ -4,8 +4,10 @@
     dapt-predict --model runs/demo --file reviews.txt --jsonl      # one review per line
     cat reviews.txt | dapt-predict --model user/name -             # stdin
 
-``--model`` is a Hub repository, a folder written by ``EncoderClassifier.save_pretrained`` or
-``dapt-publish``, or a stage-2 run directory (its ``model/`` is used).
+``--model`` is a Hub repository, a folder written by ``DistilBERTClassifier.save_pretrained`` or
+``dapt-publish``, or a stage-2 run directory (its ``model/`` is used). Blank lines of a file are
+skipped; an empty review given as an argument (or a line that is only markup) is an error naming it,
+as in :func:`classify.model.infer_reviews`. Every error is one line naming the file, line or argument.
 """
 
 from __future__ import annotations
@@ -21,33 +23,48 @@ def shorten(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
-def _read_lines(stream) -> list[str]:
-    return [line.strip() for line in stream if line.strip()]
+def _fail(message: str):
+    raise SystemExit(f"dapt-predict: error: {message}")
 
 
-def collect_reviews(args, stdin=None) -> list[str]:
-    """Positional reviews (``-`` = stdin), then ``--file`` lines (``-`` = stdin), in order."""
+def _read_lines(stream, name: str) -> list[tuple[str, str]]:
+    """(where, review) for each non-blank line; bytes are decoded as UTF-8, naming a bad line."""
+    binary = getattr(stream, "buffer", None)
+    reviews = []
+    for number, line in enumerate(binary if binary is not None else stream, 1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                _fail(f"{name} line {number}: not UTF-8 text (byte 0x{line[error.start]:02x} at column {error.start + 1})")
+        if line.strip():
+            reviews.append((f"{name} line {number}", line.strip()))
+    return reviews
+
+
+def collect_reviews(args, stdin=None) -> list[tuple[str, str]]:
+    """(where, review): positional reviews (``-`` = stdin), then ``--file`` lines (``-`` = stdin)."""
     stdin = sys.stdin if stdin is None else stdin
-    reviews: list[str] = []
+    reviews: list[tuple[str, str]] = []
     used_stdin = False
-    for item in args.reviews:
+    for number, item in enumerate(args.reviews, 1):
         if item == "-":
-            reviews.extend(_read_lines(stdin))
+            reviews.extend(_read_lines(stdin, "<stdin>"))
             used_stdin = True
         else:
-            reviews.append(item)
+            reviews.append((f"argument {number}", item))
     if args.file:
         if args.file == "-":
             if not used_stdin:
-                reviews.extend(_read_lines(stdin))
+                reviews.extend(_read_lines(stdin, "<stdin>"))
         else:
             path = Path(args.file)
             if not path.is_file():
-                raise SystemExit(f"dapt-predict: error: no such file: {path}")
-            with path.open(encoding="utf-8") as handle:
-                reviews.extend(_read_lines(handle))
+                _fail(f"no such file: {path}")
+            with path.open("rb") as handle:
+                reviews.extend(_read_lines(handle, str(path)))
     elif not args.reviews and not stdin.isatty():
-        reviews.extend(_read_lines(stdin))
+        reviews.extend(_read_lines(stdin, "<stdin>"))
     return reviews
 
 
@@ -56,7 +73,12 @@ def _device(name: str):
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+        torch.empty(1, device=device)  # raises for a device this machine lacks
+    except (RuntimeError, AssertionError) as error:
+        _fail(f"--device {name!r} is not available ({str(error).splitlines()[0]})")
+    return device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,46 +88,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="Hub branch, tag or commit")
     parser.add_argument("--file", help="file with one review per line ('-' for stdin)")
     parser.add_argument("--jsonl", action="store_true", help="one JSON object per review")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, help="at most this many reviews per batch (default: no cap)")
+    parser.add_argument("--batch-tokens", type=int, help="at most this many padded tokens per batch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-length", type=int, help="override the model's max_length")
-    parser.add_argument("--truncation", choices=("head", "head+tail"), help="override the model's truncation")
+    parser.add_argument("--truncation", choices=("head", "head+tail", "windows"), help="override the model's truncation")
+    parser.add_argument("--window-stride", type=int, help="tokens shared by consecutive windows (--truncation windows)")
     return parser
 
 
 def main(argv=None, stdin=None, stdout=None) -> int:
     args = build_parser().parse_args(argv)
     stdout = sys.stdout if stdout is None else stdout
-    if args.batch_size < 1:
-        raise SystemExit("dapt-predict: error: --batch-size must be at least 1")
+    for flag in ("batch_size", "batch_tokens", "max_length"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            _fail(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     reviews = collect_reviews(args, stdin)
     if not reviews:
-        raise SystemExit("dapt-predict: error: no reviews given (pass texts, --file PATH, or pipe them on stdin)")
+        _fail("no reviews given (pass texts, --file PATH, or pipe them on stdin)")
 
-    from classify.model import infer_reviews, load_classifier
+    from classify.model import DEFAULT_BATCH_TOKENS, infer_reviews, load_classifier, review_problem
 
+    for where, text in reviews:  # the same check infer_reviews makes, named by argument or line
+        if problem := review_problem(text):
+            _fail(f"{where}: the review {problem}")
+    device = _device(args.device)
     try:
-        classifier, tokenizer = load_classifier(args.model, revision=args.revision, device=_device(args.device))
+        classifier, tokenizer = load_classifier(args.model, revision=args.revision, device=device)
     except (OSError, ValueError) as error:
-        raise SystemExit(f"dapt-predict: error: cannot load model {args.model!r}: {error}") from None
-    results = infer_reviews(
-        reviews,
-        classifier,
-        tokenizer,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        truncation=args.truncation,
-    )
-    for text, (label_class, label, confidence) in zip(reviews, results):
+        _fail(f"cannot load model {args.model!r}: {error}")
+    texts = [text for _, text in reviews]
+    try:
+        results = infer_reviews(texts, classifier, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                                truncation=args.truncation, window_stride=args.window_stride,
+                                batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS)
+    except ValueError as error:  # settings that cannot work with this model, e.g. --max-length 2
+        _fail(str(error))
+    for text, (label_class, label, confidence) in zip(texts, results):
         p_positive = confidence if label_class == 1 else 1.0 - confidence
         if args.jsonl:
-            record = {
-                "text": text,
-                "label": label,
-                "label_class": label_class,
-                "confidence": confidence,
-                "p_positive": p_positive,
-            }
+            record = {"text": text, "label": label, "label_class": label_class, "confidence": confidence,
+                      "p_positive": p_positive}
             stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
             stdout.write(f"{label:<8}  {confidence:6.1%}  {shorten(text)}\n")

@@ -53,7 +53,8 @@ from classify.data import (
     training_truncation,
 )
 from classify.evaluate import compute_metrics, evaluate_all, fit_temperature_on, load_eval_sets, make_eval_loader, predict
-from classify.model import WEIGHTS_NAME, EncoderClassifier
+from classify.encoder import from_encoder
+from classify.model import WEIGHTS_NAME, DistilBERTClassifier
 from dapt.core.config import ConfigError, parse_cli, to_dict
 from dapt.core.hub import looks_local
 from dapt.core.checkpoint import CheckpointError, CheckpointManager, fingerprint
@@ -128,7 +129,7 @@ def check_trainable(train, where: str, dropped: int, batch_size: int, processes:
         logger.warning(f"{where}: {len(train)} training rows fill less than one global batch of {batch_size * processes}")
 
 
-def classifier_parameter_groups(model: EncoderClassifier, config: TrainConfig) -> list[dict]:
+def classifier_parameter_groups(model: DistilBERTClassifier, config: TrainConfig) -> list[dict]:
     """Encoder and head each at their own LR, each split into decay / no-decay (bias, LayerNorm)."""
     groups = []
     for name, module, lr in (("encoder", model.encoder, config.encoder_lr), ("head", model.classifier, config.head_lr)):
@@ -181,7 +182,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     check_encoder(mc.encoder)
     report_weights_format(mc.encoder)
     tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
-    model = EncoderClassifier.from_encoder(
+    model = from_encoder(
         mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation,
         head_tokens=mc.head_tokens, window_stride=mc.window_stride, revision=mc.revision, attn_implementation=config.impl.attn_implementation,
     )
@@ -316,7 +317,7 @@ def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, 
         for batch in epoch_batches(accelerator, train_loader, state, train_sampler):
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 losses = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
                 stepped = step(losses.mean())
             with torch.no_grad():

@@ -21,7 +21,7 @@ Stages (``--stages mlm,classify,infer``):
   check, optional ``torch.compile``; DataLoader workers and pinned memory on CUDA.
 * ``classify`` - baseline: ``Trainer`` + ``DataCollatorWithPadding`` (dynamic padding), random
   order, batch 64, ``AutoModelForSequenceClassification`` of the same encoder shape. Project: the
-  stage-2 step of ``classify/train.py`` - :class:`classify.model.EncoderClassifier`, separate
+  stage-2 step of ``classify/train.py`` - :class:`classify.model.DistilBERTClassifier`, separate
   encoder/head learning rates, :class:`classify.data.LengthBucketBatchSampler` (shuffled,
   length-bucketed batches) and :class:`classify.data.Collator` (padding to a multiple of 8).
 * ``infer`` - :func:`classify.model.infer_reviews` against a naive loop (tokenize one review,
@@ -120,8 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads for the CPU training stages (default: torch's)")
     p.add_argument("--infer-threads", type=int, default=2, help="torch threads for CPU inference")
     p.add_argument("--infer-batch", type=int, default=32, help="infer_reviews batch_size")
-    p.add_argument("--infer-sweep", default="", help="diagnostics: comma-separated infer_reviews batch sizes to time "
-                   "as well, plus unsorted, bf16, int8 and 1-thread variants (e.g. 4,8,16,32)")
+    p.add_argument("--infer-sweep", default="", help="diagnostics: comma-separated infer_reviews token budgets "
+                   "(batch_tokens) to time as well (e.g. 1024,2048,8192)")
     p.add_argument("--infer-encoder", default=None, help="pretrained encoder folder for the inference classifier (default: random init)")
     p.add_argument("--peak-tflops", type=float, default=None, help=f"for MFU (default {H100_BF16_DENSE_TFLOPS:g} on CUDA, none on CPU)")
     args = p.parse_args(argv)

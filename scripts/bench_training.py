@@ -1,7 +1,7 @@
 """The training sides of ``scripts/bench.py``: the baseline, the stock Hugging Face ``Trainer``
 (only counting the tokens of each batch), and the project's side, built from the product's own
 pieces - stage 1's ``MaskedLMObjective``, ``MLMCollator``, ``TrainConfig``, optimizer and schedule;
-stage 2's ``EncoderClassifier``, parameter groups, sampler and collator - driven by
+stage 2's ``DistilBERTClassifier``, parameter groups, sampler and collator - driven by
 :func:`project_step`; then each stage's two sides, one timed run each.
 
 :func:`project_step` is the one place that mirrors the loops' optimizer step (the loops write it
@@ -208,14 +208,14 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
     from torch.utils.data import DataLoader
 
     from classify.data import Collator, LengthBucketBatchSampler
-    from classify.model import EncoderClassifier
+    from classify.model import DaptClassifierConfig, DistilBERTClassifier
     from classify.config import TrainConfig
     from classify.train import classifier_parameter_groups
     from dapt.core.runtime import linear_warmup_decay, make_optimizer
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = EncoderClassifier({"encoder_config": config.to_dict()}).to(device)
+    model = DistilBERTClassifier(DaptClassifierConfig(encoder_config=config.to_dict())).to(device)
     hp = TrainConfig(batch_size=args.classify_batch)
     optimizer = make_optimizer(classifier_parameter_groups(model, hp), fused=args.fused_adamw)
     total = args.warmup + args.steps
@@ -228,7 +228,7 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
                         **loader_kwargs(args))
     model.train()
     result = run_project(
-        args, lambda b: forward(input_ids=b["input_ids"], attention_mask=b["attention_mask"]), list(model.parameters()),
+        args, lambda b: forward(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, list(model.parameters()),
         optimizer, scheduler, loader, lambda logits, b: F.cross_entropy(logits.float(), b["labels"]), params,
         mlm=False, max_grad_norm=hp.max_grad_norm, on_epoch=sampler.set_epoch,
     )

@@ -237,13 +237,13 @@ def test_bucketed_padded_batches_give_single_example_logits(tokenizer):
     import numpy as np
 
     from classify.data import Collator, LengthBucketBatchSampler
-    from classify.model import EncoderClassifier
+    from classify.model import DaptClassifierConfig, DistilBERTClassifier
 
     rng = np.random.default_rng(1)
     reviews = [[101] + rng.integers(FIRST_WORD_ID, len(tokenizer), int(n)).tolist() + [102]
                for n in rng.integers(3, 120, 24)]
     torch.manual_seed(0)
-    model = EncoderClassifier({"encoder_config": encoder_config("tiny", len(tokenizer)).to_dict()}).eval()
+    model = DistilBERTClassifier(DaptClassifierConfig(encoder_config=encoder_config("tiny", len(tokenizer)).to_dict())).eval()
     sampler = LengthBucketBatchSampler([len(r) for r in reviews], 8, shuffle=True, seed=0, bucket_batches=2)
     collate = Collator(tokenizer.pad_token_id, multiple_of=8)
     seen, padded = set(), 0
@@ -252,9 +252,9 @@ def test_bucketed_padded_batches_give_single_example_logits(tokenizer):
             batch = collate([{"input_ids": reviews[i], "label": 0, "index": i} for i in indices])
             assert batch["input_ids"].shape[1] % 8 == 0
             padded += int((batch["attention_mask"] == 0).sum())
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             for row, i in enumerate(batch["index"].tolist()):
-                single = model(input_ids=torch.tensor([reviews[i]]))
+                single = model(input_ids=torch.tensor([reviews[i]])).logits
                 torch.testing.assert_close(logits[row], single[0], atol=1e-5, rtol=1e-4)
                 seen.add(i)
     assert seen == set(range(len(reviews))) and padded > 0
@@ -264,13 +264,13 @@ def test_infer_reviews_equals_the_naive_loop(tokenizer):
     """Batched, length-sorted inference returns, in input order, what one-at-a-time inference does."""
     import numpy as np
 
-    from classify.model import EncoderClassifier, infer_reviews
+    from classify.model import DaptClassifierConfig, DistilBERTClassifier, infer_reviews
 
     rng = np.random.default_rng(2)
     texts = [" ".join(f"w{i}" for i in rng.integers(FIRST_WORD_ID, len(tokenizer), int(n)))
              for n in list(rng.integers(1, 80, 11)) + [700]]  # one review longer than 512 tokens
     torch.manual_seed(0)
-    model = EncoderClassifier({"encoder_config": encoder_config("tiny", len(tokenizer)).to_dict()}).eval()
+    model = DistilBERTClassifier(DaptClassifierConfig(encoder_config=encoder_config("tiny", len(tokenizer)).to_dict())).eval()
     naive = naive_infer(texts, model, tokenizer, "cpu")
     batched = infer_reviews(texts, model, tokenizer, batch_size=4)
     assert [label for label, _ in naive] == [label for label, _, _ in batched]

@@ -24,7 +24,8 @@ from classify.calibration import (
 )
 from classify.data import LabelledSet, ReviewDataset
 from classify.evaluate import accuracy_by_length, evaluate_set, fit_temperature_on, from_logits, make_eval_loader, predict
-from classify.model import EncoderClassifier, encode_windows, load_classifier
+from classify.encoder import from_encoder
+from classify.model import encode_windows, load_classifier
 from dapt.core.runtime import ImplConfig, make_accelerator
 
 WORDS = "the movie was good great bad terrible boring film acting story loved hated plot end".split()
@@ -118,7 +119,7 @@ def overconfident(tiny_headless_encoder_dir):
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    classifier = EncoderClassifier.from_encoder(tiny_headless_encoder_dir, max_length=32, dropout=0.0).eval()
+    classifier = from_encoder(tiny_headless_encoder_dir, max_length=32, dropout=0.0).eval()
     with torch.no_grad():
         classifier.classifier.weight.mul_(200.0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_headless_encoder_dir)

@@ -60,14 +60,14 @@ def _eval_main(expected: int, encoder_dir: str, data_dir: str, out: str) -> None
 
     from classify.data import LabelledSetConfig, load_labelled
     from classify.evaluate import evaluate_set
-    from classify.model import EncoderClassifier
+    from classify.encoder import from_encoder
     from dapt.core.runtime import ImplConfig, make_accelerator
     from transformers import AutoTokenizer
 
     accelerator = make_accelerator(ImplConfig(mixed_precision="no", cpu=True, dataloader_workers=0), Path(out).parent)
     assert accelerator.num_processes == expected, accelerator.num_processes
     torch.manual_seed(0)  # the same random head in every process and run
-    classifier = EncoderClassifier.from_encoder(encoder_dir, max_length=64).to(accelerator.device)
+    classifier = from_encoder(encoder_dir, max_length=64).to(accelerator.device)
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     labelled = load_labelled(LabelledSetConfig(path=f"{data_dir}/imdb", split="test", max_samples=EVAL_ROWS), seed=1)
     settings = {"max_length": 64, "truncation": "head+tail", "head_tokens": 16}

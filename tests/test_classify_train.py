@@ -105,11 +105,11 @@ def test_parameter_groups_and_schedule_observed_during_training(baseline_run):
 
 
 def test_optimizer_groups_hold_the_right_parameters(tiny_headless_encoder_dir):
-    from classify.model import EncoderClassifier
+    from classify.encoder import from_encoder
     from classify.config import TrainConfig
     from classify.train import classifier_parameter_groups
 
-    model = EncoderClassifier.from_encoder(tiny_headless_encoder_dir)
+    model = from_encoder(tiny_headless_encoder_dir)
     groups = {g["name"]: g for g in classifier_parameter_groups(model, TrainConfig(encoder_lr=1e-5, head_lr=5e-5, weight_decay=0.01))}
     assert set(groups) == {"encoder", "encoder_no_decay", "head", "head_no_decay"}
     names = {id(p): n for n, p in model.named_parameters()}

@@ -268,7 +268,7 @@ def test_classify_baseline_takes_the_plain_encoder_from_the_hub(recipe_hub, tmp_
     assert set(results["evaluation"]) == {"imdb_test", "sst2_validation"}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= fetched(recipe_hub, since, f"/{MODEL_ID}")
     classifier, _ = load_classifier(out / "model")  # the saved classifier needs no Hub (the suite is offline again)
-    assert classifier.config_dict["base_model"] == MODEL_ID
+    assert classifier.config.base_model == MODEL_ID
 
 def repo_requests(server: HubServer, since: int, repo_path: str) -> list[tuple[str, str, int]]:
     return [r for r in server.requests[since:] if r[1].startswith(repo_path + "/") or r[1] == repo_path]

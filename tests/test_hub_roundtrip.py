@@ -23,9 +23,13 @@ TEXTS = ["great movie", "terrible film, a waste of time", "I loved this film!", 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_headless_encoder_dir):
-    """Two differently trained tiny classifiers (a first and a second push)."""
-    first = make_run_dir(tmp_path_factory.mktemp("run1"), tiny_headless_encoder_dir, seed=0,
-                         truncation="head+tail", head_tokens=16)
+    """Two differently trained tiny classifiers (a first and a second push); the first one calibrated
+    (temperature 1.7 in its config.json), so every user path must apply the temperature."""
+    run_dir, _, _ = make_run_dir(tmp_path_factory.mktemp("run1"), tiny_headless_encoder_dir, seed=0,
+                                 truncation="head+tail", head_tokens=16)
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    (run_dir / "model" / "config.json").write_text(json.dumps({**config, "temperature": 1.7}))
+    first = (run_dir, *load_classifier(run_dir))
     second = make_run_dir(tmp_path_factory.mktemp("run2"), tiny_headless_encoder_dir, seed=1, steps=10)
     return first, second
 
@@ -123,6 +127,7 @@ def test_second_push_is_a_new_commit_and_old_revision_keeps_old_weights(hub_env,
     old_model, old_tokenizer = load_classifier(repo_id, revision=first)
     assert predict_proba(TEXTS, old_model, old_tokenizer) == pytest.approx(p1, abs=1e-5)
     assert old_model.settings["truncation"] == "head+tail"  # the first run's settings came along
+    assert old_model.config.temperature == 1.7
     new_model, new_tokenizer = load_classifier(repo_id)
     assert predict_proba(TEXTS, new_model, new_tokenizer) == pytest.approx(p2, abs=1e-5)
     assert new_model.settings["truncation"] == "head"

@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from classify import model as M
+from classify.encoder import from_encoder
 from classify.model import (
     DaptClassifierConfig,
-    DaptForSequenceClassification,
     DistilBERTClassifier,
-    EncoderClassifier,
     clean_text,
     encode_reviews,
     infer_reviews,
     load_classifier,
     predict_proba,
+    to_config_json,
 )
 
 MODEL_PY = Path(M.__file__)
@@ -45,7 +45,7 @@ TOY_NEGATIVE = [
 _TRAINED: dict[tuple, Path] = {}
 
 
-def train_toy_classifier(encoder_dir, *, seed: int = 0, steps: int = 25, **settings):
+def train_toy_classifier(encoder_dir, *, seed: int = 0, steps: int = 25, lr: float = 2e-3, **settings):
     """from_encoder + a few Adam steps on 16 toy phrases, so the head is not a random init.
 
     Returns (classifier, tokenizer). Trained once per (encoder, seed, settings) and test session,
@@ -55,19 +55,19 @@ def train_toy_classifier(encoder_dir, *, seed: int = 0, steps: int = 25, **setti
 
     from transformers import AutoTokenizer
 
-    key = (str(encoder_dir), seed, steps, tuple(sorted(settings.items())))
+    key = (str(encoder_dir), seed, steps, lr, tuple(sorted(settings.items())))
     if key in _TRAINED and (_TRAINED[key] / "model.safetensors").is_file():
         return load_classifier(_TRAINED[key])
     torch.manual_seed(seed)
-    classifier = EncoderClassifier.from_encoder(encoder_dir, **settings)
+    classifier = from_encoder(encoder_dir, **settings)
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     texts = TOY_POSITIVE + TOY_NEGATIVE
     labels = torch.tensor([1] * len(TOY_POSITIVE) + [0] * len(TOY_NEGATIVE))
     ids, mask = M.pad_batch(encode_reviews(tokenizer, texts, 64), tokenizer.pad_token_id)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=5e-3)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
     classifier.train()
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(classifier(ids, mask), labels)
+        loss = torch.nn.functional.cross_entropy(classifier(ids, mask).logits, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -175,14 +175,13 @@ def test_structure_and_state_dict_keys(tiny):
     assert tuple(classifier.classifier.weight.shape) == (2, classifier.encoder.config.hidden_size)
     assert isinstance(classifier.dropout, torch.nn.Dropout)
     assert classifier.encoder.config._attn_implementation == "sdpa"
-    assert DistilBERTClassifier is EncoderClassifier
 
 
 def test_logits_are_the_head_on_position_zero(tiny):
     classifier, tokenizer = tiny
     ids, mask = M.pad_batch(encode_reviews(tokenizer, ["great movie", "a terrible awful boring film"]), 0)
     with torch.no_grad():
-        logits = classifier(ids, mask)
+        logits = classifier(ids, mask).logits
         hidden = classifier.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         expected = classifier.classifier(hidden[:, 0])
         mean_pooled = classifier.classifier((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
@@ -196,19 +195,19 @@ def test_masked_padding_does_not_change_logits(tiny):
     ids, mask = M.pad_batch(encode_reviews(tokenizer, ["great movie", "a terrible awful boring film"]), 0)
     assert (mask[0] == 0).any()  # the short review is right-padded
     with torch.no_grad():
-        base = classifier(ids, mask)
+        base = classifier(ids, mask).logits
         garbage = ids.clone()
         garbage[mask == 0] = torch.randint(5, tokenizer.vocab_size, (int((mask == 0).sum()),))
         assert not torch.equal(garbage, ids)
-        torch.testing.assert_close(classifier(garbage, mask), base, atol=1e-5, rtol=0)
+        torch.testing.assert_close(classifier(garbage, mask).logits, base, atol=1e-5, rtol=0)
         # ...while a real (attended) token after position 0 does change them: the model attends.
         changed = ids.clone()
         changed[0, 1] = tokenizer.convert_tokens_to_ids("awful")
-        assert not torch.allclose(classifier(changed, mask)[0], base[0], atol=1e-5)
+        assert not torch.allclose(classifier(changed, mask).logits[0], base[0], atol=1e-5)
         # Extra padding columns are masked out too.
         wider_ids = torch.cat([ids, torch.zeros_like(ids[:, :8])], 1)
         wider_mask = torch.cat([mask, torch.zeros_like(mask[:, :8])], 1)
-        torch.testing.assert_close(classifier(wider_ids, wider_mask), base, atol=1e-5, rtol=0)
+        torch.testing.assert_close(classifier(wider_ids, wider_mask).logits, base, atol=1e-5, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +229,7 @@ def test_no_arg_construction_defaults_to_distilbert_shape(tmp_path):
 def test_no_arg_construction_from_config_json_beside_file(tmp_path, tiny):
     trained, _ = tiny
     shutil.copyfile(MODEL_PY, tmp_path / "model.py")
-    (tmp_path / "config.json").write_text(json.dumps(trained.config_json()))
+    (tmp_path / "config.json").write_text(json.dumps(to_config_json(trained.config)))
     module = import_model_file(tmp_path / "model.py")
     classifier = module.DistilBERTClassifier()
     assert classifier.encoder.config.model_type == "bert"
@@ -242,7 +241,7 @@ def test_no_arg_construction_prefers_embedded_config(tmp_path, tiny):
     from classify.publish import embed_config
 
     trained, _ = tiny
-    settings = dict(trained.config_json(), truncation="head+tail", head_tokens=7, max_length=48)
+    settings = dict(to_config_json(trained.config), truncation="head+tail", head_tokens=7, max_length=48)
     (tmp_path / "model.py").write_text(embed_config(MODEL_PY.read_text(), settings))
     # A conflicting config.json beside the file must lose against the embedded one.
     other = dict(settings, encoder_config=dict(settings["encoder_config"], hidden_size=64, intermediate_size=32))
@@ -251,8 +250,7 @@ def test_no_arg_construction_prefers_embedded_config(tmp_path, tiny):
     classifier = module.DistilBERTClassifier()
     assert classifier.encoder.config.hidden_size == trained.encoder.config.hidden_size
     assert classifier.settings == {"max_length": 48, "truncation": "head+tail", "head_tokens": 7,
-                                   "window_stride": 128, "temperature": 1.0,  # evalcal: defaults of the new keys
-                                   "id2label": {0: "Negative", 1: "Positive"}}
+                                   "window_stride": 128, "id2label": {0: "Negative", 1: "Positive"}}
     classifier.load_state_dict(trained.state_dict(), strict=True)
 
 
@@ -399,29 +397,33 @@ def test_save_pretrained_and_load_classifier(tmp_path, tiny):
         loaded, loaded_tokenizer = load_classifier(where)
         assert not loaded.training
         assert predict_proba(texts, loaded, loaded_tokenizer) == pytest.approx(expected, abs=1e-6)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(OSError, match="does-not-exist"):
         load_classifier(tmp_path / "does-not-exist")
 
 
-def test_state_dict_loads_into_both_classes(tmp_path, tiny):
+def test_one_class_for_the_snippet_from_pretrained_and_auto(tmp_path, tiny):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
     classifier, tokenizer = tiny
-    config = DaptClassifierConfig(**classifier.config_json())
-    hf_model = DaptForSequenceClassification(config).eval()
-    assert set(hf_model.state_dict()) == set(classifier.state_dict())
-    hf_model.load_state_dict(classifier.state_dict(), strict=True)
+    classifier.save_pretrained(tmp_path, tokenizer=tokenizer)
     ids, mask = M.pad_batch(encode_reviews(tokenizer, ["great movie", "awful film"]), 0)
     with torch.no_grad():
-        out = hf_model(input_ids=ids, attention_mask=mask, labels=torch.tensor([1, 0]))
-        torch.testing.assert_close(out.logits, classifier(ids, mask))
-    assert out.loss is not None and out.loss.ndim == 0
-    # from_pretrained on the saved folder (the same model.safetensors) gives the same model.
-    classifier.save_pretrained(tmp_path, tokenizer=tokenizer)
-    reloaded = DaptForSequenceClassification.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=ids, attention_mask=mask).logits, out.logits)
+        expected = classifier(ids, mask).logits
+        # the seed's way: build from a config, load the state dict
+        rebuilt = DistilBERTClassifier(DaptClassifierConfig.from_json_file(str(tmp_path / "config.json"))).eval()
+        rebuilt.load_state_dict(classifier.state_dict(), strict=True)
+        torch.testing.assert_close(rebuilt(ids, mask).logits, expected)
+        # from_pretrained on the saved folder, and the Auto classes once the types are registered
+        reloaded = DistilBERTClassifier.from_pretrained(tmp_path).eval()
+        out = reloaded(input_ids=ids, attention_mask=mask, labels=torch.tensor([1, 0]))
+        torch.testing.assert_close(out.logits, expected)
+        assert out.loss is not None and out.loss.ndim == 0
+        AutoConfig.register(M.MODEL_TYPE, DaptClassifierConfig, exist_ok=True)
+        AutoModelForSequenceClassification.register(DaptClassifierConfig, DistilBERTClassifier, exist_ok=True)
+        auto = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert type(auto) is DistilBERTClassifier
+        torch.testing.assert_close(auto(input_ids=ids, attention_mask=mask).logits, expected)
     assert reloaded.config.id2label == {0: "Negative", 1: "Positive"}
-    assert predict_proba(["great movie"], reloaded, tokenizer) == pytest.approx(
-        predict_proba(["great movie"], classifier, tokenizer), abs=1e-6)
 
 
 def test_from_encoder_loads_pretrained_weights(tiny_encoder_dir, caplog, capfd):
@@ -430,8 +432,8 @@ def test_from_encoder_loads_pretrained_weights(tiny_encoder_dir, caplog, capfd):
     from transformers import BertModel
 
     capfd.readouterr()
-    with caplog.at_level(logging.INFO, logger="classify.model"):
-        classifier = EncoderClassifier.from_encoder(tiny_encoder_dir, dropout=0.2, truncation="head+tail")
+    with caplog.at_level(logging.INFO, logger="classify.encoder"):
+        classifier = from_encoder(tiny_encoder_dir, dropout=0.2, truncation="head+tail")
     # a stage-1 output: its MLM head is left out, said in one line, without transformers' key table
     assert "encoder loaded without the checkpoint's cls (" in caplog.text
     assert "LOAD REPORT" not in capfd.readouterr().err
@@ -440,12 +442,149 @@ def test_from_encoder_loads_pretrained_weights(tiny_encoder_dir, caplog, capfd):
         torch.testing.assert_close(classifier.encoder.state_dict()[name], tensor)
     assert classifier.dropout.p == 0.2
     assert classifier.settings["truncation"] == "head+tail"
-    assert classifier.config_dict["base_model"] == str(tiny_encoder_dir)
+    assert classifier.config.base_model == str(tiny_encoder_dir)
     assert next(classifier.parameters()).dtype == torch.float32
 
 
 def test_from_encoder_standin_minilm_drops_pooler(standin_encoder_dir):
-    classifier = EncoderClassifier.from_encoder(standin_encoder_dir)
+    classifier = from_encoder(standin_encoder_dir)
     assert classifier.encoder.config.hidden_size == 384
     assert not any("pooler" in k for k in classifier.state_dict())
     assert tuple(classifier.classifier.weight.shape) == (2, 384)
+
+
+def test_infer_names_a_lone_surrogate(tiny):
+    classifier, tokenizer = tiny
+    with pytest.raises(ValueError, match=r"reviews\[2\] is not valid text: '\\udcff' at character 4 is a lone surrogate"):
+        infer_reviews(["ok", "fine", "bad \udcff"], classifier, tokenizer)
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration temperature, sliding windows, token-budget batches (issue 15)
+# --------------------------------------------------------------------------------------------
+
+
+def test_temperature_divides_the_logits_of_every_path(tmp_path, tiny):
+    classifier, tokenizer = tiny
+    texts = ["great movie", "awful film", "the story was boring"]
+    ids, mask = M.pad_batch(encode_reviews(tokenizer, texts, 64), tokenizer.pad_token_id)
+    with torch.no_grad():
+        raw = classifier(ids, mask).logits
+    scaled = copy_of(classifier, tmp_path / "scaled")
+    scaled.config.temperature = 2.5
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(ids, mask).logits, raw / 2.5)
+    assert predict_proba(texts, scaled, tokenizer) == pytest.approx(torch.softmax(raw / 2.5, -1)[:, 1].tolist(), abs=1e-6)
+    [(label, _, confidence)] = infer_reviews(texts[:1], scaled, tokenizer)
+    assert confidence == pytest.approx(float(torch.softmax(raw[0] / 2.5, -1)[label]), abs=1e-6)
+    # saved in config.json and back; a folder written before temperatures existed loads with 1.0
+    scaled.save_pretrained(tmp_path / "saved", tokenizer=tokenizer)
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["temperature"] == 2.5
+    assert load_classifier(tmp_path / "saved")[0].config.temperature == 2.5
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    del config["temperature"], config["window_stride"]
+    (tmp_path / "saved" / "config.json").write_text(json.dumps(config))
+    old, _ = load_classifier(tmp_path / "saved")
+    assert (old.config.temperature, old.config.window_stride) == (1.0, 128)
+    assert predict_proba(texts, old, tokenizer) == pytest.approx(predict_proba(texts, classifier, tokenizer), abs=1e-6)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
+        DaptClassifierConfig(temperature=0)
+
+
+def copy_of(classifier, folder):
+    classifier.save_pretrained(folder)
+    return DistilBERTClassifier.from_pretrained(folder).eval()
+
+
+@pytest.mark.parametrize(("max_length", "stride"), [(16, 4), (16, 0), (24, 13), (40, 8)])
+def test_encode_windows_are_the_tokenizers_overflowing_windows(tiny_tokenizer, max_length, stride):
+    words = ["movie", "film", "story", "plot", "actor", "scene", "cast"] * 11
+    text = " ".join(words)
+    [windows] = M.encode_windows(tiny_tokenizer, [text], max_length, stride)
+    expected = tiny_tokenizer(text, truncation=True, max_length=max_length, stride=stride,
+                              return_overflowing_tokens=True)["input_ids"]
+    assert windows == expected and len(windows) > 1
+    assert all(len(w) <= max_length for w in windows)
+    content = [w[1:-1] for w in windows]
+    if stride:
+        assert all(a[len(a) - stride:] == b[:stride] for a, b in zip(content, content[1:]))
+    assert [t for t in content[0]] + [t for c in content[1:] for t in c[stride:]] == _word_ids(tiny_tokenizer, words)
+    # a text that fits is one window, the same sequence encode_reviews gives
+    assert M.encode_windows(tiny_tokenizer, ["great movie"], max_length, stride) == [
+        encode_reviews(tiny_tokenizer, ["great movie"], max_length)]
+    assert encode_reviews(tiny_tokenizer, [text], max_length, "windows") == [windows[0]]  # training reads the first
+    with pytest.raises(ValueError, match=f"window_stride={max_length - 2} must be"):
+        M.encode_windows(tiny_tokenizer, [text], max_length, max_length - 2)
+
+
+def test_windows_logits_are_the_mean_of_the_windows(tiny):
+    classifier, tokenizer = tiny
+    review = "great movie, loved it. " * 20 + "but a boring story and the worst ending " * 12
+    [windows] = M.encode_windows(tokenizer, [review], 32, 8)
+    assert len(windows) > 3
+    with torch.no_grad():
+        per_window = torch.cat([classifier(torch.tensor([w])).logits for w in windows])
+    expected = torch.softmax(per_window.mean(0), -1)
+    got = predict_proba([review, "great movie"], classifier, tokenizer, max_length=32, truncation="windows",
+                        window_stride=8, batch_tokens=64)
+    assert got[0] == pytest.approx(float(expected[1]), abs=1e-5)
+    assert got[1] == pytest.approx(predict_proba("great movie", classifier, tokenizer), abs=1e-5)
+    # selectable at inference time: each mode gives its own answer for the long review
+    windowed = copy_of(classifier, Path(tempfile_dir()) / "windowed")
+    windowed.config.head_tokens = 8
+    modes = {mode: predict_proba(review, windowed, tokenizer, max_length=32, truncation=mode, window_stride=8)
+             for mode in ("head", "head+tail", "windows")}
+    assert len({round(p, 6) for p in modes.values()}) == 3
+    assert modes["windows"] == pytest.approx(got[0], abs=1e-6)
+    # the model's own setting is the default
+    windowed.config.update({"truncation": "windows", "max_length": 32, "window_stride": 8})
+    assert predict_proba(review, windowed, tokenizer) == pytest.approx(modes["windows"], abs=1e-6)
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="dapt-test-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def test_token_budget_batches_cover_every_review_once_within_the_budget():
+    lengths = [5, 300, 17, 512, 64, 64, 1, 250, 33, 130]
+    batches = M.token_budget_batches(lengths, batch_tokens=1024)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    widths = [-(-max(lengths[i] for i in b) // 8) * 8 for b in batches]
+    assert all(len(b) * w <= 1024 or len(b) == 1 for b, w in zip(batches, widths))
+    assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+    assert all(len(b) <= 2 for b in M.token_budget_batches(lengths, None, batch_size=2))
+    assert M.token_budget_batches([700], batch_tokens=64) == [[0]]  # a review longer than the budget runs alone
+
+
+def test_infer_results_do_not_depend_on_the_batching(tiny):
+    classifier, tokenizer = tiny
+    reviews = ["great movie", "terrible " * 40, "I loved this film! " * 9, "waste of time", "ok"]
+    reference = predict_proba(reviews, classifier, tokenizer, batch_tokens=None, batch_size=1)
+    for kwargs in ({}, {"batch_tokens": 64}, {"batch_tokens": None, "batch_size": 2}, {"batch_size": 3}):
+        assert predict_proba(reviews, classifier, tokenizer, **kwargs) == pytest.approx(reference, abs=1e-5)
+
+
+def test_token_budget_batches_pad_less_than_count_batches_on_imdb(shared_data, standin_encoder_dir):
+    """Real IMDb test lengths (WordPiece, cut at 512): the default token budget wastes less padding
+    than batches of 32 in input order (what a DataLoader gives) and than sorted batches of 32."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    texts = pq.read_table(shared_data / "imdb" / "test.parquet", columns=["text"]).column("text").to_pylist()
+    pick = np.random.default_rng(0).choice(len(texts), 1000, replace=False)
+    tokenizer = AutoTokenizer.from_pretrained(standin_encoder_dir)
+    lengths = [len(ids) for ids in encode_reviews(tokenizer, [texts[i] for i in pick], 512)]
+
+    def padding(batches):
+        padded = sum(len(b) * -(-max(lengths[i] for i in b) // 8) * 8 for b in batches)
+        return 1 - sum(lengths) / padded
+
+    in_order = [list(range(i, min(i + 32, len(lengths)))) for i in range(0, len(lengths), 32)]
+    budget = padding(M.token_budget_batches(lengths))
+    assert budget < padding(M.token_budget_batches(lengths, None, batch_size=32)) < padding(in_order)
+    assert budget < 0.05 and padding(in_order) > 0.3

@@ -62,9 +62,9 @@ def test_folder_contents(run):
     assert (folder / "model.safetensors").read_bytes() == (run_dir / "model" / "model.safetensors").read_bytes()
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {"AutoConfig": "model.DaptClassifierConfig",
-                                  "AutoModelForSequenceClassification": "model.DaptForSequenceClassification"}
+                                  "AutoModelForSequenceClassification": "model.DistilBERTClassifier"}
     assert config["model_type"] == "dapt-encoder-classifier"
-    assert config["architectures"] == ["DaptForSequenceClassification"]
+    assert config["architectures"] == ["DistilBERTClassifier"]
     assert config["encoder_config"]["hidden_size"] == classifier.encoder.config.hidden_size
     assert (config["max_length"], config["truncation"], config["head_tokens"]) == (64, "head+tail", 16)
     assert config["id2label"] == {"0": "Negative", "1": "Positive"}
@@ -78,7 +78,7 @@ def test_model_py_has_config_embedded_and_only_allowed_imports(run):
     tree = ast.parse(source)
     [assign] = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "EMBEDDED_CONFIG"]
     embedded = ast.literal_eval(assign.value)
-    assert embedded["encoder_config"] == classifier.config_dict["encoder_config"]
+    assert embedded["encoder_config"] == classifier.config.encoder_config
     assert (embedded["truncation"], embedded["head_tokens"], embedded["max_length"]) == ("head+tail", 16, 64)
     roots = set()
     for node in ast.walk(tree):
@@ -256,7 +256,7 @@ def test_trust_remote_code_and_pipeline_match_infer_reviews(run):
     expected = predict_proba(short, classifier, tokenizer)
 
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=True).eval()
-    assert type(model).__name__ == "DaptForSequenceClassification"
+    assert type(model).__name__ == "DistilBERTClassifier"
     assert model.config.id2label == {0: "Negative", 1: "Positive"}
     hf_tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
     batch = hf_tokenizer(short, padding=True, return_tensors="pt")
