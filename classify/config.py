@@ -119,7 +119,8 @@ class ClassifyConfig:
         if self.push_to_hub and not self.hub_repo_id:
             raise_config("hub_repo_id", self.hub_repo_id, "USER/NAME when push_to_hub is true")
         if self.push_to_hub:  # a name the Hub rejects is found now, not after training
-            from classify.publish import PublishError, check_repo_id
+            from classify.hub_io import check_repo_id
+            from classify.publish_guard import PublishError
 
             try:
                 check_repo_id(self.hub_repo_id)

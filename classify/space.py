@@ -16,7 +16,8 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from classify.publish import PublishError, _explain, resolve_token
+from classify.hub_io import explain_hub_error, format_listing, resolve_token
+from classify.publish_guard import PublishError
 
 TEMPLATE = Path(__file__).resolve().parent / "space_template" / "app.py"
 REPO_LINE = re.compile(r"^MODEL_REPO = None .*$", re.MULTILINE)
@@ -116,7 +117,7 @@ def push_space(folder, space_id: str, private: bool = False, token: str | None =
         info = api.upload_folder(folder_path=str(folder), repo_id=space_id, repo_type="space",
                                  commit_message="Upload the Space with dapt-publish --space")
     except (HfHubHTTPError, OSError) as error:
-        raise _explain(error, space_id, api.endpoint or constants.ENDPOINT) from None
+        raise explain_hub_error(error, space_id, api.endpoint or constants.ENDPOINT) from None
     return getattr(info, "oid", None) or str(info)
 
 
@@ -135,7 +136,6 @@ def publish_space(run_dir, model_repo_id: str, space_id: str, *, dry_run: bool =
 
 def report(result: dict) -> str:
     """The lines dapt-publish prints about the Space."""
-    from classify.publish import format_listing
 
     lines = [f"space folder: {result['folder']}", format_listing(result["folder"])]
     if result["commit"] is None:

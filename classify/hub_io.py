@@ -1,0 +1,79 @@
+"""What publishing a model and publishing its Space share: folder listings, the token, the Hub's
+errors explained in one line, and the repo-id check."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from classify.publish_guard import PublishError
+
+
+def list_folder(folder) -> list[tuple[str, int]]:
+    folder = Path(folder)
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def format_listing(folder) -> str:
+    rows = list_folder(folder)
+    width = max([len(name) for name, _ in rows] + [5])
+    lines = [f"{name:<{width}}  {_human(size):>10}" for name, size in rows]
+    total = sum(size for _, size in rows)
+    lines.append(f"{'total':<{width}}  {_human(total):>10}  ({len(rows)} files)")
+    return "\n".join(lines)
+
+
+def resolve_token(token: str | None = None) -> str:
+    """Explicit token, else ``HF_TOKEN``, else the saved login; PublishError if none."""
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise PublishError(
+            "no Hugging Face token: set HF_TOKEN, run `hf auth login`, or pass a token "
+            "(a write token is needed to create and push the repository)"
+        )
+    return token
+
+
+def explain_hub_error(error: Exception, repo_id: str, endpoint: str) -> PublishError:
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, OfflineModeIsEnabled):
+        return PublishError("the Hub is unreachable: offline mode is on (HF_HUB_OFFLINE=1); unset it to push")
+    if isinstance(error, HfHubHTTPError) and getattr(error, "response", None) is not None:
+        status = error.response.status_code
+        if status == 401:
+            return PublishError(f"the Hub rejected the token (401 Unauthorized) at {endpoint}; log in again")
+        if status == 403:
+            return PublishError(f"the token has no write access to {repo_id} (403 Forbidden)")
+        if status == 404:
+            return PublishError(f"{repo_id} not found or not accessible with this token (404)")
+        detail = f": {error.server_message}" if getattr(error, "server_message", None) else ""
+        return PublishError(f"the Hub answered {status} while pushing {repo_id}{detail}")
+    return PublishError(f"could not reach the Hub at {endpoint} ({type(error).__name__}); check the network")
+
+
+def check_repo_id(repo_id) -> str:
+    """``repo_id`` if the Hub would accept it as ``USER/NAME``; PublishError (the Hub's rule) if not."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise PublishError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise PublishError(f"--repo-id must look like USER/NAME and be a name the Hub accepts: {error}") from None
+    return repo_id
