@@ -129,7 +129,7 @@ def overconfident(tiny_headless_encoder_dir):
         from classify.model import pad_batch
 
         ids, mask = pad_batch(dataset.ids, tokenizer.pad_token_id)
-        pred = classifier(input_ids=ids, attention_mask=mask).argmax(-1).numpy()
+        pred = classifier(input_ids=ids, attention_mask=mask).logits.argmax(-1).numpy()
     flip = np.random.default_rng(4).random(len(texts)) < 0.2
     labels = np.where(flip, 1 - pred, pred).tolist()
     return classifier, tokenizer, texts, labels
@@ -185,8 +185,8 @@ def test_temperature_is_saved_and_an_old_folder_without_one_loads_with_1(overcon
     assert old.config.temperature == 1.0 and old.settings["window_stride"] == 128
     ids = torch.tensor([encode_windows(tokenizer, texts[:1], 32, 8)[0][0]])
     with torch.no_grad():
-        assert torch.equal(old(input_ids=ids), classifier(input_ids=ids))
-        assert torch.allclose(loaded(input_ids=ids) * 2.5, classifier(input_ids=ids), atol=1e-5)
+        assert torch.equal(old(input_ids=ids).logits, classifier(input_ids=ids).logits)
+        assert torch.allclose(loaded(input_ids=ids).logits * 2.5, classifier(input_ids=ids).logits, atol=1e-5)
     with pytest.raises(ValueError, match="positive"):
         set_temperature(old, 0.0)
 
@@ -210,7 +210,7 @@ def test_windows_evaluation_is_the_mean_of_each_reviews_windows(overconfident, a
         predictions = predict(classifier, loader, accelerator)
         with torch.no_grad():  # the inference rule, review by review: mean of the windows' scaled logits
             expected = torch.stack([
-                torch.cat([classifier(input_ids=torch.tensor([w])) for w in review]).mean(0) for review in windows
+                torch.cat([classifier(input_ids=torch.tensor([w])).logits for w in review]).mean(0) for review in windows
             ])
     finally:
         set_temperature(classifier, 1.0)
