@@ -157,7 +157,11 @@ def summary_lines(result: dict) -> list:
     for name, run in result.get("runs", {}).items():
         passed = sum(bool(v) for v in run["checks"].values())
         wall = run.get("wall_s", "")
+        if run.get("skipped"):  # the budget ran out before it started
+            lines.append(f"- {name}: not run ({run['skipped']})")
+            continue
         lines.append(f"- {name}: {passed}/{len(run['checks'])} checks{f', {wall} s' if wall != '' else ''}"
+                     + ("; TIMED OUT" if run.get("timed_out") else "")
                      + "".join(f"; MISS {c}" for c, v in run["checks"].items() if not v))
     for name, why in result.get("skipped", {}).items():
         lines.append(f"- {name}: skipped ({why})")
