@@ -17,12 +17,13 @@ Stages (``--stages mlm,classify,infer``):
   blocks, batch 64, fp16 on CUDA (fp32 on CPU), full-vocabulary logits. Project: the stage-1 step of
   ``dapt/pretrain.py`` - :class:`dapt.modeling.MaskedLMObjective` (vocabulary projection only at the
   masked positions), :class:`dapt.masking.MLMCollator`, 512-token packed blocks, bf16 autocast, SDPA
-  attention, fused AdamW (:func:`dapt.core.runtime.make_optimizer`), gradient clipping, the non-finite
-  check, optional ``torch.compile``; DataLoader workers and pinned memory on CUDA.
+  attention, fused AdamW (:func:`dapt.core.runtime.make_optimizer`), the product's optimizer step
+  (:class:`dapt.core.step.OptimizerStep`: clipping, the non-finite check, the schedule), optional
+  ``torch.compile``; DataLoader workers and pinned memory on CUDA.
 * ``classify`` - baseline: ``Trainer`` + ``DataCollatorWithPadding`` (dynamic padding), random
   order, batch 64, ``AutoModelForSequenceClassification`` of the same encoder shape. Project: the
   stage-2 step of ``classify/train.py`` - :class:`classify.model.DistilBERTClassifier`, separate
-  encoder/head learning rates, :class:`classify.data.LengthBucketBatchSampler` (shuffled,
+  encoder/head learning rates, the same ``OptimizerStep``, :class:`classify.data.LengthBucketBatchSampler` (shuffled,
   length-bucketed batches) and :class:`classify.data.Collator` (padding to a multiple of 8).
 * ``infer`` - :func:`classify.model.infer_reviews` against a naive loop (tokenize one review,
   forward, softmax), same cleaned reviews, same classifier, ``--infer-threads`` CPU threads.
@@ -105,8 +106,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pad-multiple", type=int, default=8)
     p.add_argument("--workers", type=int, default=None, help="project DataLoader workers (default 2 on CUDA, 0 on CPU)")
     p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--nonfinite-check", action=argparse.BooleanOptionalAction, default=True,
-                   help="skip an update whose gradient norm is not finite, as the product does (one host sync per step)")
     p.add_argument("--mlm-block", type=int, default=512)
     p.add_argument("--mlm-batch", type=int, default=None)
     p.add_argument("--classify-batch", type=int, default=None, help="both sides (reference: 64)")

@@ -1,11 +1,10 @@
 """The training sides of ``scripts/bench.py``: the baseline, the stock Hugging Face ``Trainer``
 (only counting the tokens of each batch), and the project's side, built from the product's own
 pieces - stage 1's ``MaskedLMObjective``, ``MLMCollator``, ``TrainConfig``, optimizer and schedule;
-stage 2's ``DistilBERTClassifier``, parameter groups, sampler and collator - driven by
-:func:`project_step`; then each stage's two sides, one timed run each.
-
-:func:`project_step` is the one place that mirrors the loops' optimizer step (the loops write it
-inline today); when the shared step lands in ``dapt/core``, its body becomes a call to it.
+stage 2's ``DistilBERTClassifier``, parameter groups, sampler and collator - and stepped by the
+product's own optimizer step, ``dapt.core.step.OptimizerStep``, set up by :func:`product_step` as
+``dapt/pretrain.py`` and ``classify/train.py`` set it up; then each stage's two sides, one timed
+run each.
 """
 
 from __future__ import annotations
@@ -62,10 +61,20 @@ def training_arguments(args, batch_size: int, output_dir: str):
     )
 
 
+def fresh_accelerate_state() -> None:
+    """Forget the process-wide Accelerate state: the Trainer's Accelerator and the project's may
+    differ in mixed precision, which one process's shared state otherwise refuses."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def run_trainer(args, model, dataset, collator, tokenizer, batch_size: int, params: dict, mlm: bool) -> dict:
     """One baseline run: the stock ``Trainer.train()`` for ``warmup + steps`` optimizer steps."""
     from transformers.trainer_callback import PrinterCallback
 
+    fresh_accelerate_state()
     TimingCallback, CountingTrainer = make_trainer_classes()
     timer = StepTimer(args.device, args.warmup, args.warmup + args.steps)
     with tempfile.TemporaryDirectory() as output_dir:
@@ -82,10 +91,6 @@ def run_trainer(args, model, dataset, collator, tokenizer, batch_size: int, para
     return result
 
 
-def autocast(args):
-    return torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16")
-
-
 def cycle(loader, on_epoch=None):
     epoch = 0
     while True:
@@ -95,25 +100,34 @@ def cycle(loader, on_epoch=None):
         epoch += 1
 
 
-def project_step(args, model_call, parameters, optimizer, scheduler, batch: dict, loss_of, max_grad_norm: float) -> None:
-    """THE SEAM to the product's optimizer step (``dapt/pretrain.py`` and ``classify/train.py``
-    write it inline; the shared step of ``dapt/core`` replaces this body when it lands): autocast
-    forward, backward, clip to the stage's ``train.max_grad_norm``, skip a non-finite update, step,
-    schedule, zero the gradients."""
-    with autocast(args):
-        output = model_call(batch)
-    loss = loss_of(output, batch)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm if max_grad_norm > 0 else float("inf"))
-    if not args.nonfinite_check or torch.isfinite(grad_norm):
-        optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+def product_step(args, model, optimizer, hp):
+    """The product's optimizer step, set up as both stages set it up: ``make_accelerator`` (the
+    bench's precision and device), model and optimizer through ``accelerator.prepare``, the linear
+    warmup/decay schedule on the prepared optimizer, a fresh ``TrainState``, and
+    :class:`~dapt.core.step.OptimizerStep` with the stage's ``train`` keys ``hp`` (warmup ratio,
+    ``min_lr``, ``max_grad_norm``, ``max_nonfinite``): clip, skip a non-finite update, step,
+    schedule, zero. Returns the accelerator, the prepared model and the step."""
+    from dapt.core.runtime import ImplConfig, linear_warmup_decay, make_accelerator
+    from dapt.core.state import TrainState
+    from dapt.core.step import OptimizerStep
+
+    fresh_accelerate_state()
+    impl = ImplConfig(mixed_precision="bf16" if args.precision == "bf16" else "no", cpu=args.device == "cpu",
+                      tf32=args.device == "cuda")
+    accelerator = make_accelerator(impl, tempfile.gettempdir())  # no tracker: nothing is written there
+    model, optimizer = accelerator.prepare(model, optimizer)
+    total = args.warmup + args.steps
+    scheduler = linear_warmup_decay(optimizer.optimizer, round(hp.warmup_ratio * total), total, hp.min_lr)
+    step = OptimizerStep(accelerator, model, optimizer, scheduler, TrainState(), max_grad_norm=hp.max_grad_norm,
+                         max_nonfinite=hp.max_nonfinite)
+    return accelerator, model, step
 
 
-def run_project(args, model_call, parameters, optimizer, scheduler, loader, loss_of, params, mlm: bool,
-                max_grad_norm: float, masked_only: bool = False, on_epoch=None) -> dict:
-    device = torch.device(args.device)
+def run_project(args, accelerator, model, step, model_call, loader, loss_of, params, mlm: bool,
+                masked_only: bool = False, on_epoch=None) -> dict:
+    """``warmup + steps`` batches as the stages' loops run them: forward under the accelerator's
+    autocast inside ``accelerator.accumulate``, then the product's step."""
+    device = accelerator.device
     timer = StepTimer(args.device, args.warmup, args.warmup + args.steps)
     batches = cycle(loader, on_epoch)
     non_blocking = args.device == "cuda"
@@ -121,7 +135,10 @@ def run_project(args, model_call, parameters, optimizer, scheduler, loader, loss
         batch = next(batches)
         timer.count(batch["attention_mask"], batch.get("labels"), mlm=mlm)  # CPU tensors: no sync
         batch = {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
-        project_step(args, model_call, parameters, optimizer, scheduler, batch, loss_of, max_grad_norm)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                output = model_call(batch)
+            step(loss_of(output, batch))
         timer.step_end()
     return timer.result(args.warmup, params, args.peak_tflops, masked_only=masked_only)
 
@@ -155,26 +172,23 @@ def mlm_project(args, tokenizer, config, blocks: list[list[int]], params: dict) 
     from dapt.masking import MLMCollator
     from dapt.modeling import MaskedLMObjective
     from dapt.pretrain import TrainConfig
-    from dapt.core.runtime import linear_warmup_decay, make_optimizer, parameter_groups
+    from dapt.core.runtime import make_optimizer, parameter_groups
 
     device = torch.device(args.device)
     model = build_mlm_model(config, args.seed, attn_implementation="sdpa").to(device)
     objective = MaskedLMObjective(model, masked_only=args.masked_only)
-    hp = TrainConfig(batch_size=args.mlm_batch)  # stage 1's defaults: LR, weight decay, schedule
+    hp = TrainConfig(batch_size=args.mlm_batch)  # stage 1's defaults: LR, weight decay, schedule, clipping
     optimizer = make_optimizer(parameter_groups(model.named_parameters(), hp.lr, hp.weight_decay), fused=args.fused_adamw)
-    total = args.warmup + args.steps
-    scheduler = linear_warmup_decay(optimizer, round(hp.warmup_ratio * total), total, hp.min_lr)
-    forward = torch.compile(objective) if args.compile else objective
+    forward = torch.compile(objective) if args.compile else objective  # compiled before prepare, as stage 1 does
+    accelerator, forward, step = product_step(args, forward, optimizer, hp)
     collator = MLMCollator(tokenizer, seed=args.seed)
     dataset = [{"input_ids": block, "index": i} for i, block in enumerate(blocks)]
     loader = DataLoader(dataset, batch_size=args.mlm_batch, shuffle=True, drop_last=True, collate_fn=collator,
                         generator=torch.Generator().manual_seed(args.seed), **loader_kwargs(args))
-    objective.train()
+    forward.train()
     result = run_project(
-        args, lambda b: forward(b["input_ids"], b["attention_mask"], b["labels"]), list(model.parameters()),
-        optimizer, scheduler, loader, lambda out, b: out[0].mean(), params, mlm=True, max_grad_norm=hp.max_grad_norm,
-        masked_only=args.masked_only,
-        on_epoch=collator.set_epoch,
+        args, accelerator, forward, step, lambda b: forward(b["input_ids"], b["attention_mask"], b["labels"]), loader,
+        lambda out, b: out[0].mean(), params, mlm=True, masked_only=args.masked_only, on_epoch=collator.set_epoch,
     )
     result.update(peak_memory_gib=peak_memory_gib(args.device), block=args.mlm_block, batch=args.mlm_batch,
                   precision=args.precision, compile=args.compile, attn_implementation="sdpa",
@@ -211,26 +225,24 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
     from classify.model import DaptClassifierConfig, DistilBERTClassifier
     from classify.config import TrainConfig
     from classify.train import classifier_parameter_groups
-    from dapt.core.runtime import linear_warmup_decay, make_optimizer
+    from dapt.core.runtime import make_optimizer
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model = DistilBERTClassifier(DaptClassifierConfig(encoder_config=config.to_dict())).to(device)
     hp = TrainConfig(batch_size=args.classify_batch)
     optimizer = make_optimizer(classifier_parameter_groups(model, hp), fused=args.fused_adamw)
-    total = args.warmup + args.steps
-    scheduler = linear_warmup_decay(optimizer, round(hp.warmup_ratio * total), total, hp.min_lr)
-    forward = torch.compile(model) if args.compile else model  # as classify/train.py compiles
+    forward = torch.compile(model) if args.compile else model  # compiled before prepare, as classify/train.py does
+    accelerator, forward, step = product_step(args, forward, optimizer, hp)
     sampler = LengthBucketBatchSampler([len(r) for r in reviews], args.classify_batch, shuffle=True, seed=args.seed,
                                        group_by_length=args.group_by_length)
     dataset = [{"input_ids": r, "label": y, "index": i} for i, (r, y) in enumerate(zip(reviews, labels))]
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(tokenizer.pad_token_id, args.pad_multiple),
                         **loader_kwargs(args))
-    model.train()
+    forward.train()
     result = run_project(
-        args, lambda b: forward(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, list(model.parameters()),
-        optimizer, scheduler, loader, lambda logits, b: F.cross_entropy(logits.float(), b["labels"]), params,
-        mlm=False, max_grad_norm=hp.max_grad_norm, on_epoch=sampler.set_epoch,
+        args, accelerator, forward, step, lambda b: forward(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+        loader, lambda logits, b: F.cross_entropy(logits.float(), b["labels"]), params, mlm=False, on_epoch=sampler.set_epoch,
     )
     result.update(peak_memory_gib=peak_memory_gib(args.device), batch=args.classify_batch, precision=args.precision,
                   compile=args.compile, attn_implementation="sdpa",
