@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 from classify.data import LabelledSetConfig
 from classify.model import TRUNCATION_STRATEGIES
-from dapt.core.loop import LoopConfig
+from dapt.core.loop import LoopConfig, RunConfig
 from dapt.core.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
 
 BEST_METRICS = {"val_acc": "max", "val_f1": "max", "val_roc_auc": "max", "val_loss": "min"}
@@ -85,12 +85,9 @@ class ClassifyCheckpointConfig(CheckpointConfig):
 
 
 @dataclass
-class ClassifyConfig:
+class ClassifyConfig(RunConfig):
     output_dir: str = "runs/classify"
-    overwrite: bool = False  # replace a previous run in output_dir (its results stay until this one finishes)
     run_name: str = "classify"
-    tensorboard: bool = False
-    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow, ... (Accelerate's)
     push_to_hub: bool = False  # after training: build the Hub folder and upload it (classify.publish)
     hub_repo_id: Optional[str] = None  # USER/NAME
     hub_private: bool = False
@@ -101,9 +98,7 @@ class ClassifyConfig:
     checkpoint: ClassifyCheckpointConfig = field(default_factory=ClassifyCheckpointConfig)
 
     def validate(self) -> None:
-        self.impl.validate()
-        self.checkpoint.validate()
-        self.train.validate()
+        super().validate()
         if self.model.truncation not in TRUNCATION_STRATEGIES:
             raise_config("model.truncation", self.model.truncation, "head, head+tail or windows")
         if self.model.max_length < 8:

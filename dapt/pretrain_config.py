@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from dapt.core.loop import LoopConfig
+from dapt.core.loop import LoopConfig, RunConfig
 from dapt.data import CorpusConfig
 from dapt.core.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
 
@@ -55,12 +55,9 @@ class PretrainImplConfig(ImplConfig):
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     output_dir: str = "runs/dapt"
-    overwrite: bool = False  # replace a previous run in output_dir (its results stay until this one finishes)
     run_name: str = "dapt"
-    tensorboard: bool = False
-    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow, ... (Accelerate's)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -68,9 +65,7 @@ class PretrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> None:
-        self.impl.validate()
-        self.checkpoint.validate()
-        self.train.validate()
+        super().validate()
         if self.data.block_size < 8:
             raise_config("data.block_size", self.data.block_size, "an integer >= 8")
         if not 0 < self.data.mlm_probability < 1:

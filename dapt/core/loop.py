@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dapt.core.state import TrainState
 from dapt.core.runtime import check_range, raise_config
@@ -32,6 +32,24 @@ class LoopConfig:
         check_range(f"{prefix}.warmup_ratio", self.warmup_ratio, 0.0, 1.0, "a fraction in [0, 1]")
         if self.max_nonfinite < 0:
             raise_config(f"{prefix}.max_nonfinite", self.max_nonfinite, "an integer >= 0")
+
+
+@dataclass
+class RunConfig:
+    """The run-level keys of both stages' configs. A stage's config inherits them (re-declaring
+    ``output_dir`` and ``run_name`` with its own defaults) and adds its ``train``
+    (a :class:`LoopConfig`), ``impl`` and ``checkpoint`` groups, which :meth:`validate` checks first."""
+
+    output_dir: str = "runs/run"
+    overwrite: bool = False  # replace a previous run in output_dir (its results stay until this one finishes)
+    run_name: str = "run"
+    tensorboard: bool = False
+    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow, ... (Accelerate's)
+
+    def validate(self) -> None:
+        self.impl.validate()
+        self.checkpoint.validate()
+        self.train.validate()
 
 
 def epoch_batches(accelerator, loader, state: TrainState, *also):
