@@ -1,14 +1,8 @@
-"""A linear sentiment head on the first-token ([CLS]) state of a Transformer encoder: network and
-inference, published verbatim as ``model.py`` (the run's config written into ``EMBEDDED_CONFIG``);
-imports only torch, transformers and the standard library.
-
-* :class:`DistilBERTClassifier`, the one model class: ``DistilBERTClassifier()`` rebuilds the trained
-  architecture offline; ``from_pretrained`` and ``AutoModelForSequenceClassification`` /
-  ``pipeline(..., trust_remote_code=True)`` load the same weights. Its forward returns
-  ``logits / config.temperature`` (calibration; 1.0 when none was fitted), so every path applies it.
-* :func:`encode_reviews` / :func:`encode_windows`: tokenization shared by training, evaluation and
-  inference (``head``, ``head+tail`` or overlapping ``windows``).
-* :func:`infer_reviews` / :func:`predict_proba`: length-sorted inference in token-budget batches.
+"""A linear sentiment head on the first-token ([CLS]) state of a Transformer encoder: network
+(:class:`DistilBERTClassifier`, whose logits are divided by ``config.temperature`` on every path),
+tokenization shared by training, evaluation and inference, and length-sorted inference in
+token-budget batches. Published verbatim as ``model.py`` (the run's config written into
+``EMBEDDED_CONFIG``); imports only torch, transformers and the standard library.
 """
 
 from __future__ import annotations
@@ -53,13 +47,8 @@ def encoder_architecture(config: PretrainedConfig | dict) -> dict:
 
 
 class DaptClassifierConfig(PretrainedConfig):
-    """config.json of a classifier: the encoder's architecture, the head, and inference settings.
-
-    ``truncation``: ``head`` (the first tokens), ``head+tail`` (the first ``head_tokens`` and the
-    last ones, Sun et al. 2019) or ``windows`` (windows of ``max_length`` tokens overlapping by
-    ``window_stride``; a review's logits are the mean of its windows' logits). ``temperature``
-    divides the logits (calibration; 1.0 = none).
-    """
+    """config.json of a classifier: the encoder's architecture, the head, and inference settings
+    (``truncation``: see :func:`encode_reviews`; ``temperature`` divides the logits, 1.0 = none)."""
 
     model_type = MODEL_TYPE
 
@@ -124,11 +113,8 @@ def build_encoder(architecture: dict) -> PreTrainedModel:
 
 
 class DistilBERTClassifier(PreTrainedModel):
-    """Encoder + dropout + ``nn.Linear(hidden, num_labels)`` on the first-token hidden state.
-
-    The name is the seed's; the encoder is whatever ``config.encoder_config`` describes.
-    ``encoder``: an already loaded encoder (the training side passes a pretrained one).
-    """
+    """Encoder (``config.encoder_config``, or an already loaded ``encoder``) + dropout +
+    ``nn.Linear(hidden, num_labels)`` on the first-token hidden state."""
 
     config_class = DaptClassifierConfig
     base_model_prefix = "encoder"
@@ -226,25 +212,18 @@ def truncate_ids(ids: list[int], budget: int, truncation: str = "head", head_tok
 
 def encode_reviews(tokenizer, texts: Sequence[str], max_length: int = 512, truncation: str = "head",
                    head_tokens: int = 128, *, clean: bool = True) -> list[list[int]]:
-    """One sequence of token ids (with special tokens, at most ``max_length``) per text.
-
-    ``head``: the first tokens. ``head+tail``: the first ``head_tokens`` and the last
-    ``max_length - head_tokens - n_special`` content tokens (Sun et al. 2019: 128 + 382 for 512).
-    ``windows``: the first window (training reads one sequence per review; evaluation and inference
-    average over all windows, see :func:`encode_windows`). Texts pass through :func:`clean_text`.
-    """
+    """One sequence of token ids (with special tokens, at most ``max_length``) per cleaned text:
+    ``head``, the first tokens; ``head+tail``, the first ``head_tokens`` and the last ones (Sun et
+    al. 2019: 128 + 382 for 512); ``windows``, the first window (see :func:`encode_windows`)."""
     prefix, suffix, budget, content = _content(tokenizer, texts, max_length, clean)
     return [prefix + truncate_ids(ids, budget, truncation, head_tokens) + suffix for ids in content]
 
 
 def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int, *,
                    clean: bool = True) -> list[list[list[int]]]:
-    """Per text, its overlapping windows' token ids (each with special tokens, at most ``max_length``).
-
-    Consecutive windows share ``stride`` content tokens (as ``stride`` in Hugging Face tokenizers);
-    windows start every ``budget - stride`` tokens until one reaches the end, so the last may be
-    shorter. A text that fits gives one window. A review's logits are the mean of its windows' logits.
-    """
+    """Per text, its windows' token ids (each with special tokens, at most ``max_length``), sharing
+    ``stride`` content tokens with the next (as in Hugging Face tokenizers); the last may be shorter.
+    A review's logits are the mean of its windows' logits."""
     prefix, suffix, budget, content = _content(tokenizer, texts, max_length, clean)
     if not 0 <= stride < budget:
         raise ValueError(f"window_stride={stride} must be >= 0 and below the {budget} content tokens of a window")
@@ -309,7 +288,8 @@ def _check_reviews(reviews) -> tuple[list[str], bool]:
     return reviews, single
 
 
-def _probabilities(reviews, classifier, tokenizer, batch_size, max_length, truncation, window_stride, batch_tokens):
+def _probabilities(reviews, classifier, tokenizer, batch_size: int | None = None, max_length=None, truncation=None,
+                   *, window_stride=None, batch_tokens: int | None = DEFAULT_BATCH_TOKENS):
     texts, single = _check_reviews(reviews)
     config = classifier.config
     max_length = config.max_length if max_length is None else max_length
@@ -347,26 +327,21 @@ def _probabilities(reviews, classifier, tokenizer, batch_size, max_length, trunc
 
 def infer_reviews(reviews, classifier, tokenizer, batch_size: int | None = None, max_length=None, truncation=None,
                   *, window_stride=None, batch_tokens: int | None = DEFAULT_BATCH_TOKENS):
-    """Classify one review (str -> tuple) or many (list -> list of tuples, input order).
-
-    Each tuple is ``(label_class, label, confidence)``: the class index, its name and the
-    (temperature-scaled) softmax probability of that class. ``max_length``, ``truncation`` (``head``,
-    ``head+tail``, ``windows``) and ``window_stride`` default to the classifier's config. Batches hold
-    reviews of similar length, at most ``batch_tokens`` padded tokens and ``batch_size`` reviews
-    (None: no cap). An empty or whitespace-only review is an error naming its index.
-    """
+    """Classify one review (str -> tuple) or many (list -> list of tuples, input order): each tuple is
+    ``(label_class, label, confidence)``, confidence the (temperature-scaled) softmax probability.
+    ``max_length``, ``truncation`` and ``window_stride`` default to the classifier's config. Batches
+    hold reviews of similar length, at most ``batch_tokens`` padded tokens and ``batch_size`` reviews
+    (None: no cap). An empty or whitespace-only review is an error naming its index."""
     probs, single = _probabilities(reviews, classifier, tokenizer, batch_size, max_length, truncation,
-                                   window_stride, batch_tokens)
+                                   window_stride=window_stride, batch_tokens=batch_tokens)
     labels = {int(k): v for k, v in classifier.config.id2label.items()}
     results = [(int(row.argmax()), labels[int(row.argmax())], float(row.max())) for row in probs]
     return results[0] if single else results
 
 
-def predict_proba(reviews, classifier, tokenizer, batch_size: int | None = None, max_length=None, truncation=None,
-                  *, window_stride=None, batch_tokens: int | None = DEFAULT_BATCH_TOKENS):
+def predict_proba(reviews, classifier, tokenizer, *args, **kwargs):
     """P(class 1) per review (a float for a str, a list for a list); arguments as :func:`infer_reviews`."""
-    probs, single = _probabilities(reviews, classifier, tokenizer, batch_size, max_length, truncation,
-                                   window_stride, batch_tokens)
+    probs, single = _probabilities(reviews, classifier, tokenizer, *args, **kwargs)
     values = [float(p) for p in probs[:, 1]]
     return values[0] if single else values
 
