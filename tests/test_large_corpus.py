@@ -70,3 +70,17 @@ def test_process_group_timeout_reaches_the_accelerator(tmp_path):
 
     accelerator = make_accelerator(ImplConfig(mixed_precision="no", ddp_timeout_minutes=90), tmp_path)
     assert accelerator.init_handler.timeout.total_seconds() == 90 * 60
+
+
+def test_a_tree_of_txt_files_is_read_into_the_datasets_cache_not_into_memory(tmp_path, shared_data):
+    from dapt.core.sources import SourceConfig, load_source
+
+    texts = pq.read_table(shared_data / "imdb" / "unsupervised.parquet", columns=["text"]).slice(0, 200).column("text").to_pylist()
+    for number, text in enumerate(texts):
+        folder = tmp_path / "docs" / f"d{number % 7}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{number:04d}.txt").write_text(text)
+    dataset = load_source(SourceConfig(path=str(tmp_path / "docs")))
+    assert dataset.cache_files, "the documents live in memory, not in a memory-mapped cache file"
+    files = sorted((tmp_path / "docs").rglob("*.txt"))
+    assert dataset["text"] == [f.read_text() for f in files]  # one document per file, in path order
