@@ -29,7 +29,7 @@ def write_shards(shared_data: Path, folder: Path, shards: int = 20, per_shard: i
     return str(folder / "*.jsonl")
 
 
-@pytest.mark.slow  # two launched processes, then one in-process run (~40 s under load)
+@pytest.mark.slow  # two launched processes, then one in-process run (~25-45 s under load)
 def test_two_processes_tokenize_a_share_each_and_hold_out_the_same_documents(tmp_path, shared_data, tiny_encoder_dir):
     corpus = write_shards(shared_data, tmp_path / "corpus")
     settings = {"train.max_steps": 1, "data.heldout": 20, "data.sources": f"[{{path: '{corpus}'}}]"}
