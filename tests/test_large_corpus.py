@@ -84,3 +84,21 @@ def test_a_tree_of_txt_files_is_read_into_the_datasets_cache_not_into_memory(tmp
     assert dataset.cache_files, "the documents live in memory, not in a memory-mapped cache file"
     files = sorted((tmp_path / "docs").rglob("*.txt"))
     assert dataset["text"] == [f.read_text() for f in files]  # one document per file, in path order
+
+
+def test_one_process_packs_the_same_blocks_with_or_without_shares(tmp_path, shared_data, tiny_tokenizer):
+    from accelerate import Accelerator
+
+    from dapt.core.sources import SourceConfig
+    from dapt.data import CorpusConfig, build_blocks
+
+    corpus = write_shards(shared_data, tmp_path / "corpus", shards=4, per_shard=10)
+    built = {}
+    for shard in (True, False):
+        data = CorpusConfig(sources=[SourceConfig(path=corpus)], heldout=5, block_size=32, shard_tokenization=shard)
+        built[shard] = build_blocks(data, tiny_tokenizer, Accelerator(cpu=True), seed=0)
+    (train, heldout, stats), (plain_train, plain_heldout, plain_stats) = built[True], built[False]
+    assert train["input_ids"] == plain_train["input_ids"] and train["index"] == plain_train["index"]
+    assert heldout["input_ids"] == plain_heldout["input_ids"]
+    assert stats["tokenized_shares"] == [{"documents": 35, "blocks": len(train), "shares_from_cache": 0}]
+    assert "tokenized_shares" not in plain_stats
