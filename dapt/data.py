@@ -37,16 +37,18 @@ class CorpusConfig:
     shard_tokenization: bool = True
 
 
-def load_corpus(sources: list[SourceConfig], seed: int = 0) -> tuple[datasets.Dataset, dict]:
-    """All sources, cleaned, empty documents dropped. Returns ``(dataset, stats)``."""
+def load_corpus(sources: list[SourceConfig], seed: int = 0, num_proc: Optional[int] = None) -> tuple[datasets.Dataset, dict]:
+    """All sources, cleaned, empty documents dropped (``num_proc`` processes). Returns ``(dataset, stats)``."""
     if not sources:
         raise DataError("no data sources configured")
     parts = [load_source(source, seed) for source in sources]
     features = parts[0].features
     dataset = datasets.concatenate_datasets([p.cast(features) for p in parts]) if len(parts) > 1 else parts[0]
     raw = len(dataset)
-    dataset = dataset.map(lambda batch: {"text": [clean_text(t or "") for t in batch["text"]]}, batched=True, desc="cleaning")
-    dataset = dataset.filter(lambda batch: [bool(t) for t in batch["text"]], batched=True, desc="dropping empty")
+    dataset = dataset.map(
+        lambda batch: {"text": [clean_text(t or "") for t in batch["text"]]}, batched=True, num_proc=num_proc, desc="cleaning"
+    )
+    dataset = dataset.filter(lambda batch: [bool(t) for t in batch["text"]], batched=True, num_proc=num_proc, desc="dropping empty")
     stats = {"sources": [s.describe() for s in sources], "documents": len(dataset), "dropped_empty": raw - len(dataset)}
     if len(dataset) == 0:
         raise DataError(f"corpus is empty: {raw} documents read from {', '.join(stats['sources'])}, none with text")
@@ -210,7 +212,7 @@ def build_blocks(data: CorpusConfig, tokenizer, accelerator, seed: int):
     (``data.shard_tokenization``, :func:`pack_shared`), or by the main process alone."""
     kwargs = dict(with_word_ids=data.whole_word_mask, num_proc=data.num_proc)
     with accelerator.main_process_first():
-        documents, stats = load_corpus(data.sources, seed=seed)
+        documents, stats = load_corpus(data.sources, seed=seed, num_proc=data.num_proc)
         train_docs, heldout_docs = split_heldout(documents, data.heldout, seed=seed)
         heldout_blocks = pack_blocks(heldout_docs, tokenizer, data.block_size, keep_remainder=True, **kwargs)
         if not data.shard_tokenization:
