@@ -7,13 +7,16 @@ naming the file, split or column.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
 import datasets
+import numpy as np
+from accelerate.utils import gather_object
 
 from dapt.core.sources import DataError, SourceConfig, clean_text, load_source
-
 
 @dataclass
 class CorpusConfig:
@@ -28,19 +31,24 @@ class CorpusConfig:
     mask_replace_prob: float = 0.8  # of the selected tokens: [MASK]
     random_replace_prob: float = 0.1  # of the selected tokens: a random token (the rest unchanged)
     whole_word_mask: bool = False
-    num_proc: Optional[int] = None  # processes for tokenization
+    num_proc: Optional[int] = None  # processes for tokenization (per training process)
+    # every training process tokenizes and packs its own contiguous share of the training documents
+    # (into the datasets cache), instead of the main process tokenizing all while the others wait
+    shard_tokenization: bool = True
 
 
-def load_corpus(sources: list[SourceConfig], seed: int = 0) -> tuple[datasets.Dataset, dict]:
-    """All sources, cleaned, empty documents dropped. Returns ``(dataset, stats)``."""
+def load_corpus(sources: list[SourceConfig], seed: int = 0, num_proc: Optional[int] = None) -> tuple[datasets.Dataset, dict]:
+    """All sources, cleaned, empty documents dropped (``num_proc`` processes). Returns ``(dataset, stats)``."""
     if not sources:
         raise DataError("no data sources configured")
     parts = [load_source(source, seed) for source in sources]
     features = parts[0].features
     dataset = datasets.concatenate_datasets([p.cast(features) for p in parts]) if len(parts) > 1 else parts[0]
     raw = len(dataset)
-    dataset = dataset.map(lambda batch: {"text": [clean_text(t or "") for t in batch["text"]]}, batched=True, desc="cleaning")
-    dataset = dataset.filter(lambda batch: [bool(t) for t in batch["text"]], batched=True, desc="dropping empty")
+    dataset = dataset.map(
+        lambda batch: {"text": [clean_text(t or "") for t in batch["text"]]}, batched=True, num_proc=num_proc, desc="cleaning"
+    )
+    dataset = dataset.filter(lambda batch: [bool(t) for t in batch["text"]], batched=True, num_proc=num_proc, desc="dropping empty")
     stats = {"sources": [s.describe() for s in sources], "documents": len(dataset), "dropped_empty": raw - len(dataset)}
     if len(dataset) == 0:
         raise DataError(f"corpus is empty: {raw} documents read from {', '.join(stats['sources'])}, none with text")
@@ -91,6 +99,8 @@ def pack_blocks(
     with_word_ids: bool = False,
     num_proc: Optional[int] = None,
     map_batch_size: int = 1000,
+    number: bool = True,
+    desc: str = "tokenizing",
 ) -> datasets.Dataset:
     """Tokenize once (cached by ``datasets``), join documents with the tokenizer's separator and cut
     the stream into blocks of ``block_size`` tokens laid out as the tokenizer lays out one sequence
@@ -98,7 +108,8 @@ def pack_blocks(
     ``index`` (and ``word_ids`` for whole-word masking: a word number per token, from the
     tokenizer's own pre-tokenization - WordPiece, BPE or SentencePiece alike - and -1 for special
     tokens). The tail shorter than a block in each map batch is dropped, or kept as a short block
-    when ``keep_remainder``."""
+    when ``keep_remainder``. ``number=False`` leaves out ``index`` (:func:`pack_shared` numbers the
+    concatenated shares)."""
     if block_size < 8:
         raise DataError(f"block_size {block_size} is too small")
     prefix, suffix, separator = special_layout(tokenizer)
@@ -130,22 +141,85 @@ def pack_blocks(
             blocks["word_ids"] = [edge_before + words[i : i + body] + edge_after for i in range(0, stop, body)]
         return blocks
 
-    tokenized = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="tokenizing")
+    tokenized = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc=desc)
     packed = tokenized.map(
         pack, batched=True, batch_size=map_batch_size, remove_columns=tokenized.column_names, num_proc=num_proc, desc="packing"
     )
-    return packed.add_column("index", list(range(len(packed))))
+    return numbered(packed) if number else packed
+
+
+def numbered(blocks: datasets.Dataset) -> datasets.Dataset:
+    """The ``index`` column (0, 1, ...) that seeds each block's mask. An array, not a list: hashing
+    a Python list of millions of ints for the cache fingerprint takes seconds, an array's bytes not."""
+    return blocks.add_column("index", np.arange(len(blocks), dtype=np.int64))
+
+
+def pack_shared(documents: datasets.Dataset, tokenizer, block_size: int, accelerator, **kwargs) -> tuple[datasets.Dataset, list]:
+    """The training blocks of ``documents``, tokenized by all processes together: process ``r`` of
+    ``n`` packs the ``r``-th contiguous share into the ``datasets`` cache (memory-mapped Arrow, not
+    RAM); after a barrier every process reads the other shares from that cache (same fingerprints,
+    so no work is repeated where the cache is shared) and concatenates them in order. The blocks
+    are the same on every process; with one process they are :func:`pack_blocks` of all documents.
+    Also returns, per process, ``{documents, blocks, shares_from_cache}``: its share and how many
+    of the other shares it found in the cache."""
+    count, rank = accelerator.num_processes, accelerator.process_index
+    shares = [documents.shard(num_shards=count, index=i, contiguous=True) for i in range(count)]
+    own = pack_blocks(shares[rank], tokenizer, block_size, number=False, desc=f"tokenizing share {rank + 1}/{count}", **kwargs)
+    accelerator.wait_for_everyone()
+    parts = []
+    with counting_cache_reads() as reads:
+        for i in range(count):
+            parts.append(own if i == rank else pack_blocks(
+                shares[i], tokenizer, block_size, number=False, desc=f"re-tokenizing share {i + 1}/{count}", **kwargs
+            ))
+    # two maps per share (tokenize, pack): a share came from the cache when both did
+    mine = {"documents": len(shares[rank]), "blocks": len(own), "shares_from_cache": len(reads) // 2}
+    return numbered(datasets.concatenate_datasets(parts) if count > 1 else own), gather_object([mine])
+
+
+@contextmanager
+def counting_cache_reads():
+    """The ``datasets`` maps answered from its cache while inside (``datasets`` says so in an INFO
+    line, kept out of the output here; other lines pass on as before)."""
+    reads = []
+    source = logging.getLogger("datasets.arrow_dataset")
+    level, propagate, parent_level = source.level, source.propagate, source.getEffectiveLevel()
+
+    class Counter(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Loading cached processed dataset"):
+                reads.append(record)
+            elif record.levelno >= parent_level:
+                logging.getLogger("datasets").handle(record)
+
+    counter = Counter()
+    source.addHandler(counter)
+    source.setLevel(logging.INFO)
+    source.propagate = False
+    try:
+        yield reads
+    finally:
+        source.removeHandler(counter)
+        source.setLevel(level)
+        source.propagate = propagate
 
 
 def build_blocks(data: CorpusConfig, tokenizer, accelerator, seed: int):
-    """Held-out and training blocks plus corpus statistics; the main process builds the
-    ``datasets`` cache first, the others then read it."""
+    """Held-out and training blocks plus corpus statistics. The main process reads, cleans and
+    splits the documents and packs the held-out blocks first (into the ``datasets`` cache; the
+    others then read it), so the held-out set is the same for any number of processes. The
+    training documents are then tokenized by every process, a share each
+    (``data.shard_tokenization``, :func:`pack_shared`), or by the main process alone."""
+    kwargs = dict(with_word_ids=data.whole_word_mask, num_proc=data.num_proc)
     with accelerator.main_process_first():
-        documents, stats = load_corpus(data.sources, seed=seed)
+        documents, stats = load_corpus(data.sources, seed=seed, num_proc=data.num_proc)
         train_docs, heldout_docs = split_heldout(documents, data.heldout, seed=seed)
-        kwargs = dict(with_word_ids=data.whole_word_mask, num_proc=data.num_proc)
-        train_blocks = pack_blocks(train_docs, tokenizer, data.block_size, **kwargs)
         heldout_blocks = pack_blocks(heldout_docs, tokenizer, data.block_size, keep_remainder=True, **kwargs)
+        if not data.shard_tokenization:
+            train_blocks = pack_blocks(train_docs, tokenizer, data.block_size, **kwargs)
+    if data.shard_tokenization:
+        train_blocks, shares = pack_shared(train_docs, tokenizer, data.block_size, accelerator, **kwargs)
+        stats["tokenized_shares"] = shares
     if len(train_blocks) == 0:
         raise DataError(f"the corpus ({stats['documents']} documents) gives no full {data.block_size}-token block")
     stats.update(

@@ -16,7 +16,8 @@ from dapt.core.runtime import CheckpointConfig, ImplConfig, check_range, raise_c
 
 # keys that may change between a run and its resume (everything else is the run's fingerprint)
 RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "report_to", "overwrite", "checkpoint", "train.log_every",
-                  "train.time_budget_minutes", "train.max_nonfinite", "impl.dataloader_workers", "impl.pin_memory", "data.num_proc")
+                  "train.time_budget_minutes", "train.max_nonfinite", "impl.dataloader_workers", "impl.pin_memory", "data.num_proc",
+                  "impl.ddp_timeout_minutes")
 
 
 @dataclass

@@ -105,3 +105,12 @@ def test_packing_joins_documents_with_separators(tiny_tokenizer):
     assert body == stream[: len(body)] and len(stream) - len(body) < 30
     kept = pack_blocks(dataset, tiny_tokenizer, block_size=32, keep_remainder=True)
     assert [t for b in kept["input_ids"] for t in b[1:-1]] == stream
+
+
+def test_cleaning_in_several_processes_gives_the_same_documents(tmp_path):
+    path = tmp_path / "c.jsonl"
+    rows = [f"review {i}<br /><br />ends" if i % 5 else "" for i in range(40)]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    one, one_stats = load_corpus([SourceConfig(path=str(path))])
+    two, two_stats = load_corpus([SourceConfig(path=str(path))], num_proc=2)
+    assert two["text"] == one["text"] and two_stats == one_stats and one_stats["dropped_empty"] == 8

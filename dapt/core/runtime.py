@@ -23,13 +23,14 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
 from dapt.core.trackers import tracker_names
 
@@ -50,6 +51,9 @@ class ImplConfig:
     dataloader_workers: int = 2
     pin_memory: bool = True
     cpu: bool = False  # force the CPU even when a GPU is present
+    # how long a process waits for the others at a collective (torch.distributed's timeout) before
+    # the run fails; long enough for the main process to read and clean a corpus of many GB
+    ddp_timeout_minutes: float = 60.0
 
     def validate(self, prefix: str = "impl") -> None:
         if self.mixed_precision in ("False", "false", "None", "none", "fp32"):  # YAML reads `no` as false
@@ -60,6 +64,8 @@ class ImplConfig:
             raise_config(f"{prefix}.attn_implementation", self.attn_implementation, "sdpa, eager or flash_attention_2")
         if self.dataloader_workers < 0:
             raise_config(f"{prefix}.dataloader_workers", self.dataloader_workers, "a count >= 0")
+        if not (math.isfinite(self.ddp_timeout_minutes) and self.ddp_timeout_minutes > 0):
+            raise_config(f"{prefix}.ddp_timeout_minutes", self.ddp_timeout_minutes, "a number of minutes > 0")
 
 
 @dataclass
@@ -126,6 +132,7 @@ def make_accelerator(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "tb")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=impl.ddp_timeout_minutes))],
     )
     if torch.cuda.is_available() and impl.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -252,7 +252,18 @@ def _load_files(source: SourceConfig) -> list[datasets.Dataset]:
 
 
 def _load_text_dir(source: SourceConfig) -> list[datasets.Dataset]:
-    return [_from_text_files(sorted(Path(source.path).rglob("*.txt")), source.path, label=None)]
+    """One document per file, through ``datasets``' text builder: the tree is written once to the
+    ``datasets`` cache (memory-mapped Arrow), so a corpus of many GB never has to fit in RAM."""
+    files = sorted(Path(source.path).rglob("*.txt"))
+    if not files:
+        raise DataError(f"no .txt files under {source.path}")
+    try:
+        dataset = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="document", split="train")
+    except Exception as error:  # the builder's decode error names no file: find it (only after a failure)
+        for file in files:
+            _check_utf8(file)
+        raise DataError(f"cannot read the .txt files under {source.path}: {error}") from error
+    return [dataset]
 
 
 def _load_aclimdb(source: SourceConfig) -> list[datasets.Dataset]:
