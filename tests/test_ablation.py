@@ -229,7 +229,7 @@ def test_stage_config_errors_surface_before_anything_trains(tmp_path, tiny_headl
     with pytest.raises(ConfigError, match="model.truncaton"):
         run_ablation(load_config(AblationConfig, DEMO, overrides))
     assert not (tmp_path / "dapt").exists() and not (tmp_path / "runs").exists()
-    missing = tiny_overrides(tiny_headless_encoder_dir, shared_data, tmp_path, "dapt.core.config=null", f"dapt.reuse_dir={tmp_path / 'none'}")
+    missing = tiny_overrides(tiny_headless_encoder_dir, shared_data, tmp_path, "dapt.config=null", f"dapt.reuse_dir={tmp_path / 'none'}")
     with pytest.raises(ConfigError, match="no finished stage-1 output"):
         plan(load_config(AblationConfig, DEMO, missing))
 

@@ -92,8 +92,8 @@ class AblationConfig:
                 raise_config(f"arms.{index}.name", arm.name, "a name no other arm has")
             if arm.dapt_overrides and arm.encoder != "dapt":
                 raise_config(f"arms.{index}.dapt_overrides", arm.dapt_overrides, "none unless encoder is dapt")
-            if arm.encoder == "dapt" and not self.dapt.core.config and not (self.dapt.reuse_dir and not arm.dapt_overrides):
-                raise_config("dapt.core.config", self.dapt.core.config, f"a stage-1 config (arm {arm.name!r} needs a DAPT encoder)")
+            if arm.encoder == "dapt" and not self.dapt.config and not (self.dapt.reuse_dir and not arm.dapt_overrides):
+                raise_config("dapt.config", self.dapt.config, f"a stage-1 config (arm {arm.name!r} needs a DAPT encoder)")
         if self.baseline is not None and self.baseline not in names:
             raise_config("baseline", self.baseline, "the name of an arm: " + ", ".join(names))
         for index, metric in enumerate(self.metrics):

@@ -73,7 +73,7 @@ def run_ablation(config: AblationConfig) -> dict:
             logger.info(f"stage 1 ({stage.name}): reusing {stage.output_dir}")
             matches = stage.config is not None and same_yaml(stage.output_dir, stage.config)
             if stage.config is not None and not matches:
-                logger.warning(f"stage 1 ({stage.name}): {stage.output_dir}/config.yaml differs from dapt.core.config + overrides; "
+                logger.warning(f"stage 1 ({stage.name}): {stage.output_dir}/config.yaml differs from dapt.config + overrides; "
                                f"reusing it anyway (set dapt.reuse_dir=null to train stage 1 into {out / 'dapt'})")
             if summary.get("model_name_or_path") not in (None, base):
                 logger.warning(f"stage 1 ({stage.name}): {stage.output_dir} was adapted from {summary['model_name_or_path']}, "

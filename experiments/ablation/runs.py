@@ -83,9 +83,9 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
     keys: Dict[tuple, str] = {}
 
     def stage1_config(extra: Sequence[str], directory: Path):
-        if not config.dapt.core.config:
+        if not config.dapt.config:
             return None
-        loaded = load_config(PretrainConfig, _config_path(config.dapt.core.config), list(config.dapt.overrides) + list(extra))
+        loaded = load_config(PretrainConfig, _config_path(config.dapt.config), list(config.dapt.overrides) + list(extra))
         loaded.output_dir = str(directory)
         loaded.overwrite = True  # the ablation's own folder: run() decides what to reuse
         if base:
@@ -115,8 +115,8 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
 
     if base is None:
         first = next((s.config for s in stage1.values() if s.config is not None), None)
-        if first is None and config.dapt.core.config:
-            first = load_config(PretrainConfig, _config_path(config.dapt.core.config), list(config.dapt.overrides))
+        if first is None and config.dapt.config:
+            first = load_config(PretrainConfig, _config_path(config.dapt.config), list(config.dapt.overrides))
         if first is None:
             raise ConfigError("base_encoder is not set and there is no stage-1 config to take model.name_or_path from")
         base = first.model.name_or_path
