@@ -57,9 +57,9 @@ from classify.encoder import from_encoder
 from classify.model import WEIGHTS_NAME, DistilBERTClassifier
 from dapt.core.config import ConfigError, parse_cli, to_dict
 from dapt.core.hub import looks_local
-from dapt.core.checkpoint import CheckpointError, CheckpointManager, fingerprint
+from dapt.core.checkpoint import CheckpointError, CheckpointManager
 from dapt.core.loop import epoch_batches
-from dapt.core.rundir import check_output_dir, open_run_dir, staging_dir, switch_in
+from dapt.core.rundir import check_output_dir, open_run, staging_dir, switch_in
 from dapt.core.state import RunningLoss, TrainState
 from dapt.core.step import OptimizerStep, check_finite
 from dapt.core.runtime import (
@@ -203,12 +203,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
     total_steps = steps_from_budget(len(train_loader), hp.grad_accum, hp.epochs, 0)
     warmup_steps = round(hp.warmup_ratio * total_steps)
     scheduler = linear_warmup_decay(optimizer.optimizer, warmup_steps, total_steps, hp.min_lr)
-    checkpoints = CheckpointManager(accelerator, output_dir, keep=config.checkpoint.keep, model=model, optimizer=optimizer,
-                                    scheduler=scheduler, fingerprint=fingerprint(config, RESUMABLE_KEYS))
-    resume_from, metrics = open_run_dir(accelerator, output_dir, config, checkpoints, resume=config.checkpoint.resume,
-                                        overwrite=config.overwrite, marker=RESULTS)
-    if accelerator.log_with:
-        accelerator.init_trackers(config.run_name)
+    checkpoints, resume_from, metrics = open_run(accelerator, config, model=model, optimizer=optimizer, scheduler=scheduler,
+                                                 resumable_keys=RESUMABLE_KEYS, marker=RESULTS)
     if resume_from is not None:
         state = ClassifyState.from_json(checkpoints.load(resume_from))
     else:

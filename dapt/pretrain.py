@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dapt.core.config import ConfigError, parse_cli, to_dict
-from dapt.core.checkpoint import CheckpointError, CheckpointManager, fingerprint
+from dapt.core.checkpoint import CheckpointError, CheckpointManager
 from dapt.core.loop import epoch_batches
-from dapt.core.rundir import check_output_dir, open_run_dir, staging_dir, switch_in
+from dapt.core.rundir import check_output_dir, open_run, staging_dir, switch_in
 from dapt.core.state import RunningLoss, TrainState
 from dapt.core.step import OptimizerStep, check_finite
 from dapt.data import build_blocks
@@ -178,12 +178,8 @@ def pretrain(config: PretrainConfig) -> dict:
     total_steps = steps_from_budget(len(train_loader), config.train.grad_accum, config.train.epochs, config.train.max_steps)
     warmup = config.train.warmup_steps or round(config.train.warmup_ratio * total_steps)
     scheduler = linear_warmup_decay(optimizer.optimizer, warmup, total_steps, config.train.min_lr)
-    checkpoints = CheckpointManager(accelerator, output_dir, keep=config.checkpoint.keep, model=objective, optimizer=optimizer,
-                                    scheduler=scheduler, fingerprint=fingerprint(config, RESUMABLE_KEYS))
-    resume_from, metrics = open_run_dir(accelerator, output_dir, config, checkpoints, resume=config.checkpoint.resume,
-                                        overwrite=config.overwrite, marker=SUMMARY)
-    if accelerator.log_with:
-        accelerator.init_trackers(config.run_name)
+    checkpoints, resume_from, metrics = open_run(accelerator, config, model=objective, optimizer=optimizer, scheduler=scheduler,
+                                                 resumable_keys=RESUMABLE_KEYS, marker=SUMMARY)
 
     # --- the pretrained baseline, or where a run left off
     if resume_from is not None:

@@ -21,7 +21,7 @@ from typing import Optional
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
-from dapt.core.checkpoint import CheckpointManager, read_state
+from dapt.core.checkpoint import CheckpointManager, fingerprint, read_state
 
 logger = get_logger(__name__)
 
@@ -119,3 +119,18 @@ def switch_in(staging: Path, output_dir: Path, marker: str) -> None:
     if (staging / marker).is_file():
         os.replace(staging / marker, output_dir / marker)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def open_run(accelerator: Accelerator, config, *, model, optimizer, scheduler, resumable_keys, marker: str):
+    """What both stages set up once their model, optimizer and schedule exist: the run's checkpoints
+    (fingerprinted with the settings outside ``resumable_keys``), the checkpoint to resume from
+    (:func:`open_run_dir`), ``metrics.jsonl`` and the trackers. Returns
+    ``(checkpoints, resume_from, metrics)``."""
+    output_dir = Path(config.output_dir)
+    checkpoints = CheckpointManager(accelerator, output_dir, keep=config.checkpoint.keep, model=model, optimizer=optimizer,
+                                    scheduler=scheduler, fingerprint=fingerprint(config, resumable_keys))
+    resume_from, metrics = open_run_dir(accelerator, output_dir, config, checkpoints, resume=config.checkpoint.resume,
+                                        overwrite=config.overwrite, marker=marker)
+    if accelerator.log_with:
+        accelerator.init_trackers(config.run_name)
+    return checkpoints, resume_from, metrics
