@@ -25,9 +25,8 @@ import pytest
 from tests.encoder_matrix import BY_NAME, imdb_texts, tiny_config, train_tokenizer
 from tests.hub_fixtures import patch_hub_client
 from tests.hub_server import HubServer
-from tests.test_hub_recipes import (ADMIN, ADMIN_TOKEN, IMDB_ID, IMDB_README, IMDB_SHARDS, ROWS, SST2_ID,
-                                    SST2_README, SST2_SHARDS, classify_overrides, fetched, online_clients,
-                                    pretrain_overrides, sample_parquet)
+from tests.test_hub_recipes import (ADMIN, ADMIN_TOKEN, IMDB_ID, classify_overrides, fetched, online_clients,
+                                    pretrain_overrides, upload_review_datasets)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {  # name: (Hub id, stage-1 recipe, stage-2 recipe, whether the checkpoint has an MLM head)
@@ -101,15 +100,7 @@ def encoder_hub(tmp_path_factory, shared_data):
             for name, build in (("roberta", tiny_roberta), ("deberta-v3", tiny_deberta_v3)):
                 api.create_repo(RECIPES[name][0])
                 api.upload_folder(repo_id=RECIPES[name][0], folder_path=build(root / name, texts))
-            for repo_id, readme, shards in ((IMDB_ID, IMDB_README, IMDB_SHARDS), (SST2_ID, SST2_README, SST2_SHARDS)):
-                folder = root / repo_id.replace("/", "__")
-                for path_in_repo, (data, split) in shards.items():
-                    (folder / path_in_repo).parent.mkdir(parents=True, exist_ok=True)
-                    (folder / path_in_repo).write_bytes(sample_parquet(
-                        shared_data / data / f"{split}.parquet", ROWS[(data, split)], add_idx=data == "sst2"))
-                (folder / "README.md").write_text(readme)
-                api.create_repo(repo_id, repo_type="dataset")
-                api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=folder)
+            upload_review_datasets(api, root, shared_data)
         yield server
     finally:
         server.shutdown()

@@ -122,6 +122,19 @@ def tiny_distilbert(directory: Path) -> Path:
     return directory
 
 
+def upload_review_datasets(api, root: Path, shared_data: Path) -> None:
+    """The IMDb and SST-2 dataset repos, laid out as on the Hub, from seeded samples of ../shared/data."""
+    for repo_id, readme, shards in ((IMDB_ID, IMDB_README, IMDB_SHARDS), (SST2_ID, SST2_README, SST2_SHARDS)):
+        folder = root / repo_id.replace("/", "__")
+        for path_in_repo, (name, split) in shards.items():
+            (folder / path_in_repo).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path_in_repo).write_bytes(sample_parquet(
+                shared_data / name / f"{split}.parquet", ROWS[(name, split)], add_idx=name == "sst2"))
+        (folder / "README.md").write_text(readme)
+        api.create_repo(repo_id, repo_type="dataset")
+        api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=folder)
+
+
 @pytest.fixture(scope="module")
 def recipe_hub(tmp_path_factory, shared_data):
     """A loopback Hub holding the three repos the real configs name (pushed with the real client)."""
@@ -135,15 +148,7 @@ def recipe_hub(tmp_path_factory, shared_data):
             api = HfApi(endpoint=server.endpoint, token=ADMIN_TOKEN)
             api.create_repo(MODEL_ID)
             api.upload_folder(repo_id=MODEL_ID, folder_path=tiny_distilbert(root / "model"))
-            for repo_id, readme, shards in ((IMDB_ID, IMDB_README, IMDB_SHARDS), (SST2_ID, SST2_README, SST2_SHARDS)):
-                folder = root / repo_id.replace("/", "__")
-                for path_in_repo, (name, split) in shards.items():
-                    (folder / path_in_repo).parent.mkdir(parents=True, exist_ok=True)
-                    (folder / path_in_repo).write_bytes(sample_parquet(
-                        shared_data / name / f"{split}.parquet", ROWS[(name, split)], add_idx=name == "sst2"))
-                (folder / "README.md").write_text(readme)
-                api.create_repo(repo_id, repo_type="dataset")
-                api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=folder)
+            upload_review_datasets(api, root, shared_data)
         yield server
     finally:
         server.shutdown()
