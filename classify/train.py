@@ -264,9 +264,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
         "plots": sorted(p.relative_to(staging).as_posix() for p in plots),
     }
     write_json(accelerator, staging / RESULTS, results)
-    if accelerator.is_main_process:
-        switch_in(staging, output_dir, RESULTS)
-    accelerator.wait_for_everyone()
+    switch_in(accelerator, staging, output_dir, RESULTS)
     metrics.log({"event": "final", **{f"{k}_{m}": v[m] for k, v in evaluation.items() for m in ("accuracy", "loss")}}, step=state.step)
     if config.push_to_hub and accelerator.is_main_process:
         from classify.publish import publish_run

@@ -233,9 +233,7 @@ def pretrain(config: PretrainConfig) -> dict:
         "global_batch_size": train.batch_size * processes * train.grad_accum, "config": to_dict(config),
     }
     write_json(accelerator, staging / SUMMARY, summary)
-    if accelerator.is_main_process:
-        switch_in(staging, output_dir, SUMMARY)
-    accelerator.wait_for_everyone()
+    switch_in(accelerator, staging, output_dir, SUMMARY)
     logger.info(f"held-out perplexity {state.before['perplexity']:.2f} -> {after['perplexity']:.2f}; encoder saved to {output_dir}")
     accelerator.end_training()
     return summary

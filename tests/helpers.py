@@ -88,3 +88,10 @@ def fresh_accelerate_state() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def rank_errors(stderr: str) -> str:
+    """What a failed ``accelerate launch`` says about why a process failed: the lines of our error
+    reports and the exceptions, which the launcher's long report of its own would push out of view."""
+    lines = [line for line in stderr.splitlines() if line.startswith("error:") or "Error" in line]
+    return "\n".join(lines[-20:]) + "\n...\n" + stderr[-1500:]

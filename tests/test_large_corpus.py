@@ -13,6 +13,7 @@ import pytest
 
 from dapt.core.config import ConfigError, load_config
 from dapt.pretrain import PretrainConfig, pretrain
+from tests.helpers import rank_errors
 from tests.test_pretrain import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def test_two_processes_tokenize_a_share_each_and_hold_out_the_same_documents(tmp
                "--main_process_port", "0", str(REPO / "dapt/pretrain.py"),
                *tiny_overrides(tiny_encoder_dir, corpus, tmp_path / "two", **settings)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, rank_errors(result.stderr)
     two = json.loads((tmp_path / "two" / "dapt_summary.json").read_text())
     one = pretrain(load_config(PretrainConfig, None, tiny_overrides(tiny_encoder_dir, corpus, tmp_path / "one", **settings)))
     assert two["num_processes"] == 2 and one["num_processes"] == 1

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from dapt.core.config import ConfigError, load_config
 from dapt.modeling import MaskedLMObjective, load_masked_lm
 from dapt.pretrain import PretrainConfig, pretrain
-from tests.helpers import _WORDS
+from tests.helpers import _WORDS, rank_errors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_two_processes_match_one(tmp_path, tiny_encoder_dir):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"),
                "--main_process_port", "0", str(REPO / "dapt/pretrain.py"), *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, rank_errors(result.stderr)
     two = json.loads((tmp_path / "two" / "dapt_summary.json").read_text())
     assert two["num_processes"] == 2
     one = run(tiny_overrides(tiny_encoder_dir, corpus, tmp_path / "one", **{"train.max_steps": 2, "data.heldout": 11}))

@@ -99,9 +99,18 @@ def staging_dir(accelerator: Accelerator, output_dir: Path) -> Path:
     return staging
 
 
-def switch_in(staging: Path, output_dir: Path, marker: str) -> None:
-    """Move the finished artifacts from ``staging`` into ``output_dir`` (main process). Each file
-    and folder is replaced by a rename; the marker goes first and comes back last."""
+def switch_in(accelerator: Accelerator, staging: Path, output_dir: Path, marker: str) -> None:
+    """Move the finished artifacts from ``staging`` into ``output_dir``. Every process calls it: the
+    main process moves only once every process has finished writing into ``staging`` (a late one
+    would otherwise write into a folder already moved), and the others wait until it is done.
+    Each file and folder is replaced by a rename; the marker goes first and comes back last."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _move_artifacts(staging, output_dir, marker)
+    accelerator.wait_for_everyone()
+
+
+def _move_artifacts(staging: Path, output_dir: Path, marker: str) -> None:
     (output_dir / marker).unlink(missing_ok=True)
     for item in sorted(staging.iterdir()):
         if item.name == marker:
