@@ -59,7 +59,7 @@ from dapt.core.config import ConfigError, parse_cli, to_dict
 from dapt.core.hub import looks_local
 from dapt.core.checkpoint import CheckpointError, CheckpointManager
 from dapt.core.loop import epoch_batches
-from dapt.core.rundir import check_output_dir, open_run, staging_dir, switch_in
+from dapt.core.rundir import OutputError, check_output_dir, final_artifacts, open_run
 from dapt.core.state import RunningLoss, TrainState
 from dapt.core.step import OptimizerStep, check_finite
 from dapt.core.runtime import (
@@ -225,46 +225,45 @@ def train_classifier(config: ClassifyConfig) -> dict:
             logger.warning(f"{best_dir / WEIGHTS_NAME} is missing: keeping the last epoch's weights, not epoch {state.best_epoch}'s")
     calibration = fit_temperature_on(model, val_loader, accelerator)  # stored in the model's config, saved with it
     # the final artifacts go to a staging folder and replace a previous run's only when complete
-    staging = staging_dir(accelerator, output_dir)
-    evaluation, plots = evaluate_all(
-        model, tokenizer, config.data.eval, eval_data, unwrapped.settings, accelerator, batch_size=hp.eval_batch_size,
-        output_dir=staging, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
-    )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(staging / "model", tokenizer)
-        from classify.plots import training_curves_png
+    with final_artifacts(accelerator, output_dir, RESULTS, checkpoints) as staging:
+        evaluation, plots = evaluate_all(
+            model, tokenizer, config.data.eval, eval_data, unwrapped.settings, accelerator, batch_size=hp.eval_batch_size,
+            output_dir=staging, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
+        )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(staging / "model", tokenizer)
+            from classify.plots import training_curves_png
 
-        curves = training_curves_png(state.history, output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png")
-        plots += [curves] if curves else []
+            curves = training_curves_png(state.history, output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png")
+            plots += [curves] if curves else []
 
-    results = {
-        "run_name": config.run_name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base_model": mc.encoder,
-        "dapt": read_dapt_summary(mc.encoder),
-        "hyperparameters": {
-            "encoder_lr": hp.encoder_lr, "head_lr": hp.head_lr, "min_lr": hp.min_lr, "warmup_ratio": hp.warmup_ratio,
-            "schedule": "linear", "epochs": hp.epochs, "batch_size": hp.batch_size, "grad_accum": hp.grad_accum,
-            "weight_decay": hp.weight_decay, "mixed_precision": accelerator.mixed_precision, "max_length": mc.max_length,
-            "truncation": mc.truncation, "head_tokens": mc.head_tokens, "window_stride": mc.window_stride, "dropout": mc.dropout, "seed": hp.seed,
-            "num_processes": accelerator.num_processes,
-        },
-        "training": {
-            "epochs": state.history,
-            "best_epoch": state.best_epoch,
-            "best_metric": hp.best_metric,
-            "best_value": state.best_value,
-            "stopped_early": state.stopped_early,
-            "wall_time_s": round(state.wall_time_s, 2),
-            "train_samples_per_s": round(state.train_samples / state.train_time_s, 2) if state.train_time_s else None,
-            "calibration": calibration,
-        },
-        "evaluation": evaluation,
-        "plots": sorted(p.relative_to(staging).as_posix() for p in plots),
-    }
-    write_json(accelerator, staging / RESULTS, results)
-    switch_in(accelerator, staging, output_dir, RESULTS)
+        results = {
+            "run_name": config.run_name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "base_model": mc.encoder,
+            "dapt": read_dapt_summary(mc.encoder),
+            "hyperparameters": {
+                "encoder_lr": hp.encoder_lr, "head_lr": hp.head_lr, "min_lr": hp.min_lr, "warmup_ratio": hp.warmup_ratio,
+                "schedule": "linear", "epochs": hp.epochs, "batch_size": hp.batch_size, "grad_accum": hp.grad_accum,
+                "weight_decay": hp.weight_decay, "mixed_precision": accelerator.mixed_precision, "max_length": mc.max_length,
+                "truncation": mc.truncation, "head_tokens": mc.head_tokens, "window_stride": mc.window_stride, "dropout": mc.dropout, "seed": hp.seed,
+                "num_processes": accelerator.num_processes,
+            },
+            "training": {
+                "epochs": state.history,
+                "best_epoch": state.best_epoch,
+                "best_metric": hp.best_metric,
+                "best_value": state.best_value,
+                "stopped_early": state.stopped_early,
+                "wall_time_s": round(state.wall_time_s, 2),
+                "train_samples_per_s": round(state.train_samples / state.train_time_s, 2) if state.train_time_s else None,
+                "calibration": calibration,
+            },
+            "evaluation": evaluation,
+            "plots": sorted(p.relative_to(staging).as_posix() for p in plots),
+        }
+        write_json(accelerator, staging / RESULTS, results)
     metrics.log({"event": "final", **{f"{k}_{m}": v[m] for k, v in evaluation.items() for m in ("accuracy", "loss")}}, step=state.step)
     if config.push_to_hub and accelerator.is_main_process:
         from classify.publish import publish_run
@@ -382,7 +381,7 @@ def main(argv=None) -> None:
     config = parse_cli(ClassifyConfig, argv, "Stage 2: train and evaluate the sentiment classifier", default_config=None)
     try:
         results = train_classifier(config)
-    except (ConfigError, CheckpointError, DataError, FileNotFoundError, FloatingPointError, ValueError) as error:
+    except (ConfigError, CheckpointError, DataError, OutputError, FileNotFoundError, FloatingPointError, ValueError) as error:
         logger.error(str(error))
         raise SystemExit(f"error: {error}") from None
     for name, block in results["evaluation"].items():

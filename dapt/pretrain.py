@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from dapt.core.config import ConfigError, parse_cli, to_dict
 from dapt.core.checkpoint import CheckpointError, CheckpointManager
 from dapt.core.loop import epoch_batches
-from dapt.core.rundir import check_output_dir, open_run, staging_dir, switch_in
+from dapt.core.rundir import OutputError, check_output_dir, final_artifacts, open_run
 from dapt.core.state import RunningLoss, TrainState
 from dapt.core.step import OptimizerStep, check_finite
 from dapt.data import build_blocks
@@ -208,32 +208,31 @@ def pretrain(config: PretrainConfig) -> dict:
     check_finite(unwrapped, f"after step {state.step}", checkpoints.latest_name())
     after = evaluate(objective, eval_loader, accelerator)
     metrics.log({"event": "final", **after}, step=state.step)
-    staging = staging_dir(accelerator, output_dir)
-    unwrapped.save_pretrained(
-        staging, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-        state_dict=inner_state_dict(accelerator, objective, "model."),
-    )
-    if accelerator.is_main_process:
-        tokenizer.save_pretrained(staging)
-    masker, processes, train = collator.masker, accelerator.num_processes, config.train
-    summary = {
-        "model_name_or_path": config.model.name_or_path, "run_name": config.run_name, "corpus": corpus,
-        "block_size": config.data.block_size, "mlm_probability": config.data.mlm_probability,
-        "whole_word_mask": config.data.whole_word_mask, "mask_replace_prob": masker.mask_replace_prob,
-        "random_replace_prob": masker.random_replace_prob, "had_mlm_head": had_head, "baseline": state.baseline,
-        "perplexity_before": state.before["perplexity"],
-        "perplexity_before_random_head": (state.before_random_head or {}).get("perplexity"),
-        "heldout_loss_before": state.before["heldout_loss"], "perplexity_after": after["perplexity"],
-        "heldout_loss_after": after["heldout_loss"], "heldout_masked_tokens": after["heldout_masked_tokens"],
-        "tokens_seen": state.tokens_seen, "steps": state.step, "total_steps": total_steps,
-        "epochs": round(state.step * train.grad_accum * train.batch_size * processes / len(train_blocks), 4),
-        "stopped_by_time_budget": out_of_time, "nonfinite_steps": state.nonfinite,
-        "wall_time_s": round(state.wall_time_s, 2), "process_wall_time_s": round(time.time() - started, 2),
-        "mixed_precision": accelerator.mixed_precision, "num_processes": processes,
-        "global_batch_size": train.batch_size * processes * train.grad_accum, "config": to_dict(config),
-    }
-    write_json(accelerator, staging / SUMMARY, summary)
-    switch_in(accelerator, staging, output_dir, SUMMARY)
+    with final_artifacts(accelerator, output_dir, SUMMARY, checkpoints) as staging:
+        unwrapped.save_pretrained(
+            staging, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+            state_dict=inner_state_dict(accelerator, objective, "model."),
+        )
+        if accelerator.is_main_process:
+            tokenizer.save_pretrained(staging)
+        masker, processes, train = collator.masker, accelerator.num_processes, config.train
+        summary = {
+            "model_name_or_path": config.model.name_or_path, "run_name": config.run_name, "corpus": corpus,
+            "block_size": config.data.block_size, "mlm_probability": config.data.mlm_probability,
+            "whole_word_mask": config.data.whole_word_mask, "mask_replace_prob": masker.mask_replace_prob,
+            "random_replace_prob": masker.random_replace_prob, "had_mlm_head": had_head, "baseline": state.baseline,
+            "perplexity_before": state.before["perplexity"],
+            "perplexity_before_random_head": (state.before_random_head or {}).get("perplexity"),
+            "heldout_loss_before": state.before["heldout_loss"], "perplexity_after": after["perplexity"],
+            "heldout_loss_after": after["heldout_loss"], "heldout_masked_tokens": after["heldout_masked_tokens"],
+            "tokens_seen": state.tokens_seen, "steps": state.step, "total_steps": total_steps,
+            "epochs": round(state.step * train.grad_accum * train.batch_size * processes / len(train_blocks), 4),
+            "stopped_by_time_budget": out_of_time, "nonfinite_steps": state.nonfinite,
+            "wall_time_s": round(state.wall_time_s, 2), "process_wall_time_s": round(time.time() - started, 2),
+            "mixed_precision": accelerator.mixed_precision, "num_processes": processes,
+            "global_batch_size": train.batch_size * processes * train.grad_accum, "config": to_dict(config),
+        }
+        write_json(accelerator, staging / SUMMARY, summary)
     logger.info(f"held-out perplexity {state.before['perplexity']:.2f} -> {after['perplexity']:.2f}; encoder saved to {output_dir}")
     accelerator.end_training()
     return summary
@@ -298,7 +297,7 @@ def main(argv=None) -> None:
     config = parse_cli(PretrainConfig, argv, "Stage 1: domain-adaptive MLM pretraining", default_config=None)
     try:
         pretrain(config)
-    except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError, ValueError) as error:
+    except (ConfigError, CheckpointError, OutputError, FileNotFoundError, FloatingPointError, ValueError) as error:
         logger.error(str(error))
         raise SystemExit(f"error: {error}") from None
 

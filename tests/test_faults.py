@@ -335,3 +335,48 @@ def test_a_full_disk_during_a_checkpoint_write_is_a_clear_error_and_leaves_no_te
     with pytest.raises(CheckpointError, match="cannot write checkpoint .*step_00000002: no space left on device.*step_00000001"):
         run1(stage1_args(tiny_encoder_dir, corpus, out, **{"train.max_steps": 3, "checkpoint.every_steps": 1}))
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001"]
+
+
+def _disk_full_at(monkeypatch, owner, name: str):
+    """``owner.name`` raises ENOSPC, as a disk that fills up while the final artifacts are written."""
+    def fills_the_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "model.safetensors")
+
+    monkeypatch.setattr(owner, name, fills_the_disk)
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "checkpoints" not in p.parts and p.name not in ("config.yaml", "metrics.jsonl")}
+
+
+def test_a_full_disk_while_the_final_artifacts_are_written_keeps_the_previous_results(tmp_path, tiny_encoder_dir,
+                                                                                      tiny_headless_encoder_dir, corpus, labelled,
+                                                                                      monkeypatch):
+    """Both stages: a clear error naming the folder and the last checkpoint, the previous run's
+    results byte for byte, no staging folder left behind."""
+    import transformers
+
+    from dapt.core.rundir import OutputError
+
+    first = tmp_path / "stage1"
+    run1(stage1_args(tiny_encoder_dir, corpus, first, **{"train.max_steps": 2}))
+    kept = _files(first)
+    with monkeypatch.context() as patch:
+        _disk_full_at(patch, transformers.PreTrainedModel, "save_pretrained")
+        with pytest.raises(OutputError, match=r"cannot write the final artifacts into .*stage1: no space left on device.*"
+                                              r"previous results are untouched.*last checkpoint is .*step_00000003"):
+            run1(stage1_args(tiny_encoder_dir, corpus, first, **{"train.max_steps": 3, "checkpoint.every_steps": 3, "overwrite": "true"}))
+    assert _files(first) == kept and not (first / ".staging").exists()
+
+    second = tmp_path / "stage2"
+    run2(stage2_args(tiny_headless_encoder_dir, labelled, second, **{"train.epochs": 1}))
+    kept = _files(second)
+    import matplotlib.figure
+
+    with monkeypatch.context() as patch:
+        _disk_full_at(patch, matplotlib.figure.Figure, "savefig")
+        with pytest.raises(OutputError, match=r"cannot write the final artifacts into .*stage2: no space left on device"):
+            run2(stage2_args(tiny_headless_encoder_dir, labelled, second, **{"overwrite": "true"}))
+    assert _files(second) == kept and not (second / ".staging").exists()
+    assert json.loads((second / "results.json").read_text())["hyperparameters"]["epochs"] == 1

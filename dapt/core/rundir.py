@@ -12,11 +12,13 @@ The contract (README, "Re-running, resuming, diverging"):
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -27,6 +29,10 @@ logger = get_logger(__name__)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")
 STAGING = ".staging"
+
+
+class OutputError(RuntimeError):
+    """The final artifacts could not be written (a full disk, a folder gone); the previous ones stay."""
 
 
 def check_output_dir(output_dir: Path, *, marker: str, overwrite: bool, resume: Optional[str]) -> None:
@@ -97,6 +103,25 @@ def staging_dir(accelerator: Accelerator, output_dir: Path) -> Path:
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     return staging
+
+
+@contextmanager
+def final_artifacts(accelerator: Accelerator, output_dir: Path, marker: str, checkpoints: CheckpointManager) -> Iterator[Path]:
+    """Write a run's final artifacts into the staging folder this yields; they replace the previous
+    ones (:func:`switch_in`) only when the block ends without error. A file-system error inside
+    (a full disk above all) becomes one :class:`OutputError` that says what is left: the previous
+    results untouched, no half-written staging folder, and the run's last checkpoint."""
+    staging = staging_dir(accelerator, output_dir)
+    try:
+        yield staging
+    except OSError as error:
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        reason = "no space left on device" if error.errno == errno.ENOSPC else f"{error.strerror or error} ({error.filename})"
+        kept = f"; the run's last checkpoint is {checkpoints.latest_name()}" if checkpoints.all() else ""
+        raise OutputError(f"cannot write the final artifacts into {output_dir}: {reason}; nothing of them was kept and "
+                          f"the folder's previous results are untouched{kept}") from error
+    switch_in(accelerator, staging, output_dir, marker)
 
 
 def switch_in(accelerator: Accelerator, staging: Path, output_dir: Path, marker: str) -> None:
