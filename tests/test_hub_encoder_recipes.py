@@ -1,5 +1,5 @@
-"""The RoBERTa-base and DeBERTa-v3-base recipes (configs/{pretrain,classify}-{roberta,deberta-v3}.yaml)
-end to end through their Hub code paths, against a loopback Hub (tests/hub_server.py) holding tiny
+"""The RoBERTa-base, DeBERTa-v3-base and ModernBERT-base recipes
+(configs/{pretrain,classify}-{roberta,deberta-v3,modernbert}.yaml) end to end through their Hub code paths, against a loopback Hub (tests/hub_server.py) holding tiny
 look-alikes laid out as the real repos are:
 
 * ``FacebookAI/roberta-base``: a tiny random RobertaForMaskedLM (MLM head included) and a byte-level
@@ -7,6 +7,8 @@ look-alikes laid out as the real repos are:
 * ``microsoft/deberta-v3-base``: a tiny random DeBERTa-v3 encoder *without* MLM head (the real
   checkpoint is the ELECTRA-style discriminator) and only a SentencePiece ``spm.model`` plus
   ``tokenizer_config.json`` (no tokenizer.json), so loading converts it with sentencepiece + protobuf;
+* ``answerdotai/ModernBERT-base``: a tiny random ModernBertForMaskedLM (MLM head included, local and
+  global attention layers) and a byte-level BPE tokenizer.json with BERT's special tokens;
 * ``stanfordnlp/imdb`` and ``stanfordnlp/sst2`` as in tests/test_hub_recipes.py.
 
 Only the budgets are shrunk by overrides; every byte of model, tokenizer and data comes through
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.encoder_matrix import BY_NAME, imdb_texts, tiny_config, train_tokenizer
+from tests.encoder_matrix import BY_NAME, build_tiny_mlm, imdb_texts, tiny_config, train_tokenizer
 from tests.hub_fixtures import patch_hub_client
 from tests.hub_server import HubServer
 from tests.test_hub_recipes import (ADMIN, ADMIN_TOKEN, IMDB_ID, classify_overrides, fetched, online_clients,
@@ -33,6 +35,13 @@ RECIPES = {  # name: (Hub id, stage-1 recipe, stage-2 recipe, whether the checkp
     "roberta": ("FacebookAI/roberta-base", "configs/pretrain-roberta.yaml", "configs/classify-roberta.yaml", True),
     "deberta-v3": ("microsoft/deberta-v3-base", "configs/pretrain-deberta-v3.yaml",
                    "configs/classify-deberta-v3.yaml", False),
+    "modernbert": ("answerdotai/ModernBERT-base", "configs/pretrain-modernbert.yaml",
+                   "configs/classify-modernbert.yaml", True),
+}
+LOADED_AS = {  # name: (model_type, tokenizer class, the tokenizer file fetched from the Hub)
+    "roberta": ("roberta", "RobertaTokenizer", "tokenizer.json"),
+    "deberta-v3": ("deberta-v2", "DebertaV2Tokenizer", "spm.model"),
+    "modernbert": ("modernbert", "TokenizersBackend", "tokenizer.json"),
 }
 
 
@@ -48,6 +57,10 @@ def tiny_roberta(directory: Path, texts: list[str]) -> Path:
     RobertaForMaskedLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def tiny_modernbert(directory: Path, texts: list[str]) -> Path:
+    return build_tiny_mlm(BY_NAME["modernbert"], directory, texts)
 
 
 def tiny_deberta_v3(directory: Path, texts: list[str]) -> Path:
@@ -91,13 +104,13 @@ def encoder_hub(tmp_path_factory, shared_data):
     pytest.importorskip("sentencepiece")
     root = tmp_path_factory.mktemp("encoder_hub")
     texts = imdb_texts(300)
-    orgs = {"FacebookAI": [ADMIN], "microsoft": [ADMIN], "stanfordnlp": [ADMIN]}
+    orgs = {"FacebookAI": [ADMIN], "microsoft": [ADMIN], "answerdotai": [ADMIN], "stanfordnlp": [ADMIN]}
     server = HubServer(tokens={ADMIN_TOKEN: ADMIN}, orgs=orgs).start()
     try:
         with pytest.MonkeyPatch.context() as mp:
             patch_hub_client(mp, server.endpoint, root / "uploader_hf_home")
             api = HfApi(endpoint=server.endpoint, token=ADMIN_TOKEN)
-            for name, build in (("roberta", tiny_roberta), ("deberta-v3", tiny_deberta_v3)):
+            for name, build in (("roberta", tiny_roberta), ("deberta-v3", tiny_deberta_v3), ("modernbert", tiny_modernbert)):
                 api.create_repo(RECIPES[name][0])
                 api.upload_folder(repo_id=RECIPES[name][0], folder_path=build(root / name, texts))
             upload_review_datasets(api, root, shared_data)
@@ -132,12 +145,12 @@ def test_encoder_recipe_runs_both_stages_from_the_hub(name, encoder_hub, tmp_pat
     assert summary["steps"] == 12 and summary["perplexity_after"] < summary["perplexity_before"]
     files = fetched(encoder_hub, since, f"/{hub_id}")
     assert {"config.json", "model.safetensors"} <= files
-    assert ("tokenizer.json" in files) if name == "roberta" else ("spm.model" in files)
+    model_type, tokenizer_class, tokenizer_file = LOADED_AS[name]
+    assert tokenizer_file in files
     for dataset in ("imdb_test", "sst2_validation"):
         assert math.isfinite(results["evaluation"][dataset]["accuracy"])
     classifier, tokenizer = load_classifier(classify_dir)
-    assert classifier.encoder.config.model_type == ("roberta" if name == "roberta" else "deberta-v2")
-    assert type(tokenizer).__name__ == ("RobertaTokenizer" if name == "roberta" else "DebertaV2Tokenizer")
+    assert classifier.encoder.config.model_type == model_type and type(tokenizer).__name__ == tokenizer_class
 
 
 def test_encoder_recipes_keep_their_hub_ids_and_bf16():
