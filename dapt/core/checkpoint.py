@@ -19,7 +19,6 @@ deletes the checkpoint just written.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import random
@@ -35,6 +34,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from dapt.core.runtime import agreed_failure, write_failure
 from dapt.core.step import check_finite
 
 logger = get_logger(__name__)
@@ -163,35 +163,42 @@ class CheckpointManager:
         state = state.to_json() if hasattr(state, "to_json") else state
         final = self.directory / f"step_{step:08d}"
         temporary = self.directory / f".tmp-step_{step:08d}"
-        rank = accelerator.process_index
-        if accelerator.is_main_process:
-            shutil.rmtree(temporary, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        try:
-            if accelerator.is_main_process:
-                temporary.mkdir(parents=True)
-            accelerator.wait_for_everyone()
+        rank, main = accelerator.process_index, accelerator.is_main_process
+
+        def write_rng():
             rng_tensors, rng_meta = _rng_state()
             save_file(rng_tensors, str(temporary / f"rng_{rank}.safetensors"))
             _write_json(temporary / f"rng_{rank}.json", rng_meta)
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_model(model, str(temporary / "model.safetensors"))
-                tensors, meta = _optimizer_tensors(optimizer)
-                save_file(tensors, str(temporary / "optimizer.safetensors"))
-                _write_json(temporary / "optimizer.json", meta)
-                scheduler = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
-                scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-                reserved = dict(fingerprint=self.fingerprint, metrics_bytes=metrics_bytes, scheduler=scheduler,
-                                grad_scaler=scaler, accelerator_step=accelerator.step)
-                _write_json(temporary / STATE_FILE, {**state, "step": step, **reserved})
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(temporary, final)
-        except OSError as error:
+
+        def write_main():
+            save_model(model, str(temporary / "model.safetensors"))
+            tensors, meta = _optimizer_tensors(optimizer)
+            save_file(tensors, str(temporary / "optimizer.safetensors"))
+            _write_json(temporary / "optimizer.json", meta)
+            scheduler = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+            reserved = dict(fingerprint=self.fingerprint, metrics_bytes=metrics_bytes, scheduler=scheduler,
+                            grad_scaler=scaler, accelerator_step=accelerator.step)
+            _write_json(temporary / STATE_FILE, {**state, "step": step, **reserved})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(temporary, final)
+
+        def fresh_folder():
             shutil.rmtree(temporary, ignore_errors=True)
-            reason = "no space left on device" if error.errno == errno.ENOSPC else str(error)
-            raise CheckpointError(f"cannot write checkpoint {final}: {reason}; nothing of it was kept "
-                                  f"(the last complete checkpoint is {self.latest_name()})") from error
+            temporary.mkdir(parents=True)
+
+        # three phases, each ended by every process learning whether any of them failed (in place
+        # of a barrier): the folder, every process's generators, then the main process's files
+        failure = agreed_failure(_attempt(fresh_folder) if main else None)
+        if failure is None:
+            failure = agreed_failure(_attempt(write_rng))
+        if failure is None:
+            failure = agreed_failure(_attempt(write_main) if main else None)
+        if failure is not None:
+            if main:
+                shutil.rmtree(temporary, ignore_errors=True)
+            raise CheckpointError(f"cannot write checkpoint {final}: {failure}; nothing of it was kept "
+                                  f"(the last complete checkpoint is {self.latest_name()})")
         if accelerator.is_main_process:
             self._prune(step)
             logger.info(f"checkpoint saved: {final}")
@@ -270,6 +277,15 @@ class CheckpointManager:
             logger.warning(f"{path}: no random state for process {accelerator.process_index} (another process count?)")
         logger.info(f"resumed from {path} at step {state['step']}")
         return {k: v for k, v in state.items() if k not in _RESERVED}
+
+
+def _attempt(write) -> Optional[str]:
+    """Run ``write``; None when it succeeded, else what went wrong (:func:`write_failure`)."""
+    try:
+        write()
+    except OSError as error:
+        return write_failure(error)
+    return None
 
 
 def _step_of(path: Path) -> int:

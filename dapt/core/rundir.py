@@ -12,7 +12,6 @@ The contract (README, "Re-running, resuming, diverging"):
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -108,18 +107,24 @@ def staging_dir(accelerator: Accelerator, output_dir: Path) -> Path:
 @contextmanager
 def final_artifacts(accelerator: Accelerator, output_dir: Path, marker: str, checkpoints: CheckpointManager) -> Iterator[Path]:
     """Write a run's final artifacts into the staging folder this yields; they replace the previous
-    ones (:func:`switch_in`) only when the block ends without error. A file-system error inside
-    (a full disk above all) becomes one :class:`OutputError` that says what is left: the previous
-    results untouched, no half-written staging folder, and the run's last checkpoint."""
-    staging = staging_dir(accelerator, output_dir)
+    ones (:func:`switch_in`) only when the block ends without error on every process. A
+    file-system error inside (a full disk above all), on any process, becomes one
+    :class:`OutputError` on all of them that says what is left: the previous results untouched, no
+    half-written staging folder, and the run's last checkpoint. (Every process must run the
+    block's collective operations before anything in it can fail.)"""
+    from dapt.core.runtime import agreed_failure, write_failure
+
+    staging, error = staging_dir(accelerator, output_dir), None
     try:
         yield staging
-    except OSError as error:
+    except OSError as caught:
+        error = caught
+    failure = agreed_failure(write_failure(error))  # every process gets here, failed or not
+    if failure is not None:
         if accelerator.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
-        reason = "no space left on device" if error.errno == errno.ENOSPC else f"{error.strerror or error} ({error.filename})"
         kept = f"; the run's last checkpoint is {checkpoints.latest_name()}" if checkpoints.all() else ""
-        raise OutputError(f"cannot write the final artifacts into {output_dir}: {reason}; nothing of them was kept and "
+        raise OutputError(f"cannot write the final artifacts into {output_dir}: {failure}; nothing of them was kept and "
                           f"the folder's previous results are untouched{kept}") from error
     switch_in(accelerator, staging, output_dir, marker)
 

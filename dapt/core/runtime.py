@@ -15,6 +15,7 @@ Everything a training loop needs besides the model and the data lives here once:
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import logging
@@ -232,6 +233,25 @@ def steps_from_budget(batches_per_epoch: int, grad_accum: int, epochs: float, ma
 
 # --------------------------------------------------------------------------------------------
 # Metrics and files
+
+
+def write_failure(error: Optional[BaseException]) -> Optional[str]:
+    """What a failed file write says to a user: "no space left on device" for a full disk."""
+    if error is None:
+        return None
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "no space left on device"
+    return f"{error.strerror} ({error.filename})" if isinstance(error, OSError) and error.strerror else str(error)
+
+
+def agreed_failure(failure: Optional[str]) -> Optional[str]:
+    """Make one process's failure (a message, or None) known to every process: the first reported,
+    or None when all succeeded. A collective that every process must reach, so a write that fails
+    on one process stops all of them at once, with its message, instead of leaving the others at
+    the next barrier until the process-group timeout."""
+    from accelerate.utils import gather_object
+
+    return next((message for message in gather_object([failure]) if message), None)
 
 
 def write_json(accelerator: Accelerator, path: str | Path, payload: Any) -> None:
