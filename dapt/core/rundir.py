@@ -23,6 +23,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from dapt.core.checkpoint import CheckpointManager, fingerprint, read_state
+from dapt.core.runtime import agreed_failure, write_failure
 
 logger = get_logger(__name__)
 
@@ -112,8 +113,6 @@ def final_artifacts(accelerator: Accelerator, output_dir: Path, marker: str, che
     :class:`OutputError` on all of them that says what is left: the previous results untouched, no
     half-written staging folder, and the run's last checkpoint. (Every process must run the
     block's collective operations before anything in it can fail.)"""
-    from dapt.core.runtime import agreed_failure, write_failure
-
     staging, error = staging_dir(accelerator, output_dir), None
     try:
         yield staging
@@ -126,21 +125,16 @@ def final_artifacts(accelerator: Accelerator, output_dir: Path, marker: str, che
         kept = f"; the run's last checkpoint is {checkpoints.latest_name()}" if checkpoints.all() else ""
         raise OutputError(f"cannot write the final artifacts into {output_dir}: {failure}; nothing of them was kept and "
                           f"the folder's previous results are untouched{kept}") from error
-    switch_in(accelerator, staging, output_dir, marker)
-
-
-def switch_in(accelerator: Accelerator, staging: Path, output_dir: Path, marker: str) -> None:
-    """Move the finished artifacts from ``staging`` into ``output_dir``. Every process calls it: the
-    main process moves only once every process has finished writing into ``staging`` (a late one
-    would otherwise write into a folder already moved), and the others wait until it is done.
-    Each file and folder is replaced by a rename; the marker goes first and comes back last."""
-    accelerator.wait_for_everyone()
+    # the agreement above is also the barrier: every process has finished writing into staging
     if accelerator.is_main_process:
-        _move_artifacts(staging, output_dir, marker)
+        switch_in(staging, output_dir, marker)
     accelerator.wait_for_everyone()
 
 
-def _move_artifacts(staging: Path, output_dir: Path, marker: str) -> None:
+def switch_in(staging: Path, output_dir: Path, marker: str) -> None:
+    """Move the finished artifacts from ``staging`` into ``output_dir`` (main process, once every
+    process has finished writing into ``staging``). Each file and folder is replaced by a rename;
+    the marker goes first and comes back last."""
     (output_dir / marker).unlink(missing_ok=True)
     for item in sorted(staging.iterdir()):
         if item.name == marker:
