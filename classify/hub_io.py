@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from classify.publish_guard import PublishError
+from classify.publish_guard import PublishError, ensure_repo, find_leaks, local_prefixes
 
 
 def list_folder(folder) -> list[tuple[str, int]]:
@@ -65,15 +65,48 @@ def explain_hub_error(error: Exception, repo_id: str, endpoint: str) -> PublishE
     return PublishError(f"could not reach the Hub at {endpoint} ({type(error).__name__}); check the network")
 
 
-def check_repo_id(repo_id) -> str:
-    """``repo_id`` if the Hub would accept it as ``USER/NAME``; PublishError (the Hub's rule) if not."""
+def check_repo_id(repo_id, what: str = "--repo-id") -> str:
+    """``repo_id`` if the Hub would accept it as ``USER/NAME``; PublishError (the Hub's rule, naming
+    the option ``what``) if not."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise PublishError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
+        raise PublishError(f"{what} must look like USER/NAME, got {repo_id!r}")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise PublishError(f"--repo-id must look like USER/NAME and be a name the Hub accepts: {error}") from None
+        raise PublishError(f"{what} must look like USER/NAME and be a name the Hub accepts: {error}") from None
     return repo_id
+
+
+def push_folder(folder, repo_id: str, *, private: bool = False, token: str | None = None, commit_message: str | None = None,
+                repo_type: str = "model", delete_patterns: list[str] | None = None) -> str:
+    """Create the repository (a model, or a Gradio Space with ``repo_type="space"``; see
+    :func:`~classify.publish_guard.ensure_repo` for visibility) and ``upload_folder``; returns the
+    new commit's id. A folder holding the token or a local path is refused first."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        from httpx2 import HTTPError as _TransportBase  # huggingface_hub's HTTP client
+    except ImportError:  # pragma: no cover - other hub versions
+        _TransportBase = OSError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(f"{folder} is not a directory")
+    token = resolve_token(token)
+    api = HfApi(token=token)
+    endpoint = api.endpoint or constants.ENDPOINT
+    commit_message = commit_message or f"Upload {folder.name} with dapt-publish"
+    leaks = find_leaks(folder, local_prefixes(), token=token)
+    if leaks:  # never name the token itself
+        raise PublishError(f"refusing to upload {folder}: {'; '.join(leaks[:5])}")
+    try:
+        ensure_repo(api, repo_id, private, repo_type=repo_type)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
+                                 commit_message=commit_message, delete_patterns=delete_patterns)
+    except (HfHubHTTPError, _TransportBase, OSError) as error:
+        raise explain_hub_error(error, repo_id, endpoint) from None
+    return getattr(info, "oid", None) or str(info)

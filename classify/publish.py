@@ -32,14 +32,13 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from classify.hub_io import check_repo_id, explain_hub_error, format_listing, list_folder, resolve_token  # noqa: F401 - part of this module's interface
+from classify.hub_io import check_repo_id, explain_hub_error, format_listing, list_folder, push_folder, resolve_token  # noqa: F401 - part of this module's interface
 from classify.publish_guard import (  # noqa: F401 - PublishError is part of this module's interface
     PublishError,
     check_finite,
     check_regular,
     check_same_run,
     copy_regular,
-    ensure_repo,
     find_leaks,
     local_prefixes,
     read_regular,
@@ -225,45 +224,11 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
     return folder
 
 
-def push(
-    folder,
-    repo_id: str,
-    private: bool = False,
-    token: str | None = None,
-    commit_message: str | None = None,
-) -> str:
-    """Create the repository (see :func:`~classify.publish_guard.ensure_repo` for visibility) and ``upload_folder``;
-    returns the new commit's id. A folder holding the token or a local path is refused first."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        from httpx2 import HTTPError as _TransportBase  # huggingface_hub's HTTP client
-    except ImportError:  # pragma: no cover - other hub versions
-        _TransportBase = OSError
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PublishError(f"{folder} is not a directory")
-    token = resolve_token(token)
-    api = HfApi(token=token)
-    endpoint = api.endpoint or constants.ENDPOINT
-    commit_message = commit_message or f"Upload {folder.name} with dapt-publish"
-    leaks = find_leaks(folder, local_prefixes(), token=token)
-    if leaks:  # never name the token itself
-        raise PublishError(f"refusing to upload {folder}: {'; '.join(leaks[:5])}")
-    try:
-        ensure_repo(api, repo_id, private)
-        info = api.upload_folder(
-            folder_path=str(folder),
-            repo_id=repo_id,
-            repo_type="model",
-            commit_message=commit_message,
-            delete_patterns=REPLACED_PATTERNS,  # an earlier run's plots / tokenizer files not in this one
-        )
-    except (HfHubHTTPError, _TransportBase, OSError) as error:
-        raise explain_hub_error(error, repo_id, endpoint) from None
-    return getattr(info, "oid", None) or str(info)
+def push(folder, repo_id: str, private: bool = False, token: str | None = None, commit_message: str | None = None) -> str:
+    """Upload a built model repository folder (:func:`~classify.hub_io.push_folder`: leak check,
+    visibility, errors); an earlier run's plots and tokenizer files not in this one are deleted."""
+    return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
+                       repo_type="model", delete_patterns=REPLACED_PATTERNS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,8 +276,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.space_dry_run and not args.space:
         parser.error("--space-dry-run needs --space USER/NAME")
-    if args.space is not None and not re.match(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$", args.space):
-        parser.error(f"--space must look like USER/NAME, got {args.space!r}")
+    if args.space is not None:
+        try:
+            check_repo_id(args.space, "--space")
+        except PublishError as error:
+            parser.error(str(error))
     try:
         result = publish_run(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run, folder=args.folder)
         if args.space:

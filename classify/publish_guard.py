@@ -224,19 +224,21 @@ def check_finite(state: dict) -> None:
         )
 
 
-def ensure_repo(api, repo_id: str, private: bool) -> bool:
-    """Create ``repo_id`` if needed and return whether it is private.
+def ensure_repo(api, repo_id: str, private: bool, repo_type: str = "model") -> bool:
+    """Create ``repo_id`` (a model repository, or a Gradio Space with ``repo_type="space"``) if
+    needed and return whether it is private.
 
     Visibility is never weakened: ``private=True`` on an existing public repository makes it private
     *before* anything is uploaded (and refuses if the Hub does not), ``private=False`` on an
     existing private repository keeps it private. Both are logged as warnings.
     """
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    is_private = bool(api.repo_info(repo_id, repo_type="model").private)
+    sdk = {"space_sdk": "gradio"} if repo_type == "space" else {}
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **sdk)
+    is_private = bool(api.repo_info(repo_id, repo_type=repo_type).private)
     if private and not is_private:
         logger.warning(f"{repo_id} exists and is public: making it private before uploading, as --private asks")
-        api.update_repo_settings(repo_id, private=True, repo_type="model")
-        is_private = bool(api.repo_info(repo_id, repo_type="model").private)
+        api.update_repo_settings(repo_id, private=True, repo_type=repo_type)
+        is_private = bool(api.repo_info(repo_id, repo_type=repo_type).private)
         if not is_private:
             raise PublishError(f"{repo_id} is still public after asking the Hub to make it private; nothing uploaded")
     elif not private and is_private:

@@ -16,7 +16,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from classify.hub_io import explain_hub_error, format_listing, resolve_token
+from classify.hub_io import check_repo_id, format_listing, push_folder
 from classify.publish_guard import PublishError
 
 TEMPLATE = Path(__file__).resolve().parent / "space_template" / "app.py"
@@ -25,7 +25,6 @@ MARKER = "written by `dapt-publish --space`"
 # The Gradio release the app was written against; the installed one wins when present.
 DEFAULT_GRADIO = "6.31.0"
 REQUIREMENTS = ("torch", "transformers>=5,<6", "huggingface_hub>=1.0", "safetensors>=0.4")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 def gradio_version() -> str:
@@ -90,9 +89,8 @@ def _is_our_folder(folder: Path) -> bool:
 
 def build_space_folder(model_repo_id: str, space_id: str, folder) -> Path:
     """Write the Space for ``model_repo_id`` into ``folder`` (replaced only if this built it)."""
-    for what, value in (("--repo-id", model_repo_id), ("--space", space_id)):
-        if not _REPO_ID.match(value or ""):
-            raise PublishError(f"{what} must look like USER/NAME, got {value!r}")
+    check_repo_id(model_repo_id, "--repo-id")
+    check_repo_id(space_id, "--space")
     folder = Path(folder)
     if not _is_our_folder(folder):
         raise PublishError(f"{folder} exists and was not built by dapt-publish --space; choose another folder")
@@ -106,19 +104,10 @@ def build_space_folder(model_repo_id: str, space_id: str, folder) -> Path:
 
 
 def push_space(folder, space_id: str, private: bool = False, token: str | None = None) -> str:
-    """``create_repo(repo_type="space", space_sdk="gradio")`` + ``upload_folder``; the commit id."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
-
-    token = resolve_token(token)
-    api = HfApi(token=token)
-    try:
-        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(folder), repo_id=space_id, repo_type="space",
-                                 commit_message="Upload the Space with dapt-publish --space")
-    except (HfHubHTTPError, OSError) as error:
-        raise explain_hub_error(error, space_id, api.endpoint or constants.ENDPOINT) from None
-    return getattr(info, "oid", None) or str(info)
+    """Push the Space folder as the model repository is pushed (the same leak check, visibility
+    rule and error messages: :func:`~classify.hub_io.push_folder`); the commit id."""
+    return push_folder(folder, space_id, private=private, token=token, repo_type="space",
+                       commit_message="Upload the Space with dapt-publish --space")
 
 
 def default_space_folder(run_dir, space_id: str) -> Path:

@@ -82,6 +82,7 @@ def test_rebuild_replaces_own_folder_but_refuses_a_foreign_one(built, tmp_path):
 def test_space_flags_reject_bad_input_before_writing(built, tmp_path, capsys):
     run_dir, _, _ = built
     for argv, message in ((["--space", "no-slash"], "--space must look like USER/NAME"),
+                          (["--space", "user/a--b"], "--space must look like USER/NAME and be a name the Hub accepts"),
                           (["--space-dry-run"], "--space-dry-run needs --space")):
         with pytest.raises(SystemExit):
             publish.main([str(run_dir), "--repo-id", REPO_ID, "--folder", str(tmp_path / "f"), *argv])
@@ -254,3 +255,17 @@ def test_space_pushes_to_the_hub_and_its_app_loads_the_model_from_there(built, h
     reference, reference_tokenizer = load_classifier(tmp_path / "model")
     assert module.infer_reviews(LONG_REVIEW, classifier, tokenizer) == pytest.approx(
         infer_reviews(LONG_REVIEW, reference, reference_tokenizer), abs=1e-6)
+
+
+def test_a_private_space_push_never_leaves_an_existing_public_space_public(built, hub_env, tmp_path):
+    """``--private`` on an existing public Space makes it private before uploading, as for the model
+    repository (the Space used to be pushed with create_repo(exist_ok=True) alone, which kept it public)."""
+    hub_env.login("alice")
+    space_id = hub_env.hub.new_repo_id("alice", "demo")
+    api = hub_env.api("alice")
+    api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=False)
+    folder = space.build_space_folder(REPO_ID, space_id, tmp_path / "space")
+    space.push_space(folder, space_id, private=True)
+    assert api.repo_info(space_id, repo_type="space").private is True
+    assert "app.py" in api.list_repo_files(space_id, repo_type="space")
+    hub_env.logout()
