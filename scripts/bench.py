@@ -118,7 +118,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--infer-reviews", type=int, default=None, help="reviews (default by size: 24 / 200 / 1000)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the CPU training stages (default: torch's)")
     p.add_argument("--infer-threads", type=int, default=2, help="torch threads for CPU inference")
-    p.add_argument("--infer-batch", type=int, default=32, help="infer_reviews batch_size")
     p.add_argument("--infer-sweep", default="", help="diagnostics: comma-separated infer_reviews token budgets "
                    "(batch_tokens) to time as well (e.g. 1024,2048,8192)")
     p.add_argument("--infer-encoder", default=None, help="pretrained encoder folder for the inference classifier (default: random init)")

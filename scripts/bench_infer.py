@@ -61,12 +61,6 @@ def with_threads(threads: Optional[int], fn):
     return run
 
 
-def shape_of(config) -> dict:
-    return {"hidden": getattr(config, "hidden_size", None) or config.dim,
-            "layers": getattr(config, "num_hidden_layers", None) or config.n_layers,
-            "ffn": getattr(config, "intermediate_size", None) or config.hidden_dim}
-
-
 def forward_flops(lengths, shape: dict) -> float:
     """Model FLOPs of one forward pass over reviews of these real lengths (see the module doc)."""
     h, layers, f = shape["hidden"], shape["layers"], shape["ffn"]
@@ -154,6 +148,7 @@ def inference_variants(texts, classifier, tokenizer, device, budgets=(), batches
 def measure(texts, classifier, tokenizer, threads: Optional[int], device: str, repeats: int, **variant_kwargs):
     """(each variant's last output, the figures): every variant's median reviews/s, ratio to the naive loop, model GFLOP/s, ceiling fraction, agreement."""
     from classify.model import encode_reviews
+    from scripts.bench_workload import shape_of
 
     shape = shape_of(classifier.encoder.config)
     lengths = [len(ids) for ids in encode_reviews(tokenizer, texts, 512)]

@@ -110,7 +110,7 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
         reuse = finished and (given or config.reuse_runs and (loaded is None or same_yaml(directory, loaded)))
         if not reuse and loaded is None:
             raise ConfigError(f"dapt.reuse_dir {directory} holds no finished stage-1 output (dapt_summary.json) "
-                              f"and dapt.core.config is not set, so stage 1 cannot run")
+                              f"and dapt.config is not set, so stage 1 cannot run")
         stage1[name] = Stage1Plan(name, directory, loaded, reuse, given)
 
     if base is None:
