@@ -85,6 +85,13 @@ def compute_metrics(labels, preds, probs, losses) -> dict:
     }
 
 
+def ranking_score(predictions) -> np.ndarray:
+    """What ROC AUC ranks: the raw logit margin, in the same order as P(positive) under any
+    temperature but without the ties a saturated softmax (P = 1.0 in floating point) creates.
+    Validation (model selection) and evaluation both use it."""
+    return predictions.logits[:, 1] - predictions.logits[:, 0]
+
+
 def make_eval_loader(dataset: ReviewDataset, tokenizer, batch_size: int, group_by_length: bool = True, workers: int = 0):
     """Unshuffled batches (longest first when grouping); the same batches for any process count."""
     sampler = LengthBucketBatchSampler(dataset.lengths, batch_size, shuffle=False, group_by_length=group_by_length)
@@ -163,10 +170,7 @@ def evaluate_set(model, tokenizer, labelled: LabelledSet, settings: dict, accele
                             settings["truncation"], settings["head_tokens"], settings.get("window_stride", 128))
     loader = accelerator.prepare(make_eval_loader(dataset, tokenizer, batch_size, group_by_length, workers))
     predictions = predict(model, loader, accelerator)
-    # ROC AUC ranks the raw logit margin: the same order as P(positive) under any temperature, but
-    # without the ties a saturated softmax (P = 1.0 in floating point) would create
-    margin = predictions.logits[:, 1] - predictions.logits[:, 0]
-    metrics = compute_metrics(predictions.label, predictions.pred, margin, predictions.loss)
+    metrics = compute_metrics(predictions.label, predictions.pred, ranking_score(predictions), predictions.loss)
     metrics["calibration"] = calibration_report(predictions.logits, predictions.label, predictions.temperature)
     metrics["by_length"] = accuracy_by_length(review_token_counts(tokenizer, labelled.texts), predictions)
     return metrics, predictions

@@ -52,7 +52,8 @@ from classify.data import (
     stratified_subset,
     training_truncation,
 )
-from classify.evaluate import compute_metrics, evaluate_all, fit_temperature_on, load_eval_sets, make_eval_loader, predict
+from classify.evaluate import (compute_metrics, evaluate_all, fit_temperature_on, load_eval_sets, make_eval_loader, predict,
+                               ranking_score)
 from classify.encoder import from_encoder
 from classify.model import WEIGHTS_NAME, DistilBERTClassifier
 from dapt.core.config import ConfigError, parse_cli, to_dict
@@ -348,7 +349,7 @@ def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: 
     sums.zero_()
     state.train_samples += int(rows)
     val = predict(model, val_loader, accelerator)
-    val_metrics = compute_metrics(val.label, val.pred, val.prob, val.loss)
+    val_metrics = compute_metrics(val.label, val.pred, ranking_score(val), val.loss)
     record = {
         "epoch": epoch, "train_loss": loss_sum / max(rows, 1), "train_acc": correct / max(rows, 1),
         "val_loss": val_metrics["loss"], "val_acc": val_metrics["accuracy"], "val_f1": val_metrics["f1"],

@@ -330,3 +330,18 @@ def test_evaluate_cli_reads_reviews_another_way_than_trained(overconfident, shar
                        "--window-stride", "40", f"data.eval.imdb_test.path={shared_data}/imdb", "data.eval.imdb_test.max_samples=12",
                        "data.eval.sst2_validation=null", 'impl.mixed_precision="no"', "impl.dataloader_workers=0"])
     assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_validation_and_evaluation_rank_by_the_logit_margin_not_the_saturated_probability():
+    """Two confident positives whose P(positive) both round to 1.0: the probability ties them, the
+    margin keeps them apart. Model selection (``val_roc_auc``) ranks as evaluation does."""
+    from classify import train as train_module
+    from classify.evaluate import compute_metrics, ranking_score
+
+    logits = np.array([[0.0, 40.0], [0.0, 50.0], [3.0, 0.0]])
+    predictions = from_logits(logits, np.array([0, 1, 0]))
+    assert predictions.prob[0] == predictions.prob[1] == 1.0  # the tie the margin avoids
+    by_prob = compute_metrics(predictions.label, predictions.pred, predictions.prob, predictions.loss)
+    by_margin = compute_metrics(predictions.label, predictions.pred, ranking_score(predictions), predictions.loss)
+    assert by_prob["roc_auc"] == 0.75 and by_margin["roc_auc"] == 1.0
+    assert train_module.ranking_score is ranking_score  # what end_of_epoch ranks validation by
