@@ -264,7 +264,7 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     from accelerate.utils import set_seed
 
     from classify.model import load_classifier
-    from dapt.core.runtime import make_accelerator, write_json
+    from dapt.core.runtime import end_run, make_accelerator, write_json
 
     output_dir = Path(output_dir)
     accelerator = make_accelerator(config.impl, output_dir)
@@ -298,7 +298,7 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
         "plots": [p.relative_to(output_dir).as_posix() for p in plots],
     }
     write_json(accelerator, output_dir / "results.json", results)
-    accelerator.wait_for_everyone()
+    end_run(accelerator)
     return results
 
 
@@ -338,6 +338,9 @@ def main(argv=None) -> None:
         results = run_evaluation(config, args.model, output_dir, revision=args.revision, truncation=args.truncation,
                                  window_stride=args.window_stride)
     except (ConfigError, FileNotFoundError, ValueError) as error:
+        from dapt.core.runtime import release_process_group
+
+        release_process_group(barrier=False)  # exit without the gloo hang
         raise SystemExit(f"error: {error}") from None
     for name, block in results["evaluation"].items():
         ece = block["calibration"]

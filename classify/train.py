@@ -64,12 +64,14 @@ from dapt.core.rundir import OutputError, check_output_dir, final_artifacts, ope
 from dapt.core.state import RunningLoss, TrainState
 from dapt.core.step import OptimizerStep, check_finite
 from dapt.core.runtime import (
+    end_run,
     linear_warmup_decay,
     logger,
     make_accelerator,
     make_optimizer,
     parameter_groups,
     raise_config,
+    release_process_group,
     report_weights_format,
     steps_from_budget,
     write_json,
@@ -271,8 +273,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
 
         pushed = publish_run(output_dir, config.hub_repo_id, private=config.hub_private)
         logger.info(f"pushed {config.hub_repo_id} at commit {pushed['commit']}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_run(accelerator)  # a barrier first: the main process's push is done
     return results
 
 
@@ -384,6 +385,7 @@ def main(argv=None) -> None:
         results = train_classifier(config)
     except (ConfigError, CheckpointError, DataError, OutputError, FileNotFoundError, FloatingPointError, ValueError) as error:
         logger.error(str(error))
+        release_process_group(barrier=False)  # the run's collectives are over: exit without the gloo hang
         raise SystemExit(f"error: {error}") from None
     for name, block in results["evaluation"].items():
         print(f"{name}: accuracy {block['accuracy']:.4f}, F1 {block['f1']:.4f}, n {block['n']}")

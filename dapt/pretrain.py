@@ -41,6 +41,7 @@ from dapt.modeling import MaskedLMObjective, head_parameters, load_masked_lm
 from dapt.pretrain_config import RESUMABLE_KEYS, PretrainConfig, TrainConfig  # noqa: F401 (the schema, importable from here)
 from dapt.core.runtime import (
     ThroughputMeter,
+    end_run,
     inner_state_dict,
     linear_warmup_decay,
     logger,
@@ -48,6 +49,7 @@ from dapt.core.runtime import (
     make_optimizer,
     parameter_groups,
     raise_config,
+    release_process_group,
     report_weights_format,
     steps_from_budget,
     write_json,
@@ -234,7 +236,7 @@ def pretrain(config: PretrainConfig) -> dict:
         }
         write_json(accelerator, staging / SUMMARY, summary)
     logger.info(f"held-out perplexity {state.before['perplexity']:.2f} -> {after['perplexity']:.2f}; encoder saved to {output_dir}")
-    accelerator.end_training()
+    end_run(accelerator)
     return summary
 
 
@@ -299,6 +301,7 @@ def main(argv=None) -> None:
         pretrain(config)
     except (ConfigError, CheckpointError, OutputError, FileNotFoundError, FloatingPointError, ValueError) as error:
         logger.error(str(error))
+        release_process_group(barrier=False)  # the run's collectives are over: exit without the gloo hang
         raise SystemExit(f"error: {error}") from None
 
 

@@ -15,15 +15,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import rank_errors
+
+STACKS_AFTER = "DAPT_TEST_STACKS_AFTER"  # seconds; then every process prints its threads' stacks
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_ROWS, EVAL_BATCH = 43, 4  # 43 rows: not a multiple of 2 processes x 4, and an odd number of batches
 
 
 def _torchrun(nproc: int, *args: str, timeout: int = 240) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    """Run this module under torchrun. A process still running ``timeout - 30`` s after it started
+    prints every thread's stack (faulthandler), so a hang names where it hangs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           STACKS_AFTER: str(timeout - 30)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "tests.test_classify_distributed", *args]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"torchrun {' '.join(args[:2])} still running after {timeout} s; its stderr ends:\n{_text(hung.stderr)[-12000:]}")
+    assert done.returncode == 0, done.stdout[-3000:] + rank_errors(done.stderr)
+
+
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
 
 
 @pytest.mark.slow
@@ -61,7 +74,7 @@ def _eval_main(expected: int, encoder_dir: str, data_dir: str, out: str) -> None
     from classify.data import LabelledSetConfig, load_labelled
     from classify.evaluate import evaluate_set
     from classify.encoder import from_encoder
-    from dapt.core.runtime import ImplConfig, make_accelerator
+    from dapt.core.runtime import ImplConfig, end_run, make_accelerator
     from transformers import AutoTokenizer
 
     accelerator = make_accelerator(ImplConfig(mixed_precision="no", cpu=True, dataloader_workers=0), Path(out).parent)
@@ -83,7 +96,7 @@ def _eval_main(expected: int, encoder_dir: str, data_dir: str, out: str) -> None
             "prob": predictions.prob.tolist(), "label": predictions.label.tolist(),
             "windows": windowed, "windows_prob": windowed_predictions.prob.tolist(), "windows_rows": rows,
         }))
-    accelerator.wait_for_everyone()
+    end_run(accelerator)
 
 
 def _train_main(expected: int, encoder_dir: str, data_dir: str, out: str, run: str) -> None:
@@ -96,5 +109,9 @@ def _train_main(expected: int, encoder_dir: str, data_dir: str, out: str, run: s
 
 
 if __name__ == "__main__":
+    import faulthandler
+
+    if os.environ.get(STACKS_AFTER):
+        faulthandler.dump_traceback_later(int(os.environ[STACKS_AFTER]))
     mode, expected, *rest = sys.argv[1:]
     {"eval": _eval_main, "train": _train_main}[mode](int(expected), *rest)

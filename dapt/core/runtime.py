@@ -2,7 +2,8 @@
 
 Everything a training loop needs besides the model and the data lives here once:
 
-* :func:`make_accelerator` - mixed precision, gradient accumulation, seeded sampling, CPU runs.
+* :func:`make_accelerator` - mixed precision, gradient accumulation, seeded sampling, CPU runs;
+  :func:`end_run` - its end: trackers finished, the process group released without a hang.
 * :func:`parameter_groups` / :func:`make_optimizer` - AdamW with no decay on biases and norms,
   fused when every parameter is on a CUDA device.
 * :func:`linear_warmup_decay` - linear warmup to each group's LR, then linear decay to ``min_lr``;
@@ -140,6 +141,45 @@ def make_accelerator(
         torch.backends.cudnn.allow_tf32 = True
     setup_logging(accelerator)
     return accelerator
+
+
+# How long a finished run leaves the GIL to gloo's worker threads before its process group is
+# destroyed (see release_process_group); they need microseconds once scheduled, and a loaded
+# machine may not schedule them for tens of milliseconds.
+GLOO_SETTLE_S = 0.2
+
+
+def end_run(accelerator: Accelerator) -> None:
+    """The last call of a run, on every process: trackers finished, then the process group released
+    (:func:`release_process_group`). In place of ``accelerator.end_training()``, which destroys the
+    process group right after the run's last collective and so can hang at exit."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    if not accelerator.state.fork_launched:  # a notebook launcher owns its process group
+        release_process_group()
+
+
+def release_process_group(group=None, *, barrier: bool = True) -> None:
+    """Destroy ``group`` (default: the default process group) without the gloo exit hang.
+
+    A gloo worker thread frees a finished collective's tensors (a barrier keeps the collectives
+    before it alive) only once it holds the GIL, and the process group's destructor joins those
+    threads while holding the GIL. So a group destroyed right after a collective - on the next
+    line, or when the DDP model holding its last reference is freed - deadlocks now and then
+    (torch 2.13; pytorch/pytorch#190489 tracks the GIL-teardown family). CI saw a 2-process
+    stage-2 run hang at exit with its results written; a loop of DDP + gather + barrier + destroy
+    hung within 1 to 27 rounds in each of 13 tries (tests/test_process_group_exit.py). Hence a
+    barrier, then the GIL released for ``GLOO_SETTLE_S``, then the destroy: a pause, not a proof,
+    but 0.2 s is some thousand times what the threads need once scheduled. ``barrier=False`` on
+    the way out of a failed run: the other processes may never reach a barrier."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    if barrier:
+        dist.barrier(group=group)
+    time.sleep(GLOO_SETTLE_S)  # sleeping releases the GIL
+    dist.destroy_process_group(group)
 
 
 def cpu_has_native_bf16() -> bool:
