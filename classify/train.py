@@ -58,7 +58,7 @@ from classify.encoder import from_encoder
 from classify.model import WEIGHTS_NAME, DistilBERTClassifier
 from dapt.core.config import ConfigError, parse_cli, to_dict
 from dapt.core.hub import looks_local
-from dapt.core.checkpoint import CheckpointError, CheckpointManager
+from dapt.core.checkpoint import CheckpointError, CheckpointManager, refuse_sharded
 from dapt.core.loop import epoch_batches
 from dapt.core.rundir import OutputError, check_output_dir, final_artifacts, open_run
 from dapt.core.state import RunningLoss, TrainState
@@ -177,6 +177,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir, marker=RESULTS, overwrite=config.overwrite, resume=config.checkpoint.resume)
     accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard, config.report_to)
+    refuse_sharded(accelerator, config.checkpoint)  # FSDP / DeepSpeed: before the data is read
     set_seed(config.train.seed)  # the head's initialisation and dropout
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
     hp, mc = config.train, config.model

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dapt.core.config import ConfigError, parse_cli, to_dict
-from dapt.core.checkpoint import CheckpointError, CheckpointManager
+from dapt.core.checkpoint import CheckpointError, CheckpointManager, refuse_sharded
 from dapt.core.loop import epoch_batches
 from dapt.core.rundir import OutputError, check_output_dir, final_artifacts, open_run
 from dapt.core.state import RunningLoss, TrainState
@@ -144,6 +144,7 @@ def pretrain(config: PretrainConfig) -> dict:
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir, marker=SUMMARY, overwrite=config.overwrite, resume=config.checkpoint.resume)
     accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard, config.report_to)
+    refuse_sharded(accelerator, config.checkpoint)  # FSDP / DeepSpeed: before the data is read
     set_seed(config.train.seed)
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
 

@@ -44,6 +44,24 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth")
 _RESERVED = ("fingerprint", "metrics_bytes", "scheduler", "grad_scaler", "accelerator_step")
 
 
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)  # checkpoints hold whole, unsharded states
+
+
+def refuse_sharded(accelerator: Accelerator, checkpoint) -> None:
+    """Under FSDP or DeepSpeed a run that would write or read a checkpoint stops before it starts
+    (a ConfigError naming the keys), not after training up to its first checkpoint."""
+    from dapt.core.config import ConfigError
+
+    if accelerator.distributed_type not in SHARDED:
+        return
+    asked = [(key, getattr(checkpoint, key)) for key in ("every_steps", "every_epoch", "resume") if getattr(checkpoint, key, None)]
+    if asked:
+        settings = ", ".join(f"checkpoint.{key}={value}" for key, value in asked)
+        off = ", ".join(f"checkpoint.{key}={'null' if key == 'resume' else 'false' if key == 'every_epoch' else 0}" for key, _ in asked)
+        raise ConfigError(f"{settings}: checkpoints under {accelerator.distributed_type} are not supported "
+                          f"(they hold whole, unsharded model and optimizer states); set {off}")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written, or must not be loaded."""
 
@@ -156,7 +174,7 @@ class CheckpointManager:
         or a dict) as JSON; the weights must be finite (else FloatingPointError, and the previous
         checkpoint stays the last good one)."""
         accelerator = self.accelerator
-        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        if accelerator.distributed_type in SHARDED:  # refused at start-up already (refuse_sharded)
             raise CheckpointError(f"checkpoints under {accelerator.distributed_type} are not supported (set checkpoint.every_steps=0)")
         model, optimizer = self._modules()
         check_finite(model, f"at step {step}", self.latest_name())
