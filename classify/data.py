@@ -172,18 +172,20 @@ class ReviewDataset(torch.utils.data.Dataset):
 
     ``head`` / ``head+tail``: one row per review. ``windows``: one row per window of
     ``max_length`` tokens (consecutive windows share ``window_stride`` tokens); ``review_of[row]``
-    is the review a row belongs to, and ``num_reviews`` the number of reviews."""
+    is the review a row belongs to, and ``num_reviews`` the number of reviews. ``review_tokens``:
+    each review's whole length in tokens (special tokens included), before any cut."""
 
     def __init__(self, texts: Sequence[str], labels: Sequence[int], tokenizer, max_length: int,
                  truncation: str = "head", head_tokens: int = 128, window_stride: int = 128):
         labels = list(labels)
         if truncation == "windows":
-            windows = encode_windows(tokenizer, list(texts), max_length, window_stride)
+            windows, review_tokens = encode_windows(tokenizer, list(texts), max_length, window_stride, with_lengths=True)
             self.ids = [ids for review in windows for ids in review]
             self.review_of = np.repeat(np.arange(len(windows)), [len(review) for review in windows])
         else:
-            self.ids = encode_reviews(tokenizer, list(texts), max_length, truncation, head_tokens)
+            self.ids, review_tokens = encode_reviews(tokenizer, list(texts), max_length, truncation, head_tokens, with_lengths=True)
             self.review_of = np.arange(len(self.ids))
+        self.review_tokens = np.array(review_tokens, dtype=np.int64)  # each whole review, nothing cut
         self.num_reviews = len(labels)
         self.labels = [labels[review] for review in self.review_of.tolist()]  # per row
         self.lengths = [len(ids) for ids in self.ids]

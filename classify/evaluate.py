@@ -46,7 +46,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from classify.calibration import calibration_report, fit_temperature, get_temperature, reliability_bins, set_temperature
 from classify.data import Collator, LabelledSet, LabelledSetConfig, LengthBucketBatchSampler, ReviewDataset, load_labelled
-from classify.model import clean_text, encode_windows
+from classify.model import encode_windows
 from dapt.core.runtime import logger
 
 PREDICTIONS_DIR = "predictions"  # RUN/predictions/NAME.npz: per-review predictions in dataset order
@@ -144,12 +144,6 @@ def predict(model, loader, accelerator) -> Predictions:
     return from_logits(raw, label, temperature)
 
 
-def review_token_counts(tokenizer, texts) -> np.ndarray:
-    """Tokens of each whole review (cleaned as at inference, special tokens included, nothing cut)."""
-    encoded = tokenizer([clean_text(t) for t in texts], add_special_tokens=True, truncation=False, verbose=False)
-    return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
-
-
 def accuracy_by_length(tokens: np.ndarray, predictions: Predictions) -> dict:
     """``LENGTH_BUCKETS`` name -> {n, accuracy} (accuracy None for an empty bucket)."""
     correct = predictions.pred == predictions.label
@@ -172,7 +166,7 @@ def evaluate_set(model, tokenizer, labelled: LabelledSet, settings: dict, accele
     predictions = predict(model, loader, accelerator)
     metrics = compute_metrics(predictions.label, predictions.pred, ranking_score(predictions), predictions.loss)
     metrics["calibration"] = calibration_report(predictions.logits, predictions.label, predictions.temperature)
-    metrics["by_length"] = accuracy_by_length(review_token_counts(tokenizer, labelled.texts), predictions)
+    metrics["by_length"] = accuracy_by_length(dataset.review_tokens, predictions)  # tokenized once, with the inputs
     return metrics, predictions
 
 

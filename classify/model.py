@@ -211,25 +211,28 @@ def truncate_ids(ids: list[int], budget: int, truncation: str = "head", head_tok
 
 
 def encode_reviews(tokenizer, texts: Sequence[str], max_length: int = 512, truncation: str = "head",
-                   head_tokens: int = 128, *, clean: bool = True) -> list[list[int]]:
+                   head_tokens: int = 128, *, clean: bool = True, with_lengths: bool = False):
     """One sequence of token ids (with special tokens, at most ``max_length``) per cleaned text:
     ``head``, the first tokens; ``head+tail``, the first ``head_tokens`` and the last ones (Sun et
-    al. 2019: 128 + 382 for 512); ``windows``, the first window (see :func:`encode_windows`)."""
+    al. 2019: 128 + 382 for 512); ``windows``, the first window (see :func:`encode_windows`).
+    ``with_lengths``: also each whole text's token count (special tokens included, nothing cut)."""
     prefix, suffix, budget, content = _content(tokenizer, texts, max_length, clean)
-    return [prefix + truncate_ids(ids, budget, truncation, head_tokens) + suffix for ids in content]
+    sequences = [prefix + truncate_ids(ids, budget, truncation, head_tokens) + suffix for ids in content]
+    return (sequences, [len(prefix) + len(ids) + len(suffix) for ids in content]) if with_lengths else sequences
 
 
 def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int, *,
-                   clean: bool = True) -> list[list[list[int]]]:
+                   clean: bool = True, with_lengths: bool = False):
     """Per text, its windows' token ids (each with special tokens, at most ``max_length``), sharing
     ``stride`` content tokens with the next (as in Hugging Face tokenizers); the last may be shorter.
-    A review's logits are the mean of its windows' logits."""
+    A review's logits are the mean of its windows' logits. ``with_lengths``: as :func:`encode_reviews`."""
     prefix, suffix, budget, content = _content(tokenizer, texts, max_length, clean)
     if not 0 <= stride < budget:
         raise ValueError(f"window_stride={stride} must be >= 0 and below the {budget} content tokens of a window")
     step = budget - stride
-    return [[prefix + list(ids[start : start + budget]) + suffix
-             for start in range(0, max(len(ids) - stride, 1), step)] for ids in content]
+    windows = [[prefix + list(ids[start : start + budget]) + suffix
+                for start in range(0, max(len(ids) - stride, 1), step)] for ids in content]
+    return (windows, [len(prefix) + len(ids) + len(suffix) for ids in content]) if with_lengths else windows
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int, multiple_of: int = 8):

@@ -166,6 +166,18 @@ def test_review_dataset_and_padding_to_multiple_of_8(tiny_tokenizer):
     assert batch["labels"].tolist() == [1, 0] and batch["index"].tolist() == [0, 1]
 
 
+@pytest.mark.parametrize("truncation", ["head", "head+tail", "windows"])
+def test_review_dataset_knows_each_whole_reviews_length_without_tokenizing_again(tiny_tokenizer, shared_data, truncation):
+    from classify.model import clean_text
+
+    texts = load_labelled(LabelledSetConfig(path=str(shared_data / "imdb"), split="test", max_samples=24), seed=0).texts
+    texts += ["", "<br /><br />"]  # empty after cleaning: the special tokens alone
+    dataset = ReviewDataset(texts, [0] * len(texts), tiny_tokenizer, 64, truncation, head_tokens=16, window_stride=16)
+    whole = [len(tiny_tokenizer(clean_text(t), add_special_tokens=True, truncation=False)["input_ids"]) for t in texts]
+    assert dataset.review_tokens.tolist() == whole
+    assert max(whole) > 64 and max(dataset.lengths) == 64  # the inputs are cut; the counts are not
+
+
 def test_bucketed_batches_are_dealt_in_similar_length_runs_per_process():
     lengths = _lengths(2000)
     sampler = LengthBucketBatchSampler(lengths, 16, shuffle=True, seed=0, bucket_batches=50, processes=2)

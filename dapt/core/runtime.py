@@ -155,7 +155,7 @@ def end_run(accelerator: Accelerator) -> None:
     process group right after the run's last collective and so can hang at exit."""
     for tracker in accelerator.trackers:
         tracker.finish()
-    if not accelerator.state.fork_launched:  # a notebook launcher owns its process group
+    if not getattr(accelerator.state, "fork_launched", False):  # a notebook launcher owns its process group
         release_process_group()
 
 
