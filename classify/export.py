@@ -32,6 +32,8 @@ from types import SimpleNamespace
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from classify.publish import TOKENIZER_PATTERNS  # the files a model folder's tokenizer consists of
+
 logger = logging.getLogger(__name__)
 
 FP32_FILE = "model.onnx"
@@ -43,8 +45,6 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 INT8_MIN_AGREEMENT = 0.995
 # fp32 is the same computation in another runtime: probabilities may differ by float rounding only.
 FP32_MAX_PROB_DIFF = 1e-4
-_TOKENIZER_PATTERNS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                       "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "*.model")
 
 
 class ExportError(RuntimeError):
@@ -142,7 +142,7 @@ def export_onnx(source, out_dir, *, int8: bool = False) -> dict:
     for stale in (FP32_FILE, INT8_FILE, CHECK_FILE):  # never leave a previous export's files beside new ones
         (out_dir / stale).unlink(missing_ok=True)
     for path in sorted(model_dir.iterdir()):
-        if path.is_file() and (path.name == "config.json" or any(fnmatch.fnmatch(path.name, p) for p in _TOKENIZER_PATTERNS)):
+        if path.is_file() and (path.name == "config.json" or any(fnmatch.fnmatch(path.name, p) for p in TOKENIZER_PATTERNS)):
             (out_dir / path.name).write_bytes(path.read_bytes())
 
     started = time.perf_counter()

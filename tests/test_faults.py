@@ -380,29 +380,3 @@ def test_a_full_disk_while_the_final_artifacts_are_written_keeps_the_previous_re
             run2(stage2_args(tiny_headless_encoder_dir, labelled, second, **{"overwrite": "true"}))
     assert _files(second) == kept and not (second / ".staging").exists()
     assert json.loads((second / "results.json").read_text())["hyperparameters"]["epochs"] == 1
-
-
-# --------------------------------------------------------------------------------------------
-# checkpoints under FSDP / DeepSpeed: refused at start-up, not at the first checkpoint
-
-
-def test_checkpoints_under_fsdp_are_refused_before_anything_is_read_or_written(tmp_path, tiny_encoder_dir, tiny_headless_encoder_dir,
-                                                                              corpus, labelled, monkeypatch):
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType
-
-    from dapt.core.checkpoint import refuse_sharded
-
-    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
-    read = []
-    monkeypatch.setattr("classify.train.load_labelled", lambda *a, **k: read.append(a) or pytest.fail("data read"))
-    with pytest.raises(ConfigError, match=r"checkpoint\.every_steps=2: checkpoints under .*FSDP.* set checkpoint\.every_steps=0"):
-        run1(stage1_args(tiny_encoder_dir, corpus, tmp_path / "one", **{"checkpoint.every_steps": 2}))
-    with pytest.raises(ConfigError, match=r"checkpoint\.every_epoch=True: .* set checkpoint\.every_epoch=false"):
-        run2(stage2_args(tiny_headless_encoder_dir, labelled, tmp_path / "two", **{"checkpoint.every_epoch": "true"}))
-    assert not (tmp_path / "one").exists() and not (tmp_path / "two").exists() and not read
-    # without checkpoints nothing is refused; on one process or DDP nothing ever is
-    plain = type("Checkpoint", (), {"every_steps": 0, "every_epoch": False, "resume": None})()
-    refuse_sharded(Accelerator(cpu=True), plain)
-    monkeypatch.undo()
-    refuse_sharded(Accelerator(cpu=True), type("Checkpoint", (), {"every_steps": 5, "resume": "latest"})())
