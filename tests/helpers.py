@@ -95,3 +95,8 @@ def rank_errors(stderr: str) -> str:
     reports and the exceptions, which the launcher's long report of its own would push out of view."""
     lines = [line for line in stderr.splitlines() if line.startswith("error:") or "Error" in line]
     return "\n".join(lines[-20:]) + "\n...\n" + stderr[-1500:]
+
+
+def output_text(output) -> str:
+    """A subprocess's captured output as text: ``TimeoutExpired`` keeps bytes even for ``text=True``."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")

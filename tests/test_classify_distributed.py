@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import rank_errors
+from tests.helpers import output_text, rank_errors
 
 STACKS_AFTER = "DAPT_TEST_STACKS_AFTER"  # seconds; then every process prints its threads' stacks
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +31,9 @@ def _torchrun(nproc: int, *args: str, timeout: int = 240) -> None:
     try:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as hung:
-        pytest.fail(f"torchrun {' '.join(args[:2])} still running after {timeout} s; its stderr ends:\n{_text(hung.stderr)[-12000:]}")
+        pytest.fail(f"torchrun {' '.join(args[:2])} still running after {timeout} s; its stderr ends:\n{output_text(hung.stderr)[-12000:]}")
     assert done.returncode == 0, done.stdout[-3000:] + rank_errors(done.stderr)
 
-
-def _text(output) -> str:
-    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
 
 
 @pytest.mark.slow

@@ -174,8 +174,6 @@ class CheckpointManager:
         or a dict) as JSON; the weights must be finite (else FloatingPointError, and the previous
         checkpoint stays the last good one)."""
         accelerator = self.accelerator
-        if accelerator.distributed_type in SHARDED:  # refused at start-up already (refuse_sharded)
-            raise CheckpointError(f"checkpoints under {accelerator.distributed_type} are not supported (set checkpoint.every_steps=0)")
         model, optimizer = self._modules()
         check_finite(model, f"at step {step}", self.latest_name())
         state = state.to_json() if hasattr(state, "to_json") else state

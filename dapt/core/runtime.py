@@ -168,7 +168,7 @@ def release_process_group(group=None, *, barrier: bool = True) -> None:
     line, or when the DDP model holding its last reference is freed - deadlocks now and then
     (torch 2.13; pytorch/pytorch#190489 tracks the GIL-teardown family). CI saw a 2-process
     stage-2 run hang at exit with its results written; a loop of DDP + gather + barrier + destroy
-    hung within 1 to 27 rounds in each of 13 tries (tests/test_process_group_exit.py). Hence a
+    hung within 1 to 27 rounds in each of 15 tries (tests/test_process_group_exit.py). Hence a
     barrier, then the GIL released for ``GLOO_SETTLE_S``, then the destroy: a pause, not a proof,
     but 0.2 s is some thousand times what the threads need once scheduled. ``barrier=False`` on
     the way out of a failed run: the other processes may never reach a barrier."""
