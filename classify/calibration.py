@@ -13,8 +13,9 @@ Definitions (``p`` = softmax probabilities, ``y`` = true labels, ``N`` rows):
   holds confidences in ``((b-1)/15, b/15]`` (a confidence of exactly 0 goes into the first bin).
   ``ECE = sum_b (n_b / N) * |accuracy_b - mean confidence_b|`` over the non-empty bins. (With two
   classes the confidence is at least 0.5, so only the upper half of the bins is ever used.)
-* **Brier score**: ``mean_i (P(positive)_i - y_i)^2`` (``sklearn.metrics.brier_score_loss``; the
-  two-class form, half the multi-class sum over both classes).
+* **Brier score**: two classes, ``mean_i (P(positive)_i - y_i)^2`` (``sklearn.metrics.brier_score_loss``;
+  the two-class form, half the multi-class sum over both classes, as in every earlier version);
+  K > 2 classes, the multi-class form ``mean_i sum_c (p_ic - [y_i = c])^2`` (between 0 and 2).
 * **NLL**: the mean cross-entropy ``-log p_{y_i}``, computed from the logits (log-softmax).
 """
 
@@ -64,13 +65,21 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(np.sum(table["count"][used] / table["count"].sum() * gaps))
 
 
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The Brier score of class probabilities ``probs`` [N, K] (module docstring: its two forms)."""
+    if probs.shape[1] == 2:
+        return float(brier_score_loss(labels, probs[:, 1], pos_label=1))
+    onehot = np.eye(probs.shape[1])[labels]
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+
+
 def calibration_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict:
     """ECE, Brier score and NLL of ``softmax(logits / temperature)``."""
     probs = probabilities(logits, temperature)
     labels = np.asarray(labels, dtype=np.int64)
     return {
         "ece": expected_calibration_error(probs, labels),
-        "brier": float(brier_score_loss(labels, probs[:, 1], pos_label=1)),
+        "brier": brier_score(probs, labels),
         "nll": nll(logits, labels, temperature),
     }
 

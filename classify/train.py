@@ -16,13 +16,11 @@ runs each training as a command of its own).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -32,12 +30,13 @@ if __name__ == "__main__" and not __package__:  # run as a file (`accelerate lau
     runpy.run_module("classify.train", run_name="__main__", alter_sys=True)
     raise SystemExit
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from safetensors.torch import load_file as safe_load_file
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from classify.config import BEST_METRICS, RESUMABLE_KEYS, ClassifyConfig, TrainConfig
 from classify.data import (
@@ -54,6 +53,9 @@ from classify.data import (
 )
 from classify.evaluate import (compute_metrics, evaluate_all, fit_temperature_on, load_eval_sets, make_eval_loader, predict,
                                ranking_score)
+from classify.labels import check_every_class_trained
+from classify.metrics import macro_f1
+from classify.results import EXAMPLES, run_results, select_examples, write_examples
 from classify.encoder import from_encoder
 from classify.model import WEIGHTS_NAME, DistilBERTClassifier
 from dapt.core.config import ConfigError, parse_cli, to_dict
@@ -81,14 +83,20 @@ RESULTS = "results.json"  # written last: its presence marks a finished run
 
 
 def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
-    """Training and validation loaders (not yet prepared), the training batch sampler, and sizes.
+    """Training and validation loaders (not yet prepared), the training batch sampler, the task's
+    classes (:class:`~classify.labels.LabelSpace`, decided by the training split and
+    ``data.labels``), the validation texts and labels, and sizes.
 
     Validation is a stratified, seeded slice of the training split; ``data.train.max_samples``
     then takes a stratified subset of the rest. Test sets are not read here."""
     data, model, seed = config.data, config.model, config.train.seed
     train_set = LabelledSetConfig(**{**to_dict(data.train), "max_samples": 0})
     with accelerator.main_process_first():
-        labelled = load_labelled(train_set, seed=seed)
+        labelled = load_labelled(train_set, seed=seed, declared=data.labels)
+    space = labelled.space
+    if config.train.best_metric == "val_f1" and space.num_labels > 2:
+        raise_config("train.best_metric", "val_f1", f"val_macro_f1 (or val_acc, val_roc_auc, val_loss) for a task of "
+                     f"{space.num_labels} classes: val_f1 is the positive class's F1 of a binary task")
     rest, held_out = stratified_split(labelled.labels, data.validation_size, seed)
     train, validation = labelled.select(rest), labelled.select(held_out)
     if data.train.max_samples and data.train.max_samples < len(train):
@@ -113,21 +121,21 @@ def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
     )
     val_loader = make_eval_loader(val_data, tokenizer, config.train.eval_batch_size, data.group_by_length, workers)
     sizes = {
-        "source": labelled.where, "rows": len(labelled), "train": len(train_data), "validation": len(val_data),
-        "dropped_empty": dropped, "train_positive": sum(train.labels), "mean_tokens": round(sum(train_data.lengths) / max(1, len(train_data)), 1),
+        "dataset": data.train.name or data.train.path, "split": data.train.split, "source": labelled.where,
+        "rows": len(labelled), "train": len(train_data), "validation": len(val_data), "dropped_empty": dropped,
+        "train_per_class": dict(zip(space.names, np.bincount(train.labels, minlength=space.num_labels).tolist())),
+        "mean_tokens": round(sum(train_data.lengths) / max(1, len(train_data)), 1),
         "truncated": sum(n >= model.max_length for n in train_data.lengths),
     }
-    return train_loader, val_loader, sampler, sizes
+    return train_loader, val_loader, sampler, space, validation, sizes
 
 
 def check_trainable(train, where: str, dropped: int, batch_size: int, processes: int) -> None:
-    """Enough usable training rows for every process and both classes, or a DataError."""
+    """Enough usable training rows for every process, and every class, or a DataError."""
     if len(train) < processes:
         raise DataError(f"{where}: {len(train)} usable training rows ({dropped} empty texts dropped): need at least one "
                         f"per process ({processes}); check data.train.text_column and data.train.max_samples")
-    classes = sorted(set(train.labels))
-    if len(classes) < 2:
-        raise DataError(f"{where}: every one of the {len(train)} training rows has label {classes[0]}: need both classes")
+    check_every_class_trained(train.labels, train.space, where)
     if len(train) < batch_size * processes:
         logger.warning(f"{where}: {len(train)} training rows fill less than one global batch of {batch_size * processes}")
 
@@ -156,11 +164,6 @@ def is_better(value: Optional[float], best: Optional[float], metric: str) -> boo
     return value < best if BEST_METRICS[metric] == "min" else value > best
 
 
-def read_dapt_summary(encoder: str) -> Optional[dict]:
-    path = Path(encoder) / "dapt_summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def check_encoder(name_or_path: str) -> None:
     """A local encoder folder must hold a finished model; say so before transformers guesses."""
     path = Path(name_or_path).expanduser()
@@ -186,17 +189,19 @@ def train_classifier(config: ClassifyConfig) -> dict:
     check_encoder(mc.encoder)
     report_weights_format(mc.encoder)
     tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
-    model = from_encoder(
-        mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation,
-        head_tokens=mc.head_tokens, window_stride=mc.window_stride, revision=mc.revision, attn_implementation=config.impl.attn_implementation,
-    )
-    positions = getattr(model.encoder.config, "max_position_embeddings", None)
+    positions = getattr(AutoConfig.from_pretrained(mc.encoder, revision=mc.revision), "max_position_embeddings", None)
     if positions is not None and mc.max_length > positions:
         raise_config("model.max_length", mc.max_length, f"at most {positions}, the positions of {mc.encoder}")
-    train_loader, val_loader, train_sampler, sizes = get_dataloaders(config, tokenizer, accelerator)
-    logger.info(f"data: {sizes}")
-    # read now, not after the last epoch: a missing or unreachable evaluation set fails before training
-    eval_data = load_eval_sets(config.data.eval, accelerator, seed=hp.seed)
+    train_loader, val_loader, train_sampler, space, validation, sizes = get_dataloaders(config, tokenizer, accelerator)
+    logger.info(f"classes: {space.num_labels} ({', '.join(space.names)}; from {space.source}); data: {sizes}")
+    # read now, not after the last epoch: a missing or unreachable evaluation set, or a label the
+    # task does not have, fails before training
+    eval_data = load_eval_sets(config.data.eval, accelerator, seed=hp.seed, space=space)
+    model = from_encoder(
+        mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation, head_tokens=mc.head_tokens,
+        window_stride=mc.window_stride, id2label=space.id2label, revision=mc.revision,
+        attn_implementation=config.impl.attn_implementation,
+    )
 
     # --- optimizer, schedule, checkpoints
     model.to(accelerator.device)
@@ -227,7 +232,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
             unwrapped.load_state_dict(safe_load_file(str(best_dir / WEIGHTS_NAME)))  # copied onto the device
         else:
             logger.warning(f"{best_dir / WEIGHTS_NAME} is missing: keeping the last epoch's weights, not epoch {state.best_epoch}'s")
-    calibration = fit_temperature_on(model, val_loader, accelerator)  # stored in the model's config, saved with it
+    # stored in the model's config, saved with it
+    calibration, validated = fit_temperature_on(model, val_loader, accelerator, with_predictions=True)
     # the final artifacts go to a staging folder and replace a previous run's only when complete
     with final_artifacts(accelerator, output_dir, RESULTS, checkpoints) as staging:
         evaluation, plots = evaluate_all(
@@ -237,36 +243,13 @@ def train_classifier(config: ClassifyConfig) -> dict:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             unwrapped.save_pretrained(staging / "model", tokenizer)
+            write_examples(staging / EXAMPLES, select_examples(validation.texts, validated, space.names))
             from classify.plots import training_curves_png
 
             curves = training_curves_png(state.history, output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png")
             plots += [curves] if curves else []
-
-        results = {
-            "run_name": config.run_name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "base_model": mc.encoder,
-            "dapt": read_dapt_summary(mc.encoder),
-            "hyperparameters": {
-                "encoder_lr": hp.encoder_lr, "head_lr": hp.head_lr, "min_lr": hp.min_lr, "warmup_ratio": hp.warmup_ratio,
-                "schedule": "linear", "epochs": hp.epochs, "batch_size": hp.batch_size, "grad_accum": hp.grad_accum,
-                "weight_decay": hp.weight_decay, "mixed_precision": accelerator.mixed_precision, "max_length": mc.max_length,
-                "truncation": mc.truncation, "head_tokens": mc.head_tokens, "window_stride": mc.window_stride, "dropout": mc.dropout, "seed": hp.seed,
-                "num_processes": accelerator.num_processes,
-            },
-            "training": {
-                "epochs": state.history,
-                "best_epoch": state.best_epoch,
-                "best_metric": hp.best_metric,
-                "best_value": state.best_value,
-                "stopped_early": state.stopped_early,
-                "wall_time_s": round(state.wall_time_s, 2),
-                "train_samples_per_s": round(state.train_samples / state.train_time_s, 2) if state.train_time_s else None,
-                "calibration": calibration,
-            },
-            "evaluation": evaluation,
-            "plots": sorted(p.relative_to(staging).as_posix() for p in plots),
-        }
+        results = run_results(config, accelerator, state, space=space, data=sizes, calibration=calibration, evaluation=evaluation,
+                              plots=[p.relative_to(staging).as_posix() for p in plots])
         write_json(accelerator, staging / RESULTS, results)
     metrics.log({"event": "final", **{f"{k}_{m}": v[m] for k, v in evaluation.items() for m in ("accuracy", "loss")}}, step=state.step)
     if config.push_to_hub and accelerator.is_main_process:
@@ -351,11 +334,13 @@ def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: 
     sums.zero_()
     state.train_samples += int(rows)
     val = predict(model, val_loader, accelerator)
-    val_metrics = compute_metrics(val.label, val.pred, ranking_score(val), val.loss)
+    num_labels = val.logits.shape[1]
+    val_metrics = compute_metrics(val.label, val.pred, ranking_score(val), val.loss, [str(c) for c in range(num_labels)])
     record = {
         "epoch": epoch, "train_loss": loss_sum / max(rows, 1), "train_acc": correct / max(rows, 1),
-        "val_loss": val_metrics["loss"], "val_acc": val_metrics["accuracy"], "val_f1": val_metrics["f1"],
-        "val_roc_auc": val_metrics["roc_auc"],
+        "val_loss": val_metrics["loss"], "val_acc": val_metrics["accuracy"],
+        **({"val_f1": val_metrics["f1"]} if num_labels == 2 else {}),
+        "val_macro_f1": macro_f1(val.label, val.pred, num_labels), "val_roc_auc": val_metrics["roc_auc"],
     }
     state.history.append(record)
     if accelerator.is_main_process:

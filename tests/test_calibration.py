@@ -250,7 +250,7 @@ def test_windows_mode_trains_on_head_tail_and_validates_on_windows(tiny_headless
                          "model.window_stride=16", "model.head_tokens=16")
     config.validate()
     tokenizer = AutoTokenizer.from_pretrained(tiny_headless_encoder_dir)
-    train_loader, val_loader, _, sizes = train_module.get_dataloaders(config, tokenizer, accelerator)
+    train_loader, val_loader, _, _, _, sizes = train_module.get_dataloaders(config, tokenizer, accelerator)
     assert len(train_loader.dataset) == train_loader.dataset.num_reviews == 64  # head+tail: one row per review
     assert val_loader.dataset.num_reviews == 16 and len(val_loader.dataset) > 16  # IMDb reviews exceed 64 tokens
     from dapt.core.config import ConfigError, load_config
