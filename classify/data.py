@@ -81,12 +81,18 @@ class LabelledSet:
     where: str  # file or Hub split, for messages and results.json
     total: int  # rows in the full split, before any subset
     space: Optional[LabelSpace] = None  # the task's classes
+    rows: Optional[list[int]] = None  # each example's row in the full split (its identity); None: 0, 1, ...
+
+    def __post_init__(self):
+        if self.rows is None:
+            self.rows = list(range(len(self.labels)))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def select(self, indices: Sequence[int]) -> "LabelledSet":
-        return LabelledSet([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.where, self.total, self.space)
+        return LabelledSet([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.where, self.total, self.space,
+                           [self.rows[i] for i in indices])
 
 
 def load_labelled(config: LabelledSetConfig, seed: int = 0, *, space: Optional[LabelSpace] = None,

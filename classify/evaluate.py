@@ -66,6 +66,7 @@ class Predictions:
     loss: np.ndarray
     logits: Optional[np.ndarray] = None  # [N, classes], before the temperature
     temperature: float = 1.0
+    row: Optional[np.ndarray] = None  # each example's row in its full split: which examples these are
 
 
 def make_eval_loader(dataset: ReviewDataset, tokenizer, batch_size: int, group_by_length: bool = True, workers: int = 0):
@@ -129,6 +130,7 @@ def evaluate_set(model, tokenizer, labelled: LabelledSet, settings: dict, accele
                             settings["truncation"], settings["head_tokens"], settings.get("window_stride", 128))
     loader = accelerator.prepare(make_eval_loader(dataset, tokenizer, batch_size, group_by_length, workers))
     predictions = predict(model, loader, accelerator)
+    predictions.row = np.asarray(labelled.rows, dtype=np.int64)
     metrics = compute_metrics(predictions.label, predictions.pred, ranking_score(predictions), predictions.loss,
                               class_names(settings))
     metrics["calibration"] = calibration_report(predictions.logits, predictions.label, predictions.temperature)
@@ -165,10 +167,12 @@ def plot_set(name: str, predictions: Predictions, plots_dir: Path, title: str, n
 
 
 def save_predictions(predictions: Predictions, path: Path) -> Path:
-    """Per-review arrays (``prob``, ``pred``, ``label``, ``loss``, raw ``logits``, ``temperature``)
-    in dataset order, for paired comparisons between runs (the ablation's bootstrap)."""
+    """Per-review arrays (``prob``, ``pred``, ``label``, ``loss``, raw ``logits``, ``temperature``,
+    ``row``: each example's row in its full split) in dataset order, for paired comparisons between
+    runs (the ablation's bootstrap)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if predictions.logits is None else {"logits": predictions.logits, "temperature": predictions.temperature}
+    extra.update({} if predictions.row is None else {"row": predictions.row})
     np.savez_compressed(path, prob=predictions.prob, pred=predictions.pred, label=predictions.label, loss=predictions.loss, **extra)
     return path
 
@@ -183,7 +187,8 @@ def load_predictions(run_dir: Path, names) -> Optional[dict[str, Predictions]]:
         with np.load(path) as data:
             found[name] = Predictions(data["prob"], data["pred"], data["label"], data["loss"],
                                       data["logits"] if "logits" in data else None,
-                                      float(data["temperature"]) if "temperature" in data else 1.0)
+                                      float(data["temperature"]) if "temperature" in data else 1.0,
+                                      data["row"] if "row" in data else None)
     return found
 
 
