@@ -312,6 +312,7 @@ Evaluate a trained classifier and write results.json, plots/ and predictions/ to
 Without any of them: IMDb test and SST-2 validation from the Hub. Labels are the model's class
 indices 0..K-1 or its class names (config.json id2label); an unknown label is an error naming it.
 Tokenization follows the model's stored settings unless --truncation / --window-stride say otherwise.
+On a CPU it runs in fp32 unless impl.mixed_precision=... is given; results.json records the precision.
 """
 
 
@@ -337,6 +338,8 @@ def main(argv=None) -> None:
         raise SystemExit(0)
     args, rest = parser.parse_known_args(argv)
     config = parse_cli(ClassifyConfig, rest, "Evaluate a classifier", default_config=None)
+    if not torch.cuda.is_available() and not any(item.startswith("impl.mixed_precision=") for item in rest):
+        config.impl.mixed_precision = "no"  # inference on a CPU: fp32 unless asked (a config's bf16 is for its GPU training)
     if args.data is not None:
         config.data.eval = {data_set_name(args.data): LabelledSetConfig(
             path=args.data, split=args.split, text_column=args.text_column, label_column=args.label_column)}

@@ -183,35 +183,35 @@ def train_classifier(config: ClassifyConfig) -> dict:
     refuse_sharded(accelerator, config.checkpoint)  # FSDP / DeepSpeed: before the data is read
     set_seed(config.train.seed)  # the head's initialisation and dropout
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
-    hp, mc = config.train, config.model
+    training, model_config = config.train, config.model
 
     # --- model and data
-    check_encoder(mc.encoder)
-    report_weights_format(mc.encoder)
-    tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
-    positions = getattr(AutoConfig.from_pretrained(mc.encoder, revision=mc.revision), "max_position_embeddings", None)
-    if positions is not None and mc.max_length > positions:
-        raise_config("model.max_length", mc.max_length, f"at most {positions}, the positions of {mc.encoder}")
+    check_encoder(model_config.encoder)
+    report_weights_format(model_config.encoder)
+    tokenizer = AutoTokenizer.from_pretrained(model_config.encoder, revision=model_config.revision)
+    positions = getattr(AutoConfig.from_pretrained(model_config.encoder, revision=model_config.revision), "max_position_embeddings", None)
+    if positions is not None and model_config.max_length > positions:
+        raise_config("model.max_length", model_config.max_length, f"at most {positions}, the positions of {model_config.encoder}")
     train_loader, val_loader, train_sampler, space, validation, sizes = get_dataloaders(config, tokenizer, accelerator)
     logger.info(f"classes: {space.num_labels} ({', '.join(space.names)}; from {space.source}); data: {sizes}")
     # read now, not after the last epoch: a missing or unreachable evaluation set, or a label the
     # task does not have, fails before training
-    eval_data = load_eval_sets(config.data.eval, accelerator, seed=hp.seed, space=space)
+    eval_data = load_eval_sets(config.data.eval, accelerator, seed=training.seed, space=space)
     model = from_encoder(
-        mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation, head_tokens=mc.head_tokens,
-        window_stride=mc.window_stride, id2label=space.id2label, revision=mc.revision,
+        model_config.encoder, dropout=model_config.dropout, max_length=model_config.max_length, truncation=model_config.truncation, head_tokens=model_config.head_tokens,
+        window_stride=model_config.window_stride, id2label=space.id2label, revision=model_config.revision,
         attn_implementation=config.impl.attn_implementation,
     )
 
     # --- optimizer, schedule, checkpoints
     model.to(accelerator.device)
-    optimizer = make_optimizer(classifier_parameter_groups(model, hp), fused=config.impl.fused_adamw)
+    optimizer = make_optimizer(classifier_parameter_groups(model, training), fused=config.impl.fused_adamw)
     if config.impl.compile:
         model = torch.compile(model)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    total_steps = steps_from_budget(len(train_loader), hp.grad_accum, hp.epochs, 0)
-    warmup_steps = round(hp.warmup_ratio * total_steps)
-    scheduler = linear_warmup_decay(optimizer.optimizer, warmup_steps, total_steps, hp.min_lr)
+    total_steps = steps_from_budget(len(train_loader), training.grad_accum, training.epochs, 0)
+    warmup_steps = round(training.warmup_ratio * total_steps)
+    scheduler = linear_warmup_decay(optimizer.optimizer, warmup_steps, total_steps, training.min_lr)
     checkpoints, resume_from, metrics = open_run(accelerator, config, model=model, optimizer=optimizer, scheduler=scheduler,
                                                  resumable_keys=RESUMABLE_KEYS, marker=RESULTS)
     if resume_from is not None:
@@ -219,8 +219,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
     else:
         state = ClassifyState()
     logger.info(f"{total_steps} optimizer steps ({len(train_loader)} batches/epoch/process, {warmup_steps} warmup), "
-                f"global batch {hp.batch_size * accelerator.num_processes * hp.grad_accum}")
-    step = OptimizerStep(accelerator, model, optimizer, scheduler, state, max_grad_norm=hp.max_grad_norm, max_nonfinite=hp.max_nonfinite)
+                f"global batch {training.batch_size * accelerator.num_processes * training.grad_accum}")
+    step = OptimizerStep(accelerator, model, optimizer, scheduler, state, max_grad_norm=training.max_grad_norm, max_nonfinite=training.max_nonfinite)
     train_loop(config, accelerator, model, step, train_loader, val_loader, train_sampler, state, total_steps, checkpoints, metrics)
     best_dir = checkpoints.directory / "best"
 
@@ -228,7 +228,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if state.best_epoch is not None and state.best_epoch != len(state.history):
         if (best_dir / WEIGHTS_NAME).is_file():
-            logger.info(f"restoring the weights of epoch {state.best_epoch} ({hp.best_metric} {state.best_value:.4f})")
+            logger.info(f"restoring the weights of epoch {state.best_epoch} ({training.best_metric} {state.best_value:.4f})")
             unwrapped.load_state_dict(safe_load_file(str(best_dir / WEIGHTS_NAME)))  # copied onto the device
         else:
             logger.warning(f"{best_dir / WEIGHTS_NAME} is missing: keeping the last epoch's weights, not epoch {state.best_epoch}'s")
@@ -237,7 +237,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     # the final artifacts go to a staging folder and replace a previous run's only when complete
     with final_artifacts(accelerator, output_dir, RESULTS, checkpoints) as staging:
         evaluation, plots = evaluate_all(
-            model, tokenizer, config.data.eval, eval_data, unwrapped.settings, accelerator, batch_size=hp.eval_batch_size,
+            model, tokenizer, config.data.eval, eval_data, unwrapped.settings, accelerator, batch_size=training.eval_batch_size,
             output_dir=staging, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
         )
         accelerator.wait_for_everyone()
@@ -278,7 +278,7 @@ class ClassifyState(TrainState):
 def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, train_loader, val_loader, train_sampler,
                state: ClassifyState, total_steps: int, checkpoints: CheckpointManager, metrics) -> None:
     """Epochs from ``state`` on: batches through the shared step, validation after each epoch."""
-    hp, group_names = config.train, [group["name"] for group in step.optimizer.param_groups]
+    training, group_names = config.train, [group["name"] for group in step.optimizer.param_groups]
     running = RunningLoss(accelerator, state)
     sums = torch.tensor(state.train_sums if accelerator.is_main_process else [0.0] * 3, dtype=torch.float64, device=accelerator.device)
     session_start = time.time() - state.wall_time_s
@@ -290,7 +290,7 @@ def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, 
         checkpoints.save(state.step, state, metrics.size())
 
     progress = tqdm(total=total_steps, initial=state.step, desc="classifier", disable=not accelerator.is_local_main_process)
-    while state.epoch < hp.epochs and not state.stopped_early:
+    while state.epoch < training.epochs and not state.stopped_early:
         model.train()
         epoch_started = time.time()
         for batch in epoch_batches(accelerator, train_loader, state, train_sampler):
@@ -307,7 +307,7 @@ def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, 
             if stepped is None:
                 continue
             progress.update(1)
-            if state.step % hp.log_every == 0 or state.step == total_steps:
+            if state.step % training.log_every == 0 or state.step == total_steps:
                 record = {"loss": running.pop_mean(), "grad_norm": float(stepped.grad_norm),
                           "epoch": round(state.epoch + state.batch_in_epoch / len(train_loader), 4)}
                 record.update({f"lr_{name}": lr for name, lr in zip(group_names, stepped.lrs)})
@@ -327,7 +327,7 @@ def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, 
 
 def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: ClassifyState, sums, checkpoints, metrics) -> None:
     """Finite weights, the epoch's training totals, validation, the best weights so far, early stopping."""
-    hp, epoch = config.train, state.epoch + 1
+    training, epoch = config.train, state.epoch + 1
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     check_finite(unwrapped, f"after epoch {epoch} (step {state.step})", checkpoints.latest_name())
     loss_sum, correct, rows = accelerator.reduce(sums, "sum").tolist()
@@ -346,8 +346,8 @@ def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: 
     if accelerator.is_main_process:
         tqdm.write(format_epoch_line(record))
     metrics.log({"event": "epoch", **record}, step=state.step)
-    if is_better(record[hp.best_metric], state.best_value, hp.best_metric):
-        state.best_epoch, state.best_value, state.bad_epochs = epoch, record[hp.best_metric], 0
+    if is_better(record[training.best_metric], state.best_value, training.best_metric):
+        state.best_epoch, state.best_value, state.bad_epochs = epoch, record[training.best_metric], 0
         best_dir = checkpoints.directory / "best"
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:  # complete or absent, like a checkpoint
@@ -357,10 +357,10 @@ def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: 
         accelerator.wait_for_everyone()
     else:
         state.bad_epochs += 1
-        patience = hp.early_stopping_patience
-        if patience and state.bad_epochs >= patience and epoch < hp.epochs:
+        patience = training.early_stopping_patience
+        if patience and state.bad_epochs >= patience and epoch < training.epochs:
             state.stopped_early = True
-            logger.info(f"early stopping: no {hp.best_metric} improvement for {patience} epoch(s); best epoch {state.best_epoch}")
+            logger.info(f"early stopping: no {training.best_metric} improvement for {patience} epoch(s); best epoch {state.best_epoch}")
     state.next_epoch()
 
 

@@ -165,6 +165,7 @@ def test_dapt_evaluate_scores_any_labelled_file_with_data(four_class_run, shared
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert list(results["evaluation"]) == ["my_news"] and results["evaluation"]["my_news"]["n"] == 60
     assert results["task"]["labels"] == AG_NEWS and "my_news: accuracy" in capsys.readouterr().out
+    assert results["settings"]["mixed_precision"] == "no"  # a CPU evaluation runs in fp32 unless asked otherwise
     frame.assign(topic=["Weather"] + [AG_NEWS[i] for i in frame["label"][1:]])[["headline", "topic"]].to_csv(
         tmp_path / "bad.csv", index=False)
     with pytest.raises(SystemExit, match=r"error: .*bad.csv: column 'topic' row 0 is 'Weather': not one of the task's classes"):
