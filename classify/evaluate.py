@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from scipy.special import log_softmax
 
-from classify.calibration import calibration_report, fit_temperature, get_temperature, reliability_bins, set_temperature
+from classify.calibration import calibration_report, fit_report, get_temperature, reliability_bins, set_temperature
 from classify.data import Collator, LabelledSet, LabelledSetConfig, LengthBucketBatchSampler, ReviewDataset, load_labelled
 from classify.labels import LabelSpace
 from classify.metrics import BINARY_KEYS, LENGTH_BUCKETS, accuracy_by_length, compute_metrics, headline_keys, ranking_score  # noqa: F401
@@ -289,10 +289,9 @@ def fit_temperature_on(model, loader, accelerator, *, with_predictions: bool = F
     block of results.json: the temperature and the validation metrics before and after (and, with
     ``with_predictions``, the validation predictions under the fitted temperature)."""
     validation = predict(model, loader, accelerator)
-    temperature = fit_temperature(validation.logits, validation.label)
+    report = {"fitted_on": "validation", "n": int(len(validation.label)), **fit_report(validation.logits, validation.label)}
+    temperature = report["temperature"]
     set_temperature(model, temperature)
-    report = {"fitted_on": "validation", "n": int(len(validation.label)),
-              **calibration_report(validation.logits, validation.label, temperature)}
     return (report, from_logits(validation.logits, validation.label, temperature)) if with_predictions else report
 
 
