@@ -213,8 +213,8 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
     (folder / "model.py").write_text(embed_config(MODEL_SOURCE.read_text(encoding="utf-8"), embedded), encoding="utf-8")
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
-    card = render_card(results, repo_id, plots=plots)
-    validate_card(card, results, repo_id)
+    card = render_card(results, repo_id, plots=plots, config=config)
+    validate_card(card, results, repo_id, config=config)
     (folder / "README.md").write_text(card, encoding="utf-8")
     leaks = find_leaks(folder, local_prefixes(run_dir.resolve()))
     if leaks:
