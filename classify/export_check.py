@@ -3,7 +3,7 @@
 * **The texts** (:func:`check_texts`): ``--check-data`` when given; else, for a two-class model,
   IMDb test from the data folder (as before the export knew K classes); else the first evaluation
   set of the run's ``config.yaml`` (``data.eval``). A seeded, class-stratified subset of N, labels
-  as class indices (a label written as one of the model's label names is mapped to its index).
+  read as stage 2 reads them (class indices, or the model's label names).
 * **The comparison** (:func:`compare`): every class's probability of every text, PyTorch against a
   graph: the largest and the mean per-text max |dP| over the classes, the predicted labels' agreement
   and both accuracies.
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 
@@ -63,34 +62,19 @@ def run_eval_set(run_dir: Path):
     raise ExportError(f"{path}: data.eval names no evaluation set; pass --check-data FILE")
 
 
-def _class_index(value, names: list[str], where: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or value is None or (isinstance(value, float) and math.isnan(value)):
-        raise ExportError(f"{where}: label {value!r} is not a class")
-    if isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer()):
-        if 0 <= int(value) < len(names):
-            return int(value)
-        raise ExportError(f"{where}: label {value!r} is outside the model's classes 0..{len(names) - 1}")
-    lowered = {name.lower(): index for index, name in enumerate(names)}
-    if isinstance(value, str) and value.strip().lower() in lowered:
-        return lowered[value.strip().lower()]
-    raise ExportError(f"{where}: label {value!r} is not one of the model's labels {names}")
-
-
 def read_labelled(config, names: list[str], count: int, seed: int = 0) -> tuple[list[str], list[int]]:
-    """``count`` texts of a labelled set (a seeded, class-stratified subset) and their class indices."""
-    from classify.data import stratified_subset
-    from dapt.core.sources import DataError, load_source
+    """``count`` texts of a labelled set (a seeded, class-stratified subset) and their class indices
+    among the model's ``names`` (labels as indices or names: :func:`classify.data.load_labelled`)."""
+    from classify.data import load_labelled
+    from classify.labels import LabelSpace
+    from dapt.core.sources import DataError
 
     try:
-        columns = load_source(config.source())[:]
+        labelled = load_labelled(dataclasses.replace(config, max_samples=count), seed,
+                                 space=LabelSpace(tuple(names), "the model's id2label"))
     except (DataError, FileNotFoundError) as error:
         raise ExportError(f"check data: {error}") from None
-    where = config.describe()
-    labels = [_class_index(value, names, f"{where} column {config.label_column!r} row {row}")
-              for row, value in enumerate(columns["label"])]
-    keep = stratified_subset(labels, count, seed)
-    texts = [columns["text"][i] or "" for i in keep]
-    return texts, [labels[i] for i in keep]
+    return labelled.texts, labelled.labels
 
 
 def check_texts(source, names: list[str], count: int, *, data_dir=None, check_data=None, seed: int = 0):
