@@ -26,6 +26,7 @@ import yaml
 
 from classify.hub_io import check_repo_id, format_listing, push_folder
 from classify.publish_guard import PublishError, read_run_json
+from model_card.task import describe, is_sentiment
 
 TEMPLATE = Path(__file__).resolve().parent / "space_template" / "app.py"
 REPO_LINE = re.compile(r"^MODEL_REPO = None .*$", re.MULTILINE)
@@ -57,7 +58,7 @@ class SpaceTask:
 
     @property
     def sentiment(self) -> bool:
-        return [label.lower() for label in self.labels] == ["negative", "positive"]
+        return is_sentiment(self.labels)
 
     @property
     def emoji(self) -> str:
@@ -81,8 +82,6 @@ def space_task(run_dir=None) -> SpaceTask:
     movie-review flagship when no run is given (what this Space always was)."""
     if run_dir is None:
         return MOVIE_TASK
-    from model_card.task import describe
-
     run_dir = Path(run_dir)
     results = read_run_json(run_dir / "results.json", run_dir)
     config = read_run_json(run_dir / "model" / "config.json", run_dir) if (run_dir / "model" / "config.json").exists() else None

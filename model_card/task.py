@@ -2,7 +2,7 @@
 it was trained and evaluated on, and so which card it gets.
 
 * The **IMDb sentiment card** (the flagship, worded for movie reviews): two classes named
-  Negative / Positive, trained on IMDb, or on data results.json does not name (a run written before
+  Negative / Positive (or neg / pos, as the Hub's IMDb names them), trained on IMDb, or on data results.json does not name (a run written before
   results.json recorded ``data``; stage 2 then only knew IMDb).
 * The **generic card** for everything else: a K-class text classifier, its label list, the training
   and evaluation data actually used; sentiment wording only for Negative / Positive labels.
@@ -47,6 +47,12 @@ def _display_name(dataset: Any) -> str:
     return PurePosixPath(str(dataset).rstrip("/")).name or str(dataset)
 
 
+def is_sentiment(labels) -> bool:
+    """Two classes, negative then positive (``Negative`` / ``Positive``, or a Hub dataset's ``neg`` / ``pos``)."""
+    names = [str(label).strip().lower() for label in labels]
+    return len(names) == 2 and names[0] in ("negative", "neg") and names[1] in ("positive", "pos")
+
+
 def is_imdb(dataset: Any) -> bool:
     return dataset == IMDB_HUB_ID or (not is_hub_id(dataset) and _local_name(dataset) in IMDB_LOCAL_NAMES)
 
@@ -86,7 +92,7 @@ class Task:
 
     @property
     def sentiment(self) -> bool:
-        return [label.lower() for label in self.labels] == ["negative", "positive"]
+        return is_sentiment(self.labels)
 
     @property
     def imdb(self) -> bool:

@@ -177,6 +177,20 @@ def test_a_binary_sentiment_run_on_other_data_is_not_called_imdb():
     assert "F1, precision and recall are those of class 1 (`Positive`)" in card
 
 
+def test_a_hub_imdb_run_with_neg_pos_labels_gets_the_imdb_card():
+    """stanfordnlp/imdb's ClassLabel names its classes neg / pos: still the movie-review card."""
+    from huggingface_hub import ModelCard
+
+    results = fake_results()
+    results["task"] = {"num_labels": 2, "labels": ["neg", "pos"], "labels_from": "the ClassLabel feature of stanfordnlp/imdb"}
+    results["data"] = {"train": {"dataset": "stanfordnlp/imdb", "split": "train", "rows": 25000, "train": 22500, "validation": 2500}}
+    card = render_card(results, REPO_ID)
+    validate_card(card, results, REPO_ID)
+    assert "A binary sentiment classifier for English movie reviews" in card and "* Labels: `0` = neg, `1` = pos" in card
+    assert "IMDb (`stanfordnlp/imdb`) `train` split (25,000 reviews read: 22,500 for training, 2,500 held out)" in card
+    assert {"imdb", "movie-reviews"} <= set(ModelCard(card).data.tags)
+
+
 def test_labels_come_from_the_config_when_results_json_has_none(tmp_path):
     results = fake_k_results()
     del results["task"]

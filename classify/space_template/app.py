@@ -72,7 +72,9 @@ def settings(classifier) -> dict:
 
 
 def is_sentiment(labels: dict) -> bool:
-    return [labels[k].lower() for k in sorted(labels)] == ["negative", "positive"]
+    """Two classes, negative then positive (``Negative`` / ``Positive``, or ``neg`` / ``pos``)."""
+    names = [str(labels[k]).strip().lower() for k in sorted(labels)]
+    return len(names) == 2 and names[0] in ("negative", "neg") and names[1] in ("positive", "pos")
 
 
 def task(labels: dict) -> dict:
