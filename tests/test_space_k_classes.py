@@ -95,6 +95,14 @@ def test_examples_open_on_a_correct_one_and_old_model_py_still_works(k_built):
     # a model.py from before predict_proba(..., all_classes=True): two classes from P(class 1)
     old = types.SimpleNamespace(predict_proba=lambda texts, classifier, tokenizer, batch_size=32: [0.25] * len(texts))
     assert app.class_probabilities(["a", "b"], old, None, None) == [[0.75, 0.25], [0.75, 0.25]]
+    # the movie reviews of a neg / pos model without examples.json: the first one it gets right
+    p_positive = {text: 0.3 for text, _ in app.MOVIE_EXAMPLES}  # says negative to every review
+    old = types.SimpleNamespace(predict_proba=lambda texts, classifier, tokenizer: [p_positive[t] for t in texts])
+    binary = types.SimpleNamespace(config_dict={"id2label": {"0": "neg", "1": "pos"}})
+    app.EXAMPLES_FILE = folder / "no-examples.json"  # as in a Space built without examples.json
+    movie = app.load_examples({0: "neg", 1: "pos"})
+    assert movie == app.MOVIE_EXAMPLES and app.load_examples({0: "spam", 1: "ham"}) == []
+    assert app.opening_example(movie, old, binary, None) == "Highly recommend to never watch again."
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,14 @@ from transformers import AutoTokenizer, PretrainedConfig
 
 MODEL_REPO = None  # written by dapt-publish --space
 TASK = None  # written by dapt-publish --space: the page's title and what one input is called
-#: (text, true label): the examples of a Negative / Positive model published without examples.json
+#: (text, true class: 1 positive, 0 negative): the examples of a Negative / Positive model
+#: published without examples.json, plain ones first
 MOVIE_EXAMPLES = [
-    ("One of the best films I have seen in years. The cast is superb.", "Positive"),
-    ("Highly recommend to never watch again.", "Negative"),
-    ("I expected to hate it, but it won me over completely.", "Positive"),
-    ("Not bad at all, though the ending drags.", "Positive"),
-    ("A masterpiece of boredom.", "Negative"),
+    ("One of the best films I have seen in years. The cast is superb.", 1),
+    ("Highly recommend to never watch again.", 0),
+    ("I expected to hate it, but it won me over completely.", 1),
+    ("Not bad at all, though the ending drags.", 1),
+    ("A masterpiece of boredom.", 0),
 ]
 EXAMPLES_FILE = Path(__file__).resolve().parent / "examples.json"
 READ, NOT_READ = "read", "not read"
@@ -86,9 +87,9 @@ def task(labels: dict) -> dict:
     return {"title": "Text classification: " + ", ".join(labels[k] for k in sorted(labels)), "item": "text"}
 
 
-def load_examples(labels: dict) -> list[tuple[str, str | None]]:
-    """(text, true label) pairs: examples.json beside this file, else the movie reviews for a
-    Negative / Positive model, else none."""
+def load_examples(labels: dict) -> list[tuple[str, str | int | None]]:
+    """(text, true label: its name, or class index) pairs: examples.json beside this file, else the
+    movie reviews for a Negative / Positive model, else none."""
     if EXAMPLES_FILE.is_file():
         entries = json.loads(EXAMPLES_FILE.read_text(encoding="utf-8"))["examples"]
         return [(entry["text"], entry.get("label")) for entry in entries]
@@ -114,8 +115,9 @@ def opening_example(examples, module, classifier, tokenizer) -> str:
     if not examples:
         return ""
     labels = settings(classifier)["id2label"]
-    predicted = [labels[top_class(p)] for p in class_probabilities([t for t, _ in examples], module, classifier, tokenizer)]
-    return next((text for (text, label), guess in zip(examples, predicted) if label == guess), examples[0][0])
+    predicted = [top_class(p) for p in class_probabilities([t for t, _ in examples], module, classifier, tokenizer)]
+    right = (text for (text, label), guess in zip(examples, predicted) if label in (guess, labels[guess]))
+    return next(right, examples[0][0])
 
 
 def read_tokens(text: str, module, classifier, tokenizer) -> tuple[list[int], list[int], list[tuple[int, int]], str]:
