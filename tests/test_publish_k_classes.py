@@ -238,3 +238,12 @@ def test_k_class_repo_works_through_the_seed_snippet(k_run, hub_env, tmp_path):
     assert out["one"][2] == pytest.approx(one[2], abs=1e-5)
     assert [tuple(r[:2]) for r in out["many"]] == [r[:2] for r in many]
     hub_env.logout()
+
+
+def test_a_temperature_at_its_search_bound_is_a_caution_in_the_card():
+    """Issue 20: a fit that stopped at its bound (T = 20) is said in the card, not silently served."""
+    results = fake_k_results()
+    assert "Caution" not in render_card(results, "user/news")
+    results["training"]["calibration"].update(temperature=20.0, at_bound="upper")
+    card = render_card(results, "user/news")
+    assert "stopped at its upper search bound" in card and "near 1/4" in card
