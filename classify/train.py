@@ -246,7 +246,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
             write_examples(staging / EXAMPLES, select_examples(validation.texts, validated, space.names))
             from classify.plots import training_curves_png
 
-            curves = training_curves_png(state.history, output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png")
+            curves = training_curves_png(state.history, output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png",
+                                         config.run_name)
             plots += [curves] if curves else []
         results = run_results(config, accelerator, state, space=space, data=sizes, calibration=calibration, evaluation=evaluation,
                               plots=[p.relative_to(staging).as_posix() for p in plots])
