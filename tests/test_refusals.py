@@ -93,17 +93,13 @@ def command(module: str, *args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
 
 
-@pytest.fixture()
-def finished_stage1(tmp_path, tiny_encoder_dir):
-    corpus = write_corpus(tmp_path / "corpus.jsonl", 40)
-    out = tmp_path / "finished"
-    run1(stage1_args(tiny_encoder_dir, corpus, out, **{"train.max_steps": 1}))
-    return corpus, out
-
-
 @pytest.mark.slow  # four commands (~4 s each: importing torch and transformers)
-def test_refusals_before_the_accelerator_exist_are_one_line(tmp_path, tiny_encoder_dir, finished_stage1):
-    corpus, finished = finished_stage1
+def test_refusals_before_the_accelerator_exist_are_one_line(tmp_path, tiny_encoder_dir):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 40)
+    finished = tmp_path / "finished"  # what a finished stage-1 run leaves besides its model
+    finished.mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "dapt_summary.json"):
+        (finished / name).write_text("{}\n")
     writing = tmp_path / "stage1_writing"  # what stage 1 has written a moment after it started
     writing.mkdir()
     (writing / "config.yaml").write_text("output_dir: x\n")
