@@ -16,7 +16,6 @@ runs each training as a command of its own).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -55,9 +54,11 @@ from classify.data import (
 from classify.evaluate import (compute_metrics, evaluate_all, fit_temperature_on, load_eval_sets, make_eval_loader, predict,
                                ranking_score)
 from classify.encoder import from_encoder
+from classify.leakage import check_pretraining_overlap
 from classify.model import WEIGHTS_NAME, DistilBERTClassifier
 from dapt.core.config import ConfigError, parse_cli, to_dict
 from dapt.core.hub import looks_local
+from dapt.core.lineage import read_summary
 from dapt.core.checkpoint import CheckpointError, CheckpointManager, refuse_sharded
 from dapt.core.loop import epoch_batches
 from dapt.core.rundir import OutputError, check_output_dir, final_artifacts, open_run
@@ -156,11 +157,6 @@ def is_better(value: Optional[float], best: Optional[float], metric: str) -> boo
     return value < best if BEST_METRICS[metric] == "min" else value > best
 
 
-def read_dapt_summary(encoder: str) -> Optional[dict]:
-    path = Path(encoder) / "dapt_summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def check_encoder(name_or_path: str) -> None:
     """A local encoder folder must hold a finished model; say so before transformers guesses."""
     path = Path(name_or_path).expanduser()
@@ -184,6 +180,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
 
     # --- model and data
     check_encoder(mc.encoder)
+    dapt_summary = read_summary(mc.encoder)  # every stage-1 phase behind the encoder: no evaluation set may be one's text
+    leakage = check_pretraining_overlap(config.data.eval, dapt_summary, config.data.allow_pretraining_overlap, mc.encoder)
     report_weights_format(mc.encoder)
     tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
     model = from_encoder(
@@ -246,7 +244,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
             "run_name": config.run_name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "base_model": mc.encoder,
-            "dapt": read_dapt_summary(mc.encoder),
+            "dapt": dapt_summary,
+            "leakage": leakage,
             "hyperparameters": {
                 "encoder_lr": hp.encoder_lr, "head_lr": hp.head_lr, "min_lr": hp.min_lr, "warmup_ratio": hp.warmup_ratio,
                 "schedule": "linear", "epochs": hp.epochs, "batch_size": hp.batch_size, "grad_accum": hp.grad_accum,

@@ -47,7 +47,7 @@ def _metrics(out):
 def test_outputs_and_results_schema(baseline_run):
     out, config, results = baseline_run
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
-    assert set(results) == {"run_name", "created", "base_model", "dapt", "hyperparameters", "training", "evaluation", "plots"}
+    assert set(results) == {"run_name", "created", "base_model", "dapt", "leakage", "hyperparameters", "training", "evaluation", "plots"}
     assert set(results["hyperparameters"]) == {
         "encoder_lr", "head_lr", "min_lr", "warmup_ratio", "schedule", "epochs", "batch_size", "grad_accum",
         "weight_decay", "mixed_precision", "max_length", "truncation", "head_tokens", "window_stride", "dropout", "seed", "num_processes",
