@@ -105,13 +105,15 @@ def test_chain_errors_name_the_key(override, key, tmp_path, tiny_headless_encode
         four_arm_config(tmp_path, tiny_headless_encoder_dir, shared_data, override)
 
 
-@pytest.mark.slow  # three stage-1 runs and four stage-2 runs, each a process of its own
-def test_four_arms_end_to_end(tmp_path, tiny_headless_encoder_dir, shared_data):
-    config = four_arm_config(tmp_path, tiny_headless_encoder_dir, shared_data)
+@pytest.mark.slow  # three stage-1 runs and three stage-2 runs, each a process of its own
+def test_chained_arms_end_to_end(tmp_path, tiny_headless_encoder_dir, shared_data):
+    """plain, TAPT and DAPT then TAPT (the dapt phase runs as the parent; its own arm is planned above)."""
+    arms = "arms=[{name: plain}, {name: tapt, chain: [tapt]}, {name: dapt-tapt, encoder: dapt, chain: [tapt]}]"
+    config = four_arm_config(tmp_path, tiny_headless_encoder_dir, shared_data, arms)
     report = run_ablation(config)
     out = tmp_path / "out"
-    assert [a["chain"] for a in report["arms"]] == [[], ["tapt"], ["dapt"], ["dapt", "tapt"]]
-    assert set(report["analysis"]["comparisons"]) == {"tapt", "dapt", "dapt-tapt"}
+    assert [a["chain"] for a in report["arms"]] == [[], ["tapt"], ["dapt", "tapt"]]
+    assert set(report["analysis"]["comparisons"]) == {"tapt", "dapt-tapt"} and list(report["stage1"]) == ["tapt", "dapt", "dapt+tapt"]
     chained = json.loads((out / "dapt+tapt" / "dapt_summary.json").read_text())
     first = json.loads((out / "dapt" / "dapt_summary.json").read_text())
     assert [p["phase"] for p in chained["adaptation"]] == [1, 2] and chained["adaptation"][0] == first["adaptation"][0]
@@ -123,6 +125,6 @@ def test_four_arms_end_to_end(tmp_path, tiny_headless_encoder_dir, shared_data):
     again = plan(config)[1]
     assert all(stage.reuse for stage in again.values())
     shorter = "dapt.overrides=" + tiny_stage1(tiny_headless_encoder_dir, shared_data, "unsupervised", 1)
-    changed = plan(four_arm_config(tmp_path, tiny_headless_encoder_dir, shared_data, shorter))[1]
+    changed = plan(four_arm_config(tmp_path, tiny_headless_encoder_dir, shared_data, arms, shorter))[1]
     assert {name: stage.reuse for name, stage in changed.items()} == {"tapt": True, "dapt": False, "dapt+tapt": False}
     assert changed["dapt+tapt"].fresh  # never resumed from checkpoints made on the old dapt output
