@@ -57,6 +57,14 @@ def test_the_ag_news_ablation_plans_plain_and_tapt(tmp_path):
     assert list(stage1) == ["dapt", "dapt+tapt"] and stage1["dapt+tapt"].config.model.name_or_path == str(tmp_path / "dapt")
 
 
+def _classify_budget(data_dir) -> list[str]:
+    """One epoch on 32 IMDb training reviews, 24 test reviews, no second evaluation set."""
+    return [f"data.train.path={data_dir}/imdb", "data.train.max_samples=32", "data.validation_size=16",
+            f"data.eval.imdb_test.path={data_dir}/imdb", "data.eval.imdb_test.max_samples=24", "data.eval.sst2_validation=null",
+            "model.max_length=32", "model.head_tokens=8", "train.epochs=1", "train.batch_size=8", "train.eval_batch_size=32",
+            "data.bucket_batches=2"]
+
+
 def tiny_stage1(encoder_dir, data_dir, split: str, steps: int) -> str:
     """A stage-1 recipe's overrides as one list value: a few steps on 40 IMDb texts of ``split``."""
     values = [f"model.name_or_path={encoder_dir}", f"data.sources.0.path={data_dir}/imdb", f"data.sources.0.splits=[{split}]",
@@ -105,15 +113,16 @@ def test_chain_errors_name_the_key(override, key, tmp_path, tiny_headless_encode
         four_arm_config(tmp_path, tiny_headless_encoder_dir, shared_data, override)
 
 
-@pytest.mark.slow  # three stage-1 runs and three stage-2 runs, each a process of its own
+@pytest.mark.slow  # three stage-1 runs and two stage-2 runs, each a process of its own
 def test_chained_arms_end_to_end(tmp_path, tiny_headless_encoder_dir, shared_data):
-    """plain, TAPT and DAPT then TAPT (the dapt phase runs as the parent; its own arm is planned above)."""
-    arms = "arms=[{name: plain}, {name: tapt, chain: [tapt]}, {name: dapt-tapt, encoder: dapt, chain: [tapt]}]"
-    config = four_arm_config(tmp_path, tiny_headless_encoder_dir, shared_data, arms)
+    """TAPT vs DAPT then TAPT (the dapt phase runs as the parent; the plain and dapt arms are planned above)."""
+    arms = ("arms=[{name: tapt, chain: [tapt]}, {name: dapt-tapt, encoder: dapt, chain: [tapt]}]", "baseline=tapt",
+            "classify.overrides=[" + ",".join(_classify_budget(shared_data)) + "]")
+    config = four_arm_config(tmp_path, tiny_headless_encoder_dir, shared_data, *arms)
     report = run_ablation(config)
     out = tmp_path / "out"
-    assert [a["chain"] for a in report["arms"]] == [[], ["tapt"], ["dapt", "tapt"]]
-    assert set(report["analysis"]["comparisons"]) == {"tapt", "dapt-tapt"} and list(report["stage1"]) == ["tapt", "dapt", "dapt+tapt"]
+    assert [a["chain"] for a in report["arms"]] == [["tapt"], ["dapt", "tapt"]]
+    assert set(report["analysis"]["comparisons"]) == {"dapt-tapt"} and list(report["stage1"]) == ["tapt", "dapt", "dapt+tapt"]
     chained = json.loads((out / "dapt+tapt" / "dapt_summary.json").read_text())
     first = json.loads((out / "dapt" / "dapt_summary.json").read_text())
     assert [p["phase"] for p in chained["adaptation"]] == [1, 2] and chained["adaptation"][0] == first["adaptation"][0]
@@ -125,6 +134,6 @@ def test_chained_arms_end_to_end(tmp_path, tiny_headless_encoder_dir, shared_dat
     again = plan(config)[1]
     assert all(stage.reuse for stage in again.values())
     shorter = "dapt.overrides=" + tiny_stage1(tiny_headless_encoder_dir, shared_data, "unsupervised", 1)
-    changed = plan(four_arm_config(tmp_path, tiny_headless_encoder_dir, shared_data, arms, shorter))[1]
+    changed = plan(four_arm_config(tmp_path, tiny_headless_encoder_dir, shared_data, *arms, shorter))[1]
     assert {name: stage.reuse for name, stage in changed.items()} == {"tapt": True, "dapt": False, "dapt+tapt": False}
     assert changed["dapt+tapt"].fresh  # never resumed from checkpoints made on the old dapt output
