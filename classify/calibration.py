@@ -13,18 +13,23 @@ Definitions (``p`` = softmax probabilities, ``y`` = true labels, ``N`` rows):
   holds confidences in ``((b-1)/15, b/15]`` (a confidence of exactly 0 goes into the first bin).
   ``ECE = sum_b (n_b / N) * |accuracy_b - mean confidence_b|`` over the non-empty bins. (With two
   classes the confidence is at least 0.5, so only the upper half of the bins is ever used.)
-* **Brier score**: ``mean_i (P(positive)_i - y_i)^2`` (``sklearn.metrics.brier_score_loss``; the
-  two-class form, half the multi-class sum over both classes).
+* **Brier score**: two classes, ``mean_i (P(positive)_i - y_i)^2`` (``sklearn.metrics.brier_score_loss``;
+  the two-class form, half the multi-class sum over both classes, as in every earlier version);
+  K > 2 classes, the multi-class form ``mean_i sum_c (p_ic - [y_i = c])^2`` (between 0 and 2).
 * **NLL**: the mean cross-entropy ``-log p_{y_i}``, computed from the logits (log-softmax).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.metrics import brier_score_loss
+
+logger = logging.getLogger(__name__)
 
 ECE_BINS = 15
 LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))  # T in [0.05, 20]: far beyond any useful scaling
@@ -64,13 +69,21 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(np.sum(table["count"][used] / table["count"].sum() * gaps))
 
 
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The Brier score of class probabilities ``probs`` [N, K] (module docstring: its two forms)."""
+    if probs.shape[1] == 2:
+        return float(brier_score_loss(labels, probs[:, 1], pos_label=1))
+    onehot = np.eye(probs.shape[1])[labels]
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+
+
 def calibration_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict:
     """ECE, Brier score and NLL of ``softmax(logits / temperature)``."""
     probs = probabilities(logits, temperature)
     labels = np.asarray(labels, dtype=np.int64)
     return {
         "ece": expected_calibration_error(probs, labels),
-        "brier": float(brier_score_loss(labels, probs[:, 1], pos_label=1)),
+        "brier": brier_score(probs, labels),
         "nll": nll(logits, labels, temperature),
     }
 
@@ -94,6 +107,32 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     found = minimize_scalar(lambda log_t: nll(logits, labels, math.exp(log_t)), bounds=LOG_T_BOUNDS,
                             method="bounded", options={"xatol": 1e-7})
     return float(math.exp(found.x))
+
+
+def search_bound(temperature: float, tolerance: float = 1e-3) -> str | None:
+    """``"lower"`` / ``"upper"`` when a fitted temperature sits on its search bound (the NLL kept
+    falling beyond it: e.g. a validation set the model cannot separate drives T up to 20, all
+    confidences towards 1/K), else None."""
+    log_t = math.log(temperature)
+    if log_t - LOG_T_BOUNDS[0] < tolerance:
+        return "lower"
+    if LOG_T_BOUNDS[1] - log_t < tolerance:
+        return "upper"
+    return None
+
+
+def fit_report(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Fit the temperature on validation ``logits`` and report it: the temperature, the metrics
+    before and after (:func:`calibration_report`), and ``at_bound`` (:func:`search_bound`), which
+    is also logged as a warning: a bound means the fit did not find an optimum."""
+    temperature = fit_temperature(logits, labels)
+    bound = search_bound(temperature)
+    if bound is not None:
+        logger.warning(f"the temperature fit stopped at its {bound} search bound (T = {temperature:.3g}): the validation "
+                       f"set gives no NLL optimum inside [{math.exp(LOG_T_BOUNDS[0]):.2g}, {math.exp(LOG_T_BOUNDS[1]):.2g}]"
+                       + (" - the model barely separates its classes there; its confidences are near 1/K" if bound == "upper"
+                          else " - the model is under-confident by more than that range"))
+    return {**calibration_report(logits, labels, temperature), "at_bound": bound}
 
 
 # --------------------------------------------------------------------------------------------

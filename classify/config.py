@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from classify.data import LabelledSetConfig
 from classify.model import TRUNCATION_STRATEGIES
 from dapt.core.loop import LoopConfig, RunConfig
 from dapt.core.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
 
-BEST_METRICS = {"val_acc": "max", "val_f1": "max", "val_roc_auc": "max", "val_loss": "min"}
+BEST_METRICS = {"val_acc": "max", "val_macro_f1": "max", "val_f1": "max", "val_roc_auc": "max", "val_loss": "min"}
 # keys that may change between a run and its resume (everything else is the run's fingerprint);
 # data.eval: the test sets are read only after training
 RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "report_to", "overwrite", "push_to_hub", "hub_repo_id", "hub_private",
@@ -48,8 +48,13 @@ def _eval_sets() -> dict:
 @dataclass
 class DataConfig:
     train: LabelledSetConfig = field(default_factory=_imdb_train)  # max_samples: subset of the training part
+    # the class names in class-index order; null: the names the training data carries, else its
+    # sorted label strings, else Negative/Positive for 0/1 (classify.labels)
+    labels: Optional[List[str]] = None
     validation_size: float = 0.1  # stratified from train: a fraction (< 1) or a count (>= 1)
-    eval: Dict[str, Optional[LabelledSetConfig]] = field(default_factory=_eval_sets)  # results.json key -> set; null drops it
+    # results.json key -> set; null drops one. A config file or command line that names sets replaces
+    # these defaults (data.eval.NAME.path=FILE adds one; data.eval={...} replaces them all)
+    eval: Dict[str, Optional[LabelledSetConfig]] = field(default_factory=_eval_sets)
     group_by_length: bool = True  # length-bucketed batches in shuffled order (less padding)
     bucket_batches: int = 50  # batches per length bucket
     balance_labels: bool = False  # every training batch holds the classes in the data's proportion
@@ -68,7 +73,7 @@ class TrainConfig(LoopConfig):
     head_lr: float = 5e-5
     min_lr: float = 1e-8  # where the linear decay ends
     warmup_ratio: float = 0.1  # of all optimizer steps
-    best_metric: str = "val_acc"  # val_acc | val_f1 | val_roc_auc | val_loss (minimised)
+    best_metric: str = "val_acc"  # val_acc | val_macro_f1 | val_f1 (binary) | val_roc_auc | val_loss (minimised)
     early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0: never
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
 

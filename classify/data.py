@@ -2,8 +2,9 @@
 
 * :class:`LabelledSetConfig` - one labelled split (Hub dataset or local files) and an optional
   seeded, stratified subset of it; read through :func:`dapt.core.sources.load_source`.
-* :func:`load_labelled` - the split as ``(texts, labels)``; labels must be 0/1, bad input raises
-  :class:`~dapt.core.sources.DataError` naming the file (or Hub split) and the column.
+* :func:`load_labelled` - the split as texts and class indices of the task's label set
+  (:mod:`classify.labels`: integers 0..K-1 or names); bad input raises
+  :class:`~dapt.core.sources.DataError` naming the file (or Hub split), the column and the row.
 * :func:`stratified_split` / :func:`stratified_subset` - seeded, class-balanced index splits.
 * :class:`ReviewDataset` - token ids from :func:`classify.model.encode_reviews` (the tokenization
   inference uses, text cleaning included), so training and serving see the same inputs; in
@@ -29,6 +30,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from classify.model import encode_reviews, encode_windows, pad_batch
+from classify.labels import LabelSpace, carried_names, encode_labels, resolve_label_space
 from dapt.core.sources import DataError, SourceConfig, clean_text, detect_kind, load_source
 
 __all__ = [
@@ -75,19 +77,31 @@ class LabelledSetConfig:
 @dataclass
 class LabelledSet:
     texts: list[str]
-    labels: list[int]
+    labels: list[int]  # class indices of ``space``
     where: str  # file or Hub split, for messages and results.json
     total: int  # rows in the full split, before any subset
+    space: Optional[LabelSpace] = None  # the task's classes
+    rows: Optional[list[int]] = None  # each example's row in the full split (its identity); None: 0, 1, ...
+
+    def __post_init__(self):
+        if self.rows is None:
+            self.rows = list(range(len(self.labels)))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def select(self, indices: Sequence[int]) -> "LabelledSet":
-        return LabelledSet([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.where, self.total)
+        return LabelledSet([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.where, self.total, self.space,
+                           [self.rows[i] for i in indices])
 
 
-def load_labelled(config: LabelledSetConfig, seed: int = 0) -> LabelledSet:
-    """The split as texts (raw; :func:`encode_reviews` cleans them) and 0/1 labels, subset if asked."""
+def load_labelled(config: LabelledSetConfig, seed: int = 0, *, space: Optional[LabelSpace] = None,
+                  declared: Optional[Sequence[str]] = None) -> LabelledSet:
+    """The split as texts (raw; :func:`encode_reviews` cleans them) and class indices, subset if asked.
+
+    ``space``: the task's classes, which every label must belong to (an evaluation set read for a
+    trained model). Without it the split decides them (the training split,
+    :func:`classify.labels.resolve_label_space`), with ``declared`` (``data.labels``) first."""
     where = config.describe()
     source = config.source()
     if config.kind == "text_dir":
@@ -96,37 +110,18 @@ def load_labelled(config: LabelledSetConfig, seed: int = 0) -> LabelledSet:
         source.kind = "files"
     dataset = load_source(source)  # missing columns raise DataError naming file and column
     columns = dataset[:]
-    texts, labels = columns["text"], columns["label"]
+    texts, raw = columns["text"], columns["label"]
     bad_text = next((i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)), None)
     if bad_text is not None:
         raise DataError(f"{where}: column {config.text_column!r} row {bad_text} is {type(texts[bad_text]).__name__}, not text")
-    check_labels(labels, where, config.label_column)
-    labelled = LabelledSet([t or "" for t in texts], [int(v) for v in labels], where, len(labels))
+    names, names_from = carried_names(dataset, config)
+    if space is None:
+        space = resolve_label_space(raw, where, config.label_column, declared, names, names_from)
+    labels = encode_labels(raw, space, where, config.label_column, names, names_from)
+    labelled = LabelledSet([t or "" for t in texts], labels, where, len(labels), space)
     if config.max_samples and config.max_samples < len(labelled):
         labelled = labelled.select(stratified_subset(labelled.labels, config.max_samples, seed))
     return labelled
-
-
-def check_labels(labels: Sequence, where: str, column: str) -> None:
-    """Labels must be 0 (negative) and 1 (positive); say which row is not, and how many.
-
-    ``1.0``/``0.0`` are accepted: one missing value (NaN) turns a whole integer column into floats
-    (pandas, CSV), and the row to name is then the NaN's, not the first row's ``1.0``.
-    """
-    def problem(value) -> Optional[str]:
-        if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
-            return "missing (empty or NaN)"
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
-            return repr(value)
-        return None if value in (0, 1) else repr(value)
-
-    bad = [(row, shown) for row, shown in ((row, problem(value)) for row, value in enumerate(labels)) if shown]
-    if bad:
-        row, shown = bad[0]
-        raise DataError(
-            f"{where}: column {column!r} must hold labels 0 (negative) or 1 (positive); "
-            f"row {row} is {shown}; {len(bad)} of {len(labels)} rows are not 0/1 (rows count from 0)"
-        )
 
 
 def _count(size: float, total: int, what: str) -> int:
@@ -140,8 +135,12 @@ def stratified_split(labels: Sequence[int], size: float, seed: int) -> tuple[lis
     """``(rest, held_out)`` index lists; ``size`` < 1 is a fraction, >= 1 a count. Class shares
     are kept on both sides; the same seed gives the same split."""
     count = _count(size, len(labels), "validation_size")
-    indices = np.arange(len(labels))
-    rest, held = train_test_split(indices, test_size=count, stratify=np.asarray(labels), random_state=seed)
+    indices, labels = np.arange(len(labels)), np.asarray(labels)
+    classes, members = np.unique(labels, return_counts=True)
+    if members.min() < 2 or count < len(classes) or len(labels) - count < len(classes):
+        raise DataError(f"validation_size {size} ({count} of {len(labels)} rows) cannot hold every class on both sides: "
+                        f"{len(classes)} classes, the smallest with {members.min()} rows (class {classes[members.argmin()]})")
+    rest, held = train_test_split(indices, test_size=count, stratify=labels, random_state=seed)
     return sorted(rest.tolist()), sorted(held.tolist())
 
 

@@ -45,11 +45,13 @@ def load_encoder(name_or_path: str, **from_pretrained_kwargs) -> PreTrainedModel
 
 def from_encoder(name_or_path: str | os.PathLike, *, dropout: float = 0.1, max_length: int = 512,
                  truncation: str = "head", head_tokens: int = 128, window_stride: int = 128,
-                 **from_pretrained_kwargs) -> DistilBERTClassifier:
-    """Pretrained encoder weights (Hub id or local folder) + a fresh, default-initialised head."""
+                 id2label: dict[int, str] | None = None, **from_pretrained_kwargs) -> DistilBERTClassifier:
+    """Pretrained encoder weights (Hub id or local folder) + a fresh, default-initialised head with
+    one output per class of ``id2label`` (default: 0 = Negative, 1 = Positive)."""
     encoder = load_encoder(str(name_or_path), **from_pretrained_kwargs)
+    labels = {} if id2label is None else {"id2label": dict(id2label), "label2id": {v: k for k, v in id2label.items()}}
     config = DaptClassifierConfig(
         encoder_config=encoder_architecture(encoder.config), classifier_dropout=dropout, max_length=max_length,
-        truncation=truncation, head_tokens=head_tokens, window_stride=window_stride, base_model=str(name_or_path),
+        truncation=truncation, head_tokens=head_tokens, window_stride=window_stride, base_model=str(name_or_path), **labels,
     )
     return DistilBERTClassifier(config, encoder=encoder)

@@ -42,23 +42,23 @@ if __name__ == "__main__" and not __package__:  # run as a file (`accelerate lau
 import numpy as np
 import torch
 from scipy.special import log_softmax
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from classify.calibration import calibration_report, fit_temperature, get_temperature, reliability_bins, set_temperature
+from classify.calibration import calibration_report, fit_report, get_temperature, reliability_bins, set_temperature
 from classify.data import Collator, LabelledSet, LabelledSetConfig, LengthBucketBatchSampler, ReviewDataset, load_labelled
+from classify.labels import LabelSpace
+from classify.metrics import BINARY_KEYS, LENGTH_BUCKETS, accuracy_by_length, compute_metrics, headline_keys, ranking_score  # noqa: F401
 from classify.model import encode_windows
 from dapt.core.runtime import logger
 
 PREDICTIONS_DIR = "predictions"  # RUN/predictions/NAME.npz: per-review predictions in dataset order
-METRIC_KEYS = ("accuracy", "f1", "precision", "recall", "roc_auc", "loss", "n")
-#: results.json ``by_length`` buckets: name -> (fewest, most) tokens of the whole review
-LENGTH_BUCKETS = {"<=128": (0, 128), "129-512": (129, 512), ">512": (513, None)}
+METRIC_KEYS = BINARY_KEYS  # a binary task's headline metrics (classify.metrics.headline_keys for any K)
 
 
 @dataclass
 class Predictions:
-    """Per review, in dataset order: P(positive), predicted class, true label, cross-entropy loss
-    (all under the classifier's temperature), and the raw logits with that temperature."""
+    """Per review, in dataset order: the probabilities (two classes: P(class 1) ``[N]``; K > 2: all of
+    them ``[N, K]``), predicted class, true label, cross-entropy loss (all under the classifier's
+    temperature), and the raw logits with that temperature."""
 
     prob: np.ndarray
     pred: np.ndarray
@@ -66,30 +66,7 @@ class Predictions:
     loss: np.ndarray
     logits: Optional[np.ndarray] = None  # [N, classes], before the temperature
     temperature: float = 1.0
-
-
-def compute_metrics(labels, preds, probs, losses) -> dict:
-    """Accuracy, F1 / precision / recall of the positive class, ROC AUC of ``probs`` (P(positive)
-    or any score in the same order; ``None`` when one class is absent), mean per-row loss, and the
-    row count."""
-    labels, preds = np.asarray(labels), np.asarray(preds)
-    both_classes = len(np.unique(labels)) == 2
-    return {
-        "accuracy": float(accuracy_score(labels, preds)),
-        "f1": float(f1_score(labels, preds, zero_division=0)),
-        "precision": float(precision_score(labels, preds, zero_division=0)),
-        "recall": float(recall_score(labels, preds, zero_division=0)),
-        "roc_auc": float(roc_auc_score(labels, np.asarray(probs))) if both_classes else None,
-        "loss": float(np.mean(np.asarray(losses, dtype=np.float64))),
-        "n": int(len(labels)),
-    }
-
-
-def ranking_score(predictions) -> np.ndarray:
-    """What ROC AUC ranks: the raw logit margin, in the same order as P(positive) under any
-    temperature but without the ties a saturated softmax (P = 1.0 in floating point) creates.
-    Validation (model selection) and evaluation both use it."""
-    return predictions.logits[:, 1] - predictions.logits[:, 0]
+    row: Optional[np.ndarray] = None  # each example's row in its full split: which examples these are
 
 
 def make_eval_loader(dataset: ReviewDataset, tokenizer, batch_size: int, group_by_length: bool = True, workers: int = 0):
@@ -108,7 +85,7 @@ def from_logits(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0
     labels = np.asarray(labels, dtype=np.int64)
     log_p = log_softmax(logits / temperature, axis=-1)
     return Predictions(
-        prob=np.exp(log_p[:, 1]), pred=logits.argmax(axis=-1), label=labels,
+        prob=np.exp(log_p[:, 1] if logits.shape[1] == 2 else log_p), pred=logits.argmax(axis=-1), label=labels,
         loss=-log_p[np.arange(len(labels)), labels], logits=logits, temperature=float(temperature),
     )
 
@@ -144,27 +121,18 @@ def predict(model, loader, accelerator) -> Predictions:
     return from_logits(raw, label, temperature)
 
 
-def accuracy_by_length(tokens: np.ndarray, predictions: Predictions) -> dict:
-    """``LENGTH_BUCKETS`` name -> {n, accuracy} (accuracy None for an empty bucket)."""
-    correct = predictions.pred == predictions.label
-    out = {}
-    for name, (low, high) in LENGTH_BUCKETS.items():
-        inside = (tokens >= low) & (tokens <= (high if high is not None else np.iinfo(np.int64).max))
-        n = int(inside.sum())
-        out[name] = {"n": n, "accuracy": float(correct[inside].mean()) if n else None}
-    return out
-
-
 def evaluate_set(model, tokenizer, labelled: LabelledSet, settings: dict, accelerator, batch_size: int,
                  group_by_length: bool = True, workers: int = 0) -> tuple[dict, Predictions]:
     """Metrics and predictions of ``model`` on one labelled set, tokenized with ``settings``
-    (max_length, truncation, head_tokens, window_stride): the headline metrics, ``calibration``
-    and ``by_length``."""
+    (max_length, truncation, head_tokens, window_stride, id2label): the headline metrics
+    (:mod:`classify.metrics`), ``calibration`` and ``by_length``."""
     dataset = ReviewDataset(labelled.texts, labelled.labels, tokenizer, settings["max_length"],
                             settings["truncation"], settings["head_tokens"], settings.get("window_stride", 128))
     loader = accelerator.prepare(make_eval_loader(dataset, tokenizer, batch_size, group_by_length, workers))
     predictions = predict(model, loader, accelerator)
-    metrics = compute_metrics(predictions.label, predictions.pred, ranking_score(predictions), predictions.loss)
+    predictions.row = np.asarray(labelled.rows, dtype=np.int64)
+    metrics = compute_metrics(predictions.label, predictions.pred, ranking_score(predictions), predictions.loss,
+                              class_names(settings))
     metrics["calibration"] = calibration_report(predictions.logits, predictions.label, predictions.temperature)
     metrics["by_length"] = accuracy_by_length(dataset.review_tokens, predictions)  # tokenized once, with the inputs
     return metrics, predictions
@@ -178,12 +146,19 @@ def result_block(config: LabelledSetConfig, labelled: LabelledSet, metrics: dict
     return block
 
 
-def plot_set(name: str, predictions: Predictions, plots_dir: Path, title: str) -> list[Path]:
+def class_names(settings: dict) -> tuple[str, ...]:
+    """The class names in class-index order, from a classifier's settings (its config's id2label)."""
+    id2label = settings.get("id2label") or {0: "Negative", 1: "Positive"}
+    return LabelSpace.from_id2label(id2label, "the classifier's id2label").names
+
+
+def plot_set(name: str, predictions: Predictions, plots_dir: Path, title: str, names: tuple[str, ...]) -> list[Path]:
     from classify.calibration import probabilities
     from classify.plots import confusion_matrix_png, reliability_diagram_png, roc_curve_png
 
-    made = [confusion_matrix_png(predictions.label, predictions.pred, plots_dir / f"confusion_{name}.png", f"{title}: confusion matrix")]
-    roc = roc_curve_png(predictions.label, predictions.prob, plots_dir / f"roc_{name}.png", f"{title}: ROC curve")
+    made = [confusion_matrix_png(predictions.label, predictions.pred, plots_dir / f"confusion_{name}.png",
+                                 f"{title}: confusion matrix", names)]
+    roc = roc_curve_png(predictions.label, ranking_score(predictions), plots_dir / f"roc_{name}.png", f"{title}: ROC curve", names)
     before = reliability_bins(probabilities(predictions.logits), predictions.label)
     after = reliability_bins(probabilities(predictions.logits, predictions.temperature), predictions.label)
     made.append(reliability_diagram_png(before, after, predictions.temperature, plots_dir / f"reliability_{name}.png",
@@ -192,10 +167,12 @@ def plot_set(name: str, predictions: Predictions, plots_dir: Path, title: str) -
 
 
 def save_predictions(predictions: Predictions, path: Path) -> Path:
-    """Per-review arrays (``prob``, ``pred``, ``label``, ``loss``, raw ``logits``, ``temperature``)
-    in dataset order, for paired comparisons between runs (the ablation's bootstrap)."""
+    """Per-review arrays (``prob``, ``pred``, ``label``, ``loss``, raw ``logits``, ``temperature``,
+    ``row``: each example's row in its full split) in dataset order, for paired comparisons between
+    runs (the ablation's bootstrap)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if predictions.logits is None else {"logits": predictions.logits, "temperature": predictions.temperature}
+    extra.update({} if predictions.row is None else {"row": predictions.row})
     np.savez_compressed(path, prob=predictions.prob, pred=predictions.pred, label=predictions.label, loss=predictions.loss, **extra)
     return path
 
@@ -210,14 +187,17 @@ def load_predictions(run_dir: Path, names) -> Optional[dict[str, Predictions]]:
         with np.load(path) as data:
             found[name] = Predictions(data["prob"], data["pred"], data["label"], data["loss"],
                                       data["logits"] if "logits" in data else None,
-                                      float(data["temperature"]) if "temperature" in data else 1.0)
+                                      float(data["temperature"]) if "temperature" in data else 1.0,
+                                      data["row"] if "row" in data else None)
     return found
 
 
-def load_eval_sets(eval_sets: dict, accelerator, seed: int) -> dict[str, LabelledSet]:
-    """Every configured evaluation set, read (a missing file or Hub dataset raises DataError)."""
+def load_eval_sets(eval_sets: dict, accelerator, seed: int, space: LabelSpace) -> dict[str, LabelledSet]:
+    """Every configured evaluation set, read, its labels checked against the task's classes
+    ``space`` (a missing file or Hub dataset, or a label outside ``space``, raises DataError)."""
     with accelerator.main_process_first():
-        return {name: load_labelled(set_config, seed=seed) for name, set_config in eval_sets.items() if set_config is not None}
+        return {name: load_labelled(set_config, seed=seed, space=space) for name, set_config in eval_sets.items()
+                if set_config is not None}
 
 
 def evaluate_all(model, tokenizer, eval_sets: dict, labelled_sets: dict[str, LabelledSet], settings: dict, accelerator, *,
@@ -231,17 +211,20 @@ def evaluate_all(model, tokenizer, eval_sets: dict, labelled_sets: dict[str, Lab
         started = time.time()
         metrics, predictions = evaluate_set(model, tokenizer, labelled, settings, accelerator, batch_size, group_by_length, workers)
         evaluation[name] = result_block(set_config, labelled, metrics)
-        calibration = metrics["calibration"]
-        logger.info(
-            f"{name} ({labelled.where}, n={metrics['n']}): accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}, "
-            f"ROC AUC {metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}, "
-            f"loss {metrics['loss']:.4f}, ECE {calibration['before']['ece']:.4f} -> {calibration['after']['ece']:.4f} "
-            f"(T {calibration['temperature']:.3f}) [{time.time() - started:.0f} s]"
-        )
+        logger.info(f"{name} ({labelled.where}): {format_metrics(metrics)} [{time.time() - started:.0f} s]")
         if output_dir is not None and accelerator.is_main_process:
             save_predictions(predictions, Path(output_dir) / PREDICTIONS_DIR / f"{name}.npz")
-            plots += plot_set(name, predictions, Path(output_dir) / "plots", name.replace("_", " "))
+            plots += plot_set(name, predictions, Path(output_dir) / "plots", name.replace("_", " "), class_names(settings))
     return evaluation, plots
+
+
+def format_metrics(block: dict) -> str:
+    """One line of an evaluation block's headline metrics, calibration and count."""
+    keys = BINARY_KEYS if "f1" in block else headline_keys(3)
+    shown = ", ".join(f"{key.replace('_', ' ')} {block[key]:.4f}" for key in keys[:-1] if block.get(key) is not None)
+    ece = block.get("calibration")
+    calibration = f", ECE {ece['before']['ece']:.4f} -> {ece['after']['ece']:.4f} (T {ece['temperature']:.3f})" if ece else ""
+    return f"{shown}, n {block['n']}{calibration}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,12 +252,15 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     model = classifier.to(accelerator.device)  # inference only: no DDP wrapper needed
     logger.info(f"evaluating {model_name_or_path} ({settings['truncation']}, max_length {settings['max_length']}) "
                 f"on {accelerator.num_processes} process(es)")
+    space = LabelSpace.from_id2label(classifier.config.id2label, f"the id2label of {model_name_or_path}")
+    if not any(config.data.eval.values()):
+        raise ValueError("no evaluation sets: name one with --data FILE or data.eval.NAME.path=FILE")
     base_model = classifier.config.base_model
     given = Path(str(model_name_or_path)).expanduser()
     dapt, found = encoder_summary(base_model, given if given.is_dir() else None)
     leakage = check_pretraining_overlap(config.data.eval, dapt, config.data.allow_pretraining_overlap,
                                         base_model or str(model_name_or_path), found)
-    labelled_sets = load_eval_sets(config.data.eval, accelerator, seed=config.train.seed)
+    labelled_sets = load_eval_sets(config.data.eval, accelerator, seed=config.train.seed, space=space)
     evaluation, plots = evaluate_all(
         model, tokenizer, config.data.eval, labelled_sets, settings, accelerator, batch_size=config.train.eval_batch_size,
         output_dir=output_dir, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
@@ -286,8 +272,9 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
         "base_model": base_model,
         "dapt": dapt,
         "leakage": leakage,
+        "task": space.describe(),
         "settings": {**{k: settings.get(k) for k in ("max_length", "truncation", "head_tokens", "window_stride")},
-                     "temperature": get_temperature(classifier)},
+                     "temperature": get_temperature(classifier), "mixed_precision": accelerator.mixed_precision},
         "num_processes": accelerator.num_processes,
         "evaluation": evaluation,
         "plots": [p.relative_to(output_dir).as_posix() for p in plots],
@@ -297,15 +284,36 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     return results
 
 
-def fit_temperature_on(model, loader, accelerator) -> dict:
+def fit_temperature_on(model, loader, accelerator, *, with_predictions: bool = False):
     """Fit the temperature on the (validation) ``loader`` with the evaluation's own prediction rule
     (windows averaged per review), store it in ``model``'s config, and return the ``calibration``
-    block of results.json: the temperature and the validation metrics before and after."""
+    block of results.json: the temperature and the validation metrics before and after (and, with
+    ``with_predictions``, the validation predictions under the fitted temperature)."""
     validation = predict(model, loader, accelerator)
-    temperature = fit_temperature(validation.logits, validation.label)
+    report = {"fitted_on": "validation", "n": int(len(validation.label)), **fit_report(validation.logits, validation.label)}
+    temperature = report["temperature"]
     set_temperature(model, temperature)
-    report = calibration_report(validation.logits, validation.label, temperature)
-    return {"fitted_on": "validation", "n": int(len(validation.label)), **report}
+    return (report, from_logits(validation.logits, validation.label, temperature)) if with_predictions else report
+
+
+USAGE = """\
+usage: dapt-evaluate --model DIR_OR_REPO [--data FILE [--text-column C] [--label-column L] [--split S]]
+                     [--revision REV] [--output-dir DIR] [--truncation head|head+tail|windows]
+                     [--window-stride N] [--config YAML] [key=value ...]
+
+Evaluate a trained classifier and write results.json, plots/ and predictions/ to --output-dir
+(default runs/eval/NAME). What it is scored on, one of:
+  --data FILE                  one labelled file (.parquet, .jsonl, .csv; or a folder of SPLIT.* files
+                               with --split), its columns --text-column (default text) and
+                               --label-column (default label); replaces every configured set
+  data.eval.NAME.path=FILE     add a set named NAME (also data.eval.NAME.text_column=..., .label_column,
+                               .split, .max_samples); on its own it replaces the default sets
+  --config YAML                the evaluation sets of a stage-2 config (data.eval.*)
+Without any of them: IMDb test and SST-2 validation from the Hub. Labels are the model's class
+indices 0..K-1 or its class names (config.json id2label); an unknown label is an error naming it.
+Tokenization follows the model's stored settings unless --truncation / --window-stride say otherwise.
+On a CPU it runs in fp32 unless impl.mixed_precision=... is given; results.json records the precision.
+"""
 
 
 def main(argv=None) -> None:
@@ -315,19 +323,26 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model", required=True, help="stage-2 output dir, its model/ folder, or a Hub repo id")
+    parser.add_argument("--data", default=None, help="a labelled file to score (replaces the configured sets)")
+    parser.add_argument("--text-column", default="text", help="--data: the column holding the texts")
+    parser.add_argument("--label-column", default="label", help="--data: the column holding the labels")
+    parser.add_argument("--split", default="test", help="--data given a folder: the split (its SPLIT.* files)")
     parser.add_argument("--revision", default=None, help="Hub revision of --model")
     parser.add_argument("--output-dir", default=None, help="where results.json and plots/ go (default runs/eval/NAME)")
-    parser.add_argument("--truncation", choices=("head", "head+tail", "windows"), help="read reviews this way instead of the model's way")
+    parser.add_argument("--truncation", choices=("head", "head+tail", "windows"), help="read texts this way instead of the model's way")
     parser.add_argument("--window-stride", type=int, default=None, help="windows: tokens shared by consecutive windows")
     if argv is None:
         argv = sys.argv[1:]
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: dapt-evaluate --model DIR_OR_REPO [--revision REV] [--output-dir DIR] [--truncation head|head+tail|windows]\n"
-              "                     [--window-stride N] [--config YAML] [key=value ...]\n\n"
-              "Evaluate a trained classifier on the evaluation sets of a stage-2 config (data.eval.*).")
+        print(USAGE, end="")
         raise SystemExit(0)
     args, rest = parser.parse_known_args(argv)
-    config = parse_cli(ClassifyConfig, rest, "Evaluate a sentiment classifier", default_config=None)
+    config = parse_cli(ClassifyConfig, rest, "Evaluate a classifier", default_config=None)
+    if not torch.cuda.is_available() and not any(item.startswith("impl.mixed_precision=") for item in rest):
+        config.impl.mixed_precision = "no"  # inference on a CPU: fp32 unless asked (a config's bf16 is for its GPU training)
+    if args.data is not None:
+        config.data.eval = {data_set_name(args.data): LabelledSetConfig(
+            path=args.data, split=args.split, text_column=args.text_column, label_column=args.label_column)}
     output_dir = args.output_dir or str(Path("runs/eval") / Path(args.model.rstrip("/")).name)
     try:
         results = run_evaluation(config, args.model, output_dir, revision=args.revision, truncation=args.truncation,
@@ -338,12 +353,15 @@ def main(argv=None) -> None:
         release_process_group(barrier=False)  # exit without the gloo hang
         raise SystemExit(f"error: {error}") from None
     for name, block in results["evaluation"].items():
-        ece = block["calibration"]
-        print(f"{name}: " + ", ".join(f"{k} {block[k]:.4f}" for k in METRIC_KEYS[:-1] if block.get(k) is not None)
-              + f", n {block['n']}, ECE {ece['before']['ece']:.4f} -> {ece['after']['ece']:.4f} (T {ece['temperature']:.3f})")
+        print(f"{name}: {format_metrics(block)}")
     print(f"results: {Path(output_dir) / 'results.json'}")
+
+
+def data_set_name(path: str) -> str:
+    """results.json's key for a set given as a file: its name without the extension, as an identifier."""
+    stem = Path(path.rstrip("/")).name.split(".")[0] or "data"
+    return "".join(c if c.isalnum() else "_" for c in stem)
 
 
 if __name__ == "__main__":
     main()
-

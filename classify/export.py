@@ -3,11 +3,20 @@
     dapt-export RUN --onnx [--int8] [--out DIR] [--check N]
 
 ``RUN`` is a stage-2 run directory, a classifier folder or a published repository folder. The
-export folder holds ``model.onnx`` (fp32), with ``--int8`` also ``model_int8.onnx`` (the BERT
-graph fusions of ``onnxruntime.transformers.optimizer``, then ``quantize_dynamic``: int8 weights,
-activations quantised per batch), plus ``config.json`` and the tokenizer files, so
-:class:`OnnxClassifier` needs nothing else. ``export.json`` records what was exported and, with
-``--check N``, the measured agreement with PyTorch on N IMDb test reviews (``check.json``).
+export folder holds ``model.onnx`` (fp32; its one output, ``logits``, is ``[batch, K]`` for the
+model's K classes), with ``--int8`` also ``model_int8.onnx`` (the BERT graph fusions of
+``onnxruntime.transformers.optimizer``, then ``quantize_dynamic``: int8 weights, activations
+quantised per batch), plus ``config.json`` and the tokenizer files, so :class:`OnnxClassifier` needs
+nothing else. ``export.json`` records what was exported (the labels and the output shape
+included) and, with ``--check N``, the measured agreement with PyTorch on N labelled texts
+(``check.json``): every class's probability compared (max |dP| over texts and classes) and the
+predicted labels.
+
+The ``--check`` texts: ``--check-data PATH`` (a labelled file, a folder of ``{split}.*`` files or
+a Hub dataset; ``--check-split``, ``--check-text-column``, ``--check-label-column``) when given;
+else, for a two-class model, IMDb test from ``--data-dir`` (as always); else the first evaluation
+set of the run's ``config.yaml`` (``data.eval``), read as stage 2 read it. Always a seeded,
+class-stratified subset of N. Labels may be class indices or the model's label names.
 
 Preprocessing is not re-implemented here: :class:`OnnxClassifier` is a drop-in for the PyTorch
 classifier in :func:`classify.model.infer_reviews` / :func:`classify.model.predict_proba`, so the
@@ -32,6 +41,16 @@ from types import SimpleNamespace
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from classify.export_check import (  # noqa: F401 - imdb_test_reviews, format_check: part of this module's interface
+    FP32_MAX_PROB_DIFF,
+    INT8_MIN_AGREEMENT,
+    ExportError,
+    check_texts,
+    compare,
+    format_check,
+    imdb_test_reviews,
+    verdict,
+)
 from classify.publish import TOKENIZER_PATTERNS  # the files a model folder's tokenizer consists of
 
 logger = logging.getLogger(__name__)
@@ -41,14 +60,6 @@ INT8_FILE = "model_int8.onnx"
 EXPORT_INFO = "export.json"
 CHECK_FILE = "check.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
-# int8 is called equivalent to PyTorch only when at least this share of labels agree (the issue's bar).
-INT8_MIN_AGREEMENT = 0.995
-# fp32 is the same computation in another runtime: probabilities may differ by float rounding only.
-FP32_MAX_PROB_DIFF = 1e-4
-
-
-class ExportError(RuntimeError):
-    """The export or its check failed; the message says why."""
 
 
 def _require_onnx():
@@ -147,10 +158,16 @@ def export_onnx(source, out_dir, *, int8: bool = False) -> dict:
 
     started = time.perf_counter()
     export_fp32(classifier, out_dir / FP32_FILE)
+    labels = [classifier.config.id2label[index] for index in range(len(classifier.config.id2label))]
+    classes = graph_classes(out_dir / FP32_FILE)
+    if classes != len(labels):
+        raise ExportError(f"{out_dir / FP32_FILE}: the exported logits have {classes} columns, the model {len(labels)} labels")
     info = {
         "source": str(source),
         "files": {"fp32": FP32_FILE},
         "inputs": list(INPUT_NAMES),
+        "outputs": {"logits": ["batch", len(labels)]},
+        "labels": labels,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "export_seconds": round(time.perf_counter() - started, 1),
@@ -161,6 +178,14 @@ def export_onnx(source, out_dir, *, int8: bool = False) -> dict:
         info["files"]["int8"] = INT8_FILE
     (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
+
+
+def graph_classes(path: Path) -> int | None:
+    """The static last dimension of an exported graph's ``logits`` output (the class count)."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+    return dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None
 
 
 def _model_dir(source) -> Path:
@@ -184,7 +209,7 @@ def _require_equivalent_int8(folder: Path) -> None:
                           "(dapt-export --int8 --check N); pass allow_unverified=True to use it anyway")
     if not result["equivalent"]:
         raise ExportError(f"{folder}: the int8 graph is not equivalent to PyTorch ({result['reason']} on "
-                          f"{result['n']} reviews); serve the fp32 graph, or pass allow_unverified=True")
+                          f"{result['n']} texts); serve the fp32 graph, or pass allow_unverified=True")
 
 
 class OnnxClassifier:
@@ -261,86 +286,34 @@ class OnnxClassifier:
 
 
 # --------------------------------------------------------------------------------------------
-# Measured agreement with PyTorch
+# Measured agreement with PyTorch (what is measured, on which texts: classify.export_check)
 # --------------------------------------------------------------------------------------------
 
 
-def imdb_test_reviews(count: int, data_dir=None, seed: int = 0):
-    """A seeded, class-stratified subset of ``count`` IMDb test reviews (texts, labels)."""
-    import os
-
-    from classify.data import LabelledSetConfig, load_labelled
-
-    data_dir = Path(data_dir or os.environ.get("DAPT_DATA_DIR", "../shared/data"))
-    if not (data_dir / "imdb").is_dir():
-        raise ExportError(f"{data_dir / 'imdb'} not found: set DAPT_DATA_DIR or pass --data-dir")
-    labelled = load_labelled(LabelledSetConfig(path=str(data_dir / "imdb"), split="test", max_samples=count), seed=seed)
-    return labelled.texts, labelled.labels
-
-
-def compare(reference, candidate, labels) -> dict:
-    """Agreement of two probability lists (P(positive)) and their accuracies on ``labels``."""
-    n = len(labels)
-    ref_pred = [int(p >= 0.5) for p in reference]
-    cand_pred = [int(p >= 0.5) for p in candidate]
-    agree = sum(a == b for a, b in zip(ref_pred, cand_pred))
-    ref_acc = sum(p == y for p, y in zip(ref_pred, labels)) / n
-    cand_acc = sum(p == y for p, y in zip(cand_pred, labels)) / n
-    return {
-        "n": n,
-        "agreement": agree / n,
-        "disagreements": n - agree,
-        "max_abs_prob_diff": max(abs(a - b) for a, b in zip(reference, candidate)),
-        "mean_abs_prob_diff": sum(abs(a - b) for a, b in zip(reference, candidate)) / n,
-        "accuracy_torch": ref_acc,
-        "accuracy_onnx": cand_acc,
-        "accuracy_change": cand_acc - ref_acc,
-    }
-
-
-def verdict(variant: str, result: dict) -> tuple[bool, str]:
-    """Whether ``variant`` may be called equivalent to PyTorch, and the one-line reason."""
-    if variant == "fp32":
-        ok = result["max_abs_prob_diff"] <= FP32_MAX_PROB_DIFF
-        return ok, f"max |dP| {result['max_abs_prob_diff']:.2e} {'<=' if ok else '>'} {FP32_MAX_PROB_DIFF:g}"
-    ok = result["agreement"] >= INT8_MIN_AGREEMENT
-    return ok, f"label agreement {result['agreement']:.2%} {'>=' if ok else '<'} {INT8_MIN_AGREEMENT:.1%}"
-
-
-def check_export(source, out_dir, count: int, data_dir=None, batch_size: int = 32) -> dict:
-    """Score ``count`` IMDb test reviews with PyTorch and each exported graph; write check.json."""
+def check_export(source, out_dir, count: int, data_dir=None, batch_size: int = 32, *, check_data=None) -> dict:
+    """Score ``count`` labelled texts (:func:`~classify.export_check.check_texts`; ``check_data``: a
+    ``LabelledSetConfig``) with PyTorch and each exported graph, every class's probability; write check.json."""
     from classify.model import load_classifier, predict_proba
 
     out_dir = Path(out_dir)
     info = json.loads((out_dir / EXPORT_INFO).read_text(encoding="utf-8"))
-    texts, labels = imdb_test_reviews(count, data_dir)
     classifier, tokenizer = load_classifier(source)
+    names = [classifier.config.id2label[index] for index in range(len(classifier.config.id2label))]
+    texts, labels, described = check_texts(source, names, count, data_dir=data_dir, check_data=check_data)
     started = time.perf_counter()
-    reference = predict_proba(texts, classifier, tokenizer, batch_size=batch_size)
-    report = {"n": len(texts), "data": "stanfordnlp/imdb test, seeded stratified subset",
+    reference = predict_proba(texts, classifier, tokenizer, batch_size=batch_size, all_classes=True)
+    report = {"n": len(texts), "texts": described, "data": f"{described}, seeded stratified subset", "labels": names,
               "seconds": {"torch": round(time.perf_counter() - started, 1)}, "variants": {}}
     for variant in info["files"]:
         onnx_classifier = OnnxClassifier(out_dir, int8=variant == "int8", allow_unverified=True)
         started = time.perf_counter()
-        probs = onnx_classifier.predict_proba(texts, batch_size=batch_size)
+        probs = onnx_classifier.predict_proba(texts, batch_size=batch_size, all_classes=True)
         report["seconds"][variant] = round(time.perf_counter() - started, 1)
         result = compare(reference, probs, labels)
         result["equivalent"], result["reason"] = verdict(variant, result)
         report["variants"][variant] = result
     (out_dir / CHECK_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
-
-
-def format_check(report: dict) -> str:
-    lines = [f"agreement with PyTorch on {report['n']} IMDb test reviews:"]
-    for variant, r in report["variants"].items():
-        word = "equivalent" if r["equivalent"] else "NOT equivalent"
-        lines.append(
-            f"  {variant}: labels agree {r['agreement']:.2%} ({r['disagreements']} differ), "
-            f"max |dP| {r['max_abs_prob_diff']:.2e}, accuracy {r['accuracy_torch']:.4f} -> {r['accuracy_onnx']:.4f} "
-            f"({r['accuracy_change']:+.4f}): {word} ({r['reason']})"
-        )
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,18 +328,33 @@ def main(argv=None) -> int:
     parser.add_argument("--int8", action="store_true", help="also write a graph-optimised dynamic-int8 graph")
     parser.add_argument("--out", help="export folder (default RUN_DIR/onnx)")
     parser.add_argument("--check", type=int, default=0, metavar="N",
-                        help="measure agreement with PyTorch on N IMDb test reviews; writes check.json")
+                        help="measure agreement with PyTorch on N labelled texts (default: IMDb test for a two-class "
+                             "model, else the run's first evaluation set in RUN/config.yaml); writes check.json")
+    parser.add_argument("--check-data", metavar="PATH",
+                        help="the --check texts: a labelled file, a folder of {split}.* files, or a Hub dataset")
+    parser.add_argument("--check-split", default="test", help="split of --check-data (default test)")
+    parser.add_argument("--check-text-column", default="text", help="text column of --check-data (default text)")
+    parser.add_argument("--check-label-column", default="label",
+                        help="label column of --check-data: class indices or the model's label names (default label)")
     parser.add_argument("--data-dir", help="folder holding imdb/test.parquet (default $DAPT_DATA_DIR or ../shared/data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.check < 0:
         raise SystemExit("dapt-export: error: --check must be >= 0")
+    if args.check_data and not args.check:
+        raise SystemExit("dapt-export: error: --check-data needs --check N")
+    check_data = None
+    if args.check_data:
+        from classify.data import LabelledSetConfig
+
+        check_data = LabelledSetConfig(path=args.check_data, split=args.check_split, text_column=args.check_text_column,
+                                       label_column=args.check_label_column)
     out = Path(args.out) if args.out else Path(args.run_dir) / "onnx"
     try:
         info = export_onnx(args.run_dir, out, int8=args.int8)
         print(f"exported to {out}: " + ", ".join(info["files"].values()))
         if args.check:
-            print(format_check(check_export(args.run_dir, out, args.check, args.data_dir)))
+            print(format_check(check_export(args.run_dir, out, args.check, args.data_dir, check_data=check_data)))
             print(f"written: {out / CHECK_FILE}")
     except (ExportError, OSError, ValueError) as error:
         raise SystemExit(f"dapt-export: error: {error}") from None

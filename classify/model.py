@@ -342,10 +342,18 @@ def infer_reviews(reviews, classifier, tokenizer, batch_size: int | None = None,
     return results[0] if single else results
 
 
-def predict_proba(reviews, classifier, tokenizer, *args, **kwargs):
-    """P(class 1) per review (a float for a str, a list for a list); arguments as :func:`infer_reviews`."""
+def predict_proba(reviews, classifier, tokenizer, *args, all_classes: bool = False, **kwargs):
+    """Class probabilities (temperature-scaled softmax); arguments as :func:`infer_reviews`.
+
+    A two-class model returns P(class 1), e.g. P(positive): a float for a str, a list of floats for a
+    list. ``all_classes=True`` - and always for a model of more than two classes - returns every
+    class's probability instead, in class-index order (``classifier.config.id2label``): a list of
+    floats for a str, a list of such lists for a list."""
     probs, single = _probabilities(reviews, classifier, tokenizer, *args, **kwargs)
-    values = [float(p) for p in probs[:, 1]]
+    if all_classes or probs.shape[1] != 2:
+        values = probs.tolist()
+    else:
+        values = [float(p) for p in probs[:, 1]]
     return values[0] if single else values
 
 
@@ -375,6 +383,11 @@ def load_classifier(name_or_path, revision: str | None = None, device=None):
         if type(error).__name__ != "SafetensorError":
             raise
         raise ValueError(f"{source}: {WEIGHTS_NAME} is truncated or corrupt ({error})") from None
+    head = classifier.classifier.weight.shape[0]
+    rows = [shape for key, shape, _ in info["mismatched_keys"] if key == "classifier.weight"]
+    if rows and rows[0][0] != head:  # (key, checkpoint shape, model shape)
+        raise ValueError(f"{source}: config.json names {head} labels (id2label {dict(classifier.config.id2label)}) "
+                         f"but {WEIGHTS_NAME} holds a head for {rows[0][0]} classes (classifier.weight {tuple(rows[0])})")
     problems = {"missing": info["missing_keys"], "unexpected": info["unexpected_keys"],
                 "other shape": [key for key, *_ in info["mismatched_keys"]]}
     if any(problems.values()):

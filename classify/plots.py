@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, confusion_matrix  # noqa: E402
 
-LABELS = ("Negative", "Positive")
+LABELS = ("Negative", "Positive")  # a binary task's class names when none are given
 
 
 def save_figure(figure, path: Path) -> Path:
@@ -27,20 +27,35 @@ def save_figure(figure, path: Path) -> Path:
     return path
 
 
-def confusion_matrix_png(labels: Sequence[int], predictions: Sequence[int], path: str | Path, title: str) -> Path:
-    matrix = confusion_matrix(labels, predictions, labels=[0, 1])
-    figure, axes = plt.subplots(figsize=(4.2, 3.8))
-    ConfusionMatrixDisplay(matrix, display_labels=LABELS).plot(ax=axes, cmap="Blues", colorbar=False, values_format="d")
+def confusion_matrix_png(labels: Sequence[int], predictions: Sequence[int], path: str | Path, title: str,
+                         names: Sequence[str] = LABELS) -> Path:
+    """The K x K matrix of counts (rows: true class, columns: predicted), axes labelled with ``names``."""
+    k = len(names)
+    matrix = confusion_matrix(labels, predictions, labels=list(range(k)))
+    side = max(4.2, 1.2 + 0.55 * k)
+    figure, axes = plt.subplots(figsize=(side, side * 0.9))
+    ConfusionMatrixDisplay(matrix, display_labels=list(names)).plot(
+        ax=axes, cmap="Blues", colorbar=False, values_format="d", xticks_rotation=45 if k > 3 else "horizontal")
     axes.set_title(title)
     return save_figure(figure, Path(path))
 
 
-def roc_curve_png(labels: Sequence[int], scores: Sequence[float], path: str | Path, title: str) -> Path | None:
-    """ROC of P(positive); ``None`` when only one class is present (no curve exists)."""
-    if len(set(np.asarray(labels).tolist())) < 2:
+def roc_curve_png(labels: Sequence[int], scores, path: str | Path, title: str, names: Sequence[str] = LABELS) -> Path | None:
+    """ROC of ``scores`` (:func:`classify.metrics.ranking_score`): one curve for two classes; for
+    K > 2 one one-vs-rest curve per class (``scores[:, c]``). ``None`` when no curve exists (only
+    one class present)."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if len(set(labels.tolist())) < 2:
         return None
-    figure, axes = plt.subplots(figsize=(4.2, 4.0))
-    RocCurveDisplay.from_predictions(labels, scores, ax=axes, name="classifier", plot_chance_level=True)
+    figure, axes = plt.subplots(figsize=(4.2, 4.0) if len(names) == 2 else (5.2, 4.8))
+    if len(names) == 2:
+        RocCurveDisplay.from_predictions(labels, scores, ax=axes, name="classifier", plot_chance_level=True)
+    else:
+        for index, name in enumerate(names):
+            if 0 < (labels == index).sum() < len(labels):
+                RocCurveDisplay.from_predictions(labels == index, scores[:, index], ax=axes, name=f"{name} vs rest",
+                                                 plot_chance_level=index == len(names) - 1)
+        axes.legend(fontsize=7, loc="lower right")
     axes.set_title(title)
     return save_figure(figure, Path(path))
 

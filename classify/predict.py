@@ -1,13 +1,17 @@
-"""Classify reviews from the command line with a trained or published classifier.
+"""Classify texts from the command line with a trained or published classifier (any number of classes).
 
-    dapt-predict --model REPO_OR_DIR "review one" "review two"
-    dapt-predict --model runs/demo --file reviews.txt --jsonl      # one review per line
-    cat reviews.txt | dapt-predict --model user/name -             # stdin
+    dapt-predict --model REPO_OR_DIR "text one" "text two"
+    dapt-predict --model runs/demo --file texts.txt --jsonl        # one text per line
+    cat texts.txt | dapt-predict --model user/name --probs -       # stdin, every class's probability
 
 ``--model`` is a Hub repository, a folder written by ``DistilBERTClassifier.save_pretrained`` or
-``dapt-publish``, or a stage-2 run directory (its ``model/`` is used). Blank lines of a file are
-skipped; an empty review given as an argument (or a line that is only markup) is an error naming it,
-as in :func:`classify.model.infer_reviews`. Every error is one line naming the file, line or argument.
+``dapt-publish``, or a stage-2 run directory (its ``model/`` is used). Each text gets the model's
+label name and its confidence; ``--probs`` adds every class's probability (in class-index order),
+and ``--jsonl`` writes one object per text: ``text``, ``label``, ``label_class``, ``confidence``,
+``p_positive`` (P(class 1), two-class models only) and, with ``--probs``, ``probs`` ({label: P}).
+Label, confidence and probabilities come from one forward pass. Blank lines of a file are skipped;
+an empty text given as an argument (or a line that is only markup) is an error naming it, as in
+:func:`classify.model.infer_reviews`. Every error is one line naming the file, line or argument.
 """
 
 from __future__ import annotations
@@ -82,13 +86,16 @@ def _device(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dapt-predict", description="Sentiment of movie reviews (Negative/Positive).")
-    parser.add_argument("reviews", nargs="*", help="review texts; '-' reads one review per line from stdin")
+    parser = argparse.ArgumentParser(prog="dapt-predict", description="Classify texts with a dapt classifier: "
+                                     "each text's label (the model's label names) and confidence.")
+    parser.add_argument("reviews", nargs="*", metavar="texts", help="texts to classify; '-' reads one text per line from stdin")
     parser.add_argument("--model", required=True, help="Hub repo id, model folder, or stage-2 run directory")
     parser.add_argument("--revision", help="Hub branch, tag or commit")
-    parser.add_argument("--file", help="file with one review per line ('-' for stdin)")
-    parser.add_argument("--jsonl", action="store_true", help="one JSON object per review")
-    parser.add_argument("--batch-size", type=int, help="at most this many reviews per batch (default: no cap)")
+    parser.add_argument("--file", help="file with one text per line ('-' for stdin)")
+    parser.add_argument("--jsonl", action="store_true", help="one JSON object per text")
+    parser.add_argument("--probs", action="store_true",
+                        help="also every class's probability, in class-index order (JSONL: a 'probs' object)")
+    parser.add_argument("--batch-size", type=int, help="at most this many texts per batch (default: no cap)")
     parser.add_argument("--batch-tokens", type=int, help="at most this many padded tokens per batch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-length", type=int, help="override the model's max_length")
@@ -105,33 +112,40 @@ def main(argv=None, stdin=None, stdout=None) -> int:
             _fail(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     reviews = collect_reviews(args, stdin)
     if not reviews:
-        _fail("no reviews given (pass texts, --file PATH, or pipe them on stdin)")
+        _fail("no texts given (pass texts, --file PATH, or pipe them on stdin)")
 
-    from classify.model import DEFAULT_BATCH_TOKENS, infer_reviews, load_classifier, review_problem
+    from classify.model import DEFAULT_BATCH_TOKENS, load_classifier, predict_proba, review_problem
 
     for where, text in reviews:  # the same check infer_reviews makes, named by argument or line
         if problem := review_problem(text):
-            _fail(f"{where}: the review {problem}")
+            _fail(f"{where}: the text {problem}")
     device = _device(args.device)
     try:
         classifier, tokenizer = load_classifier(args.model, revision=args.revision, device=device)
     except (OSError, ValueError) as error:
         _fail(f"cannot load model {args.model!r}: {error}")
     texts = [text for _, text in reviews]
-    try:
-        results = infer_reviews(texts, classifier, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                                truncation=args.truncation, window_stride=args.window_stride,
-                                batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS)
+    try:  # every class's probability; the label is their argmax, as in infer_reviews (one forward pass)
+        rows = predict_proba(texts, classifier, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                             truncation=args.truncation, window_stride=args.window_stride,
+                             batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS, all_classes=True)
     except ValueError as error:  # settings that cannot work with this model, e.g. --max-length 2
         _fail(str(error))
-    for text, (label_class, label, confidence) in zip(texts, results):
-        p_positive = confidence if label_class == 1 else 1.0 - confidence
+    names = [classifier.config.id2label[index] for index in range(len(classifier.config.id2label))]
+    width = max(8, *(len(name) for name in names))
+    for text, probabilities in zip(texts, rows):
+        label_class = max(range(len(probabilities)), key=probabilities.__getitem__)  # the first maximum, as argmax
+        label, confidence = names[label_class], probabilities[label_class]
         if args.jsonl:
-            record = {"text": text, "label": label, "label_class": label_class, "confidence": confidence,
-                      "p_positive": p_positive}
+            record = {"text": text, "label": label, "label_class": label_class, "confidence": confidence}
+            if len(names) == 2:  # P(class 1), e.g. P(positive): what scripts of two-class models read
+                record["p_positive"] = probabilities[1]
+            if args.probs:
+                record["probs"] = dict(zip(names, probabilities))
             stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
-            stdout.write(f"{label:<8}  {confidence:6.1%}  {shorten(text)}\n")
+            every = "  " + " | ".join(f"{name} {p:.1%}" for name, p in zip(names, probabilities)) if args.probs else ""
+            stdout.write(f"{label:<{width}}  {confidence:6.1%}{every}  {shorten(text)}\n")
     stdout.flush()
     return 0
 

@@ -42,6 +42,7 @@ from classify.publish_guard import (  # noqa: F401 - PublishError is part of thi
     find_leaks,
     local_prefixes,
     read_regular,
+    read_run_json,
     scrub_paths,
 )
 
@@ -71,16 +72,6 @@ _BUILT_MARKERS = ("model.py", "config.json", "README.md")
 # --------------------------------------------------------------------------------------------
 # Building the folder
 # --------------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path, run_dir: Path) -> dict:
-    """A run's JSON file (a regular file, not a link), local paths made path-free."""
-    if not path.exists() and not path.is_symlink():
-        raise PublishError(f"{path} not found: is this a stage-2 output directory?")
-    try:
-        return scrub_paths(json.loads(read_regular(check_regular(path, run_dir))))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PublishError(f"{path} is not valid JSON: {error}") from None
 
 
 def embed_config(source: str, config: dict) -> str:
@@ -182,8 +173,8 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
 
     run_dir, folder = Path(run_dir), Path(folder)
     model_dir = run_dir / "model"
-    results = _read_json(run_dir / "results.json", run_dir)
-    config = _read_json(model_dir / "config.json", run_dir)
+    results = read_run_json(run_dir / "results.json", run_dir)
+    config = read_run_json(model_dir / "config.json", run_dir)
     check_same_run(results, config, run_dir)
     sources = _sources(run_dir)
     if not _is_our_folder(folder):
@@ -213,8 +204,8 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
     (folder / "model.py").write_text(embed_config(MODEL_SOURCE.read_text(encoding="utf-8"), embedded), encoding="utf-8")
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
-    card = render_card(results, repo_id, plots=plots)
-    validate_card(card, results, repo_id)
+    card = render_card(results, repo_id, plots=plots, config=config)
+    validate_card(card, results, repo_id, config=config)
     (folder / "README.md").write_text(card, encoding="utf-8")
     leaks = find_leaks(folder, local_prefixes(run_dir.resolve()))
     if leaks:

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -78,6 +79,16 @@ def check_regular(path: Path, under: Path | None = None) -> Path:
 def read_regular(path: Path) -> bytes:
     with _open_regular(path) as handle:
         return handle.read()
+
+
+def read_run_json(path: Path, run_dir: Path) -> Any:
+    """A run's JSON file (a regular file, not a link), local paths made path-free."""
+    if not path.exists() and not path.is_symlink():
+        raise PublishError(f"{path} not found: is this a stage-2 output directory?")
+    try:
+        return scrub_paths(json.loads(read_regular(check_regular(path, run_dir))))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PublishError(f"{path} is not valid JSON: {error}") from None
 
 
 def copy_regular(source: Path, target: Path) -> None:

@@ -21,7 +21,6 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -31,12 +30,13 @@ if __name__ == "__main__" and not __package__:  # run as a file (`accelerate lau
     runpy.run_module("classify.train", run_name="__main__", alter_sys=True)
     raise SystemExit
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from safetensors.torch import load_file as safe_load_file
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from classify.config import BEST_METRICS, RESUMABLE_KEYS, ClassifyConfig, TrainConfig
 from classify.data import (
@@ -53,6 +53,9 @@ from classify.data import (
 )
 from classify.evaluate import (compute_metrics, evaluate_all, fit_temperature_on, load_eval_sets, make_eval_loader, predict,
                                ranking_score)
+from classify.labels import check_every_class_trained
+from classify.metrics import macro_f1
+from classify.results import EXAMPLES, run_results, select_examples, write_examples
 from classify.encoder import from_encoder
 from classify.leakage import check_pretraining_overlap
 from classify.model import WEIGHTS_NAME, DistilBERTClassifier
@@ -82,14 +85,20 @@ RESULTS = "results.json"  # written last: its presence marks a finished run
 
 
 def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
-    """Training and validation loaders (not yet prepared), the training batch sampler, and sizes.
+    """Training and validation loaders (not yet prepared), the training batch sampler, the task's
+    classes (:class:`~classify.labels.LabelSpace`, decided by the training split and
+    ``data.labels``), the validation texts and labels, and sizes.
 
     Validation is a stratified, seeded slice of the training split; ``data.train.max_samples``
     then takes a stratified subset of the rest. Test sets are not read here."""
     data, model, seed = config.data, config.model, config.train.seed
     train_set = LabelledSetConfig(**{**to_dict(data.train), "max_samples": 0})
     with accelerator.main_process_first():
-        labelled = load_labelled(train_set, seed=seed)
+        labelled = load_labelled(train_set, seed=seed, declared=data.labels)
+    space = labelled.space
+    if config.train.best_metric == "val_f1" and space.num_labels > 2:
+        raise_config("train.best_metric", "val_f1", f"val_macro_f1 (or val_acc, val_roc_auc, val_loss) for a task of "
+                     f"{space.num_labels} classes: val_f1 is the positive class's F1 of a binary task")
     rest, held_out = stratified_split(labelled.labels, data.validation_size, seed)
     train, validation = labelled.select(rest), labelled.select(held_out)
     if data.train.max_samples and data.train.max_samples < len(train):
@@ -114,21 +123,21 @@ def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
     )
     val_loader = make_eval_loader(val_data, tokenizer, config.train.eval_batch_size, data.group_by_length, workers)
     sizes = {
-        "source": labelled.where, "rows": len(labelled), "train": len(train_data), "validation": len(val_data),
-        "dropped_empty": dropped, "train_positive": sum(train.labels), "mean_tokens": round(sum(train_data.lengths) / max(1, len(train_data)), 1),
+        "dataset": data.train.name or data.train.path, "split": data.train.split, "source": labelled.where,
+        "rows": len(labelled), "train": len(train_data), "validation": len(val_data), "dropped_empty": dropped,
+        "train_per_class": dict(zip(space.names, np.bincount(train.labels, minlength=space.num_labels).tolist())),
+        "mean_tokens": round(sum(train_data.lengths) / max(1, len(train_data)), 1),
         "truncated": sum(n >= model.max_length for n in train_data.lengths),
     }
-    return train_loader, val_loader, sampler, sizes
+    return train_loader, val_loader, sampler, space, validation, sizes
 
 
 def check_trainable(train, where: str, dropped: int, batch_size: int, processes: int) -> None:
-    """Enough usable training rows for every process and both classes, or a DataError."""
+    """Enough usable training rows for every process, and every class, or a DataError."""
     if len(train) < processes:
         raise DataError(f"{where}: {len(train)} usable training rows ({dropped} empty texts dropped): need at least one "
                         f"per process ({processes}); check data.train.text_column and data.train.max_samples")
-    classes = sorted(set(train.labels))
-    if len(classes) < 2:
-        raise DataError(f"{where}: every one of the {len(train)} training rows has label {classes[0]}: need both classes")
+    check_every_class_trained(train.labels, train.space, where)
     if len(train) < batch_size * processes:
         logger.warning(f"{where}: {len(train)} training rows fill less than one global batch of {batch_size * processes}")
 
@@ -176,35 +185,38 @@ def train_classifier(config: ClassifyConfig) -> dict:
     refuse_sharded(accelerator, config.checkpoint)  # FSDP / DeepSpeed: before the data is read
     set_seed(config.train.seed)  # the head's initialisation and dropout
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
-    hp, mc = config.train, config.model
+    training, model_config = config.train, config.model
 
     # --- model and data
-    check_encoder(mc.encoder)
-    dapt_summary = read_summary(mc.encoder)  # every stage-1 phase behind the encoder: no evaluation set may be one's text
-    leakage = check_pretraining_overlap(config.data.eval, dapt_summary, config.data.allow_pretraining_overlap, mc.encoder)
-    report_weights_format(mc.encoder)
-    tokenizer = AutoTokenizer.from_pretrained(mc.encoder, revision=mc.revision)
+    check_encoder(model_config.encoder)
+    # every stage-1 phase behind the encoder: no evaluation set may be one's text (before any data is read)
+    leakage = check_pretraining_overlap(config.data.eval, read_summary(model_config.encoder), config.data.allow_pretraining_overlap,
+                                        model_config.encoder)
+    report_weights_format(model_config.encoder)
+    tokenizer = AutoTokenizer.from_pretrained(model_config.encoder, revision=model_config.revision)
+    positions = getattr(AutoConfig.from_pretrained(model_config.encoder, revision=model_config.revision), "max_position_embeddings", None)
+    if positions is not None and model_config.max_length > positions:
+        raise_config("model.max_length", model_config.max_length, f"at most {positions}, the positions of {model_config.encoder}")
+    train_loader, val_loader, train_sampler, space, validation, sizes = get_dataloaders(config, tokenizer, accelerator)
+    logger.info(f"classes: {space.num_labels} ({', '.join(space.names)}; from {space.source}); data: {sizes}")
+    # read now, not after the last epoch: a missing or unreachable evaluation set, or a label the
+    # task does not have, fails before training
+    eval_data = load_eval_sets(config.data.eval, accelerator, seed=training.seed, space=space)
     model = from_encoder(
-        mc.encoder, dropout=mc.dropout, max_length=mc.max_length, truncation=mc.truncation,
-        head_tokens=mc.head_tokens, window_stride=mc.window_stride, revision=mc.revision, attn_implementation=config.impl.attn_implementation,
+        model_config.encoder, dropout=model_config.dropout, max_length=model_config.max_length, truncation=model_config.truncation, head_tokens=model_config.head_tokens,
+        window_stride=model_config.window_stride, id2label=space.id2label, revision=model_config.revision,
+        attn_implementation=config.impl.attn_implementation,
     )
-    positions = getattr(model.encoder.config, "max_position_embeddings", None)
-    if positions is not None and mc.max_length > positions:
-        raise_config("model.max_length", mc.max_length, f"at most {positions}, the positions of {mc.encoder}")
-    train_loader, val_loader, train_sampler, sizes = get_dataloaders(config, tokenizer, accelerator)
-    logger.info(f"data: {sizes}")
-    # read now, not after the last epoch: a missing or unreachable evaluation set fails before training
-    eval_data = load_eval_sets(config.data.eval, accelerator, seed=hp.seed)
 
     # --- optimizer, schedule, checkpoints
     model.to(accelerator.device)
-    optimizer = make_optimizer(classifier_parameter_groups(model, hp), fused=config.impl.fused_adamw)
+    optimizer = make_optimizer(classifier_parameter_groups(model, training), fused=config.impl.fused_adamw)
     if config.impl.compile:
         model = torch.compile(model)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    total_steps = steps_from_budget(len(train_loader), hp.grad_accum, hp.epochs, 0)
-    warmup_steps = round(hp.warmup_ratio * total_steps)
-    scheduler = linear_warmup_decay(optimizer.optimizer, warmup_steps, total_steps, hp.min_lr)
+    total_steps = steps_from_budget(len(train_loader), training.grad_accum, training.epochs, 0)
+    warmup_steps = round(training.warmup_ratio * total_steps)
+    scheduler = linear_warmup_decay(optimizer.optimizer, warmup_steps, total_steps, training.min_lr)
     checkpoints, resume_from, metrics = open_run(accelerator, config, model=model, optimizer=optimizer, scheduler=scheduler,
                                                  resumable_keys=RESUMABLE_KEYS, marker=RESULTS)
     if resume_from is not None:
@@ -212,8 +224,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
     else:
         state = ClassifyState()
     logger.info(f"{total_steps} optimizer steps ({len(train_loader)} batches/epoch/process, {warmup_steps} warmup), "
-                f"global batch {hp.batch_size * accelerator.num_processes * hp.grad_accum}")
-    step = OptimizerStep(accelerator, model, optimizer, scheduler, state, max_grad_norm=hp.max_grad_norm, max_nonfinite=hp.max_nonfinite)
+                f"global batch {training.batch_size * accelerator.num_processes * training.grad_accum}")
+    step = OptimizerStep(accelerator, model, optimizer, scheduler, state, max_grad_norm=training.max_grad_norm, max_nonfinite=training.max_nonfinite)
     train_loop(config, accelerator, model, step, train_loader, val_loader, train_sampler, state, total_steps, checkpoints, metrics)
     best_dir = checkpoints.directory / "best"
 
@@ -221,51 +233,28 @@ def train_classifier(config: ClassifyConfig) -> dict:
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if state.best_epoch is not None and state.best_epoch != len(state.history):
         if (best_dir / WEIGHTS_NAME).is_file():
-            logger.info(f"restoring the weights of epoch {state.best_epoch} ({hp.best_metric} {state.best_value:.4f})")
+            logger.info(f"restoring the weights of epoch {state.best_epoch} ({training.best_metric} {state.best_value:.4f})")
             unwrapped.load_state_dict(safe_load_file(str(best_dir / WEIGHTS_NAME)))  # copied onto the device
         else:
             logger.warning(f"{best_dir / WEIGHTS_NAME} is missing: keeping the last epoch's weights, not epoch {state.best_epoch}'s")
-    calibration = fit_temperature_on(model, val_loader, accelerator)  # stored in the model's config, saved with it
+    # stored in the model's config, saved with it
+    calibration, validated = fit_temperature_on(model, val_loader, accelerator, with_predictions=True)
     # the final artifacts go to a staging folder and replace a previous run's only when complete
     with final_artifacts(accelerator, output_dir, RESULTS, checkpoints) as staging:
         evaluation, plots = evaluate_all(
-            model, tokenizer, config.data.eval, eval_data, unwrapped.settings, accelerator, batch_size=hp.eval_batch_size,
+            model, tokenizer, config.data.eval, eval_data, unwrapped.settings, accelerator, batch_size=training.eval_batch_size,
             output_dir=staging, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
         )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             unwrapped.save_pretrained(staging / "model", tokenizer)
+            write_examples(staging / EXAMPLES, select_examples(validation.texts, validated, space.names))
             from classify.plots import training_curves_png
 
             curves = training_curves_png(state.history, output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png")
             plots += [curves] if curves else []
-
-        results = {
-            "run_name": config.run_name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "base_model": mc.encoder,
-            "dapt": dapt_summary,
-            "leakage": leakage,
-            "hyperparameters": {
-                "encoder_lr": hp.encoder_lr, "head_lr": hp.head_lr, "min_lr": hp.min_lr, "warmup_ratio": hp.warmup_ratio,
-                "schedule": "linear", "epochs": hp.epochs, "batch_size": hp.batch_size, "grad_accum": hp.grad_accum,
-                "weight_decay": hp.weight_decay, "mixed_precision": accelerator.mixed_precision, "max_length": mc.max_length,
-                "truncation": mc.truncation, "head_tokens": mc.head_tokens, "window_stride": mc.window_stride, "dropout": mc.dropout, "seed": hp.seed,
-                "num_processes": accelerator.num_processes,
-            },
-            "training": {
-                "epochs": state.history,
-                "best_epoch": state.best_epoch,
-                "best_metric": hp.best_metric,
-                "best_value": state.best_value,
-                "stopped_early": state.stopped_early,
-                "wall_time_s": round(state.wall_time_s, 2),
-                "train_samples_per_s": round(state.train_samples / state.train_time_s, 2) if state.train_time_s else None,
-                "calibration": calibration,
-            },
-            "evaluation": evaluation,
-            "plots": sorted(p.relative_to(staging).as_posix() for p in plots),
-        }
+        results = run_results(config, accelerator, state, space=space, data=sizes, calibration=calibration, evaluation=evaluation,
+                              plots=[p.relative_to(staging).as_posix() for p in plots], leakage=leakage)
         write_json(accelerator, staging / RESULTS, results)
     metrics.log({"event": "final", **{f"{k}_{m}": v[m] for k, v in evaluation.items() for m in ("accuracy", "loss")}}, step=state.step)
     if config.push_to_hub and accelerator.is_main_process:
@@ -294,7 +283,7 @@ class ClassifyState(TrainState):
 def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, train_loader, val_loader, train_sampler,
                state: ClassifyState, total_steps: int, checkpoints: CheckpointManager, metrics) -> None:
     """Epochs from ``state`` on: batches through the shared step, validation after each epoch."""
-    hp, group_names = config.train, [group["name"] for group in step.optimizer.param_groups]
+    training, group_names = config.train, [group["name"] for group in step.optimizer.param_groups]
     running = RunningLoss(accelerator, state)
     sums = torch.tensor(state.train_sums if accelerator.is_main_process else [0.0] * 3, dtype=torch.float64, device=accelerator.device)
     session_start = time.time() - state.wall_time_s
@@ -306,7 +295,7 @@ def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, 
         checkpoints.save(state.step, state, metrics.size())
 
     progress = tqdm(total=total_steps, initial=state.step, desc="classifier", disable=not accelerator.is_local_main_process)
-    while state.epoch < hp.epochs and not state.stopped_early:
+    while state.epoch < training.epochs and not state.stopped_early:
         model.train()
         epoch_started = time.time()
         for batch in epoch_batches(accelerator, train_loader, state, train_sampler):
@@ -323,7 +312,7 @@ def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, 
             if stepped is None:
                 continue
             progress.update(1)
-            if state.step % hp.log_every == 0 or state.step == total_steps:
+            if state.step % training.log_every == 0 or state.step == total_steps:
                 record = {"loss": running.pop_mean(), "grad_norm": float(stepped.grad_norm),
                           "epoch": round(state.epoch + state.batch_in_epoch / len(train_loader), 4)}
                 record.update({f"lr_{name}": lr for name, lr in zip(group_names, stepped.lrs)})
@@ -343,25 +332,27 @@ def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, 
 
 def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: ClassifyState, sums, checkpoints, metrics) -> None:
     """Finite weights, the epoch's training totals, validation, the best weights so far, early stopping."""
-    hp, epoch = config.train, state.epoch + 1
+    training, epoch = config.train, state.epoch + 1
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     check_finite(unwrapped, f"after epoch {epoch} (step {state.step})", checkpoints.latest_name())
     loss_sum, correct, rows = accelerator.reduce(sums, "sum").tolist()
     sums.zero_()
     state.train_samples += int(rows)
     val = predict(model, val_loader, accelerator)
-    val_metrics = compute_metrics(val.label, val.pred, ranking_score(val), val.loss)
+    num_labels = val.logits.shape[1]
+    val_metrics = compute_metrics(val.label, val.pred, ranking_score(val), val.loss, [str(c) for c in range(num_labels)])
     record = {
         "epoch": epoch, "train_loss": loss_sum / max(rows, 1), "train_acc": correct / max(rows, 1),
-        "val_loss": val_metrics["loss"], "val_acc": val_metrics["accuracy"], "val_f1": val_metrics["f1"],
-        "val_roc_auc": val_metrics["roc_auc"],
+        "val_loss": val_metrics["loss"], "val_acc": val_metrics["accuracy"],
+        **({"val_f1": val_metrics["f1"]} if num_labels == 2 else {}),
+        "val_macro_f1": macro_f1(val.label, val.pred, num_labels), "val_roc_auc": val_metrics["roc_auc"],
     }
     state.history.append(record)
     if accelerator.is_main_process:
         tqdm.write(format_epoch_line(record))
     metrics.log({"event": "epoch", **record}, step=state.step)
-    if is_better(record[hp.best_metric], state.best_value, hp.best_metric):
-        state.best_epoch, state.best_value, state.bad_epochs = epoch, record[hp.best_metric], 0
+    if is_better(record[training.best_metric], state.best_value, training.best_metric):
+        state.best_epoch, state.best_value, state.bad_epochs = epoch, record[training.best_metric], 0
         best_dir = checkpoints.directory / "best"
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:  # complete or absent, like a checkpoint
@@ -371,10 +362,10 @@ def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: 
         accelerator.wait_for_everyone()
     else:
         state.bad_epochs += 1
-        patience = hp.early_stopping_patience
-        if patience and state.bad_epochs >= patience and epoch < hp.epochs:
+        patience = training.early_stopping_patience
+        if patience and state.bad_epochs >= patience and epoch < training.epochs:
             state.stopped_early = True
-            logger.info(f"early stopping: no {hp.best_metric} improvement for {patience} epoch(s); best epoch {state.best_epoch}")
+            logger.info(f"early stopping: no {training.best_metric} improvement for {patience} epoch(s); best epoch {state.best_epoch}")
     state.next_epoch()
 
 

@@ -7,13 +7,13 @@ Hub parses back (``ModelCard(text).data.eval_results``) is what was rendered.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
 
 import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from dapt.core import hub
+from model_card.task import EVAL_SETS, Task, describe, is_hub_id  # noqa: F401 - EVAL_SETS, is_hub_id: this module's interface
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 TEMPLATE_NAME = "template.md.j2"
@@ -35,12 +35,8 @@ label_class, label, conf = infer_reviews("Great movie", classifier, tokenizer)
 results = infer_reviews(["I loved this film!", "Terrible."], classifier, tokenizer)  # list of tuples
 """
 
-#: results.json evaluation key -> how it appears in the card and the model-index.
-EVAL_SETS = {
-    "imdb_test": {"name": "IMDb", "default_dataset": "stanfordnlp/imdb", "default_split": "test"},
-    "sst2_validation": {"name": "SST-2", "default_dataset": "stanfordnlp/sst2", "default_split": "validation"},
-}
-#: metric key in results.json -> (Hub metric type, display name)
+#: two classes: metric key in results.json -> (Hub metric type, display name); F1, precision and
+#: recall are those of class 1 (e.g. Positive)
 METRICS = {
     "accuracy": ("accuracy", "Accuracy"),
     "f1": ("f1", "F1"),
@@ -48,10 +44,25 @@ METRICS = {
     "recall": ("recall", "Recall"),
     "roc_auc": ("roc_auc", "ROC AUC"),
 }
+#: more than two classes: metric key in results.json -> (Hub metric type, display name, metric config,
+#: metric args). Types are the Hub's metric ids; config and args are those of the `evaluate` metric
+#: (``f1.compute(average="macro")``, ``load("roc_auc", "multiclass").compute(multi_class="ovr")``),
+#: so two F1 entries of one set differ by name and ``args``.
+MULTICLASS_METRICS = {
+    "accuracy": ("accuracy", "Accuracy", None, None),
+    "macro_f1": ("f1", "Macro F1", None, {"average": "macro"}),
+    "micro_f1": ("f1", "Micro F1", None, {"average": "micro"}),
+    "macro_precision": ("precision", "Macro Precision", None, {"average": "macro"}),
+    "macro_recall": ("recall", "Macro Recall", None, {"average": "macro"}),
+    "roc_auc": ("roc_auc", "ROC AUC (one-vs-rest, macro)", "multiclass", {"average": "macro", "multi_class": "ovr"}),
+}
 
-def is_hub_id(name: Any) -> bool:
-    """``owner/name`` that is not a local path (``runs/x`` that exists on disk is a path)."""
-    return hub.is_hub_id(name, owner_required=True)
+
+def metric_specs(task: Task) -> dict[str, tuple[str, str, str | None, dict | None]]:
+    """results.json metric key -> (Hub type, display name, config, args) for this task."""
+    if task.binary:
+        return {key: (metric_type, name, None, None) for key, (metric_type, name) in METRICS.items()}
+    return MULTICLASS_METRICS
 
 
 def hub_base_model(results: dict) -> str | None:
@@ -69,59 +80,57 @@ def hub_base_model(results: dict) -> str | None:
     return None
 
 
-def _dataset_id(block: dict, spec: dict) -> str:
-    """The Hub dataset id of an evaluation block (a local path falls back to the known Hub id)."""
-    dataset = block.get("dataset")
-    return dataset if is_hub_id(dataset) else spec["default_dataset"]
-
-
-def eval_results(results: dict, repo_id: str) -> list[EvalResult]:
-    """One :class:`EvalResult` per (evaluation set, metric) present in ``results["evaluation"]``."""
+def eval_results(results: dict, repo_id: str, config: dict | None = None) -> list[EvalResult]:
+    """One :class:`EvalResult` per (evaluation set, metric) present in ``results["evaluation"]``, for
+    the sets read from a Hub dataset (a local file has no dataset id the Hub could link to)."""
+    task = describe(results, config)
+    task_name = "Sentiment Analysis" if task.sentiment else "Text Classification"
     out = []
-    for key, spec in EVAL_SETS.items():
-        block = (results.get("evaluation") or {}).get(key)
-        if not block:
+    for e in task.eval_sets:
+        if e.hub_id is None:
             continue
-        for metric, (metric_type, metric_name) in METRICS.items():
-            if block.get(metric) is None:
+        for metric, (metric_type, metric_name, metric_config, metric_args) in metric_specs(task).items():
+            if e.block.get(metric) is None:
                 continue
             out.append(
                 EvalResult(
                     task_type="text-classification",
-                    task_name="Sentiment Analysis",
-                    dataset_type=_dataset_id(block, spec),
-                    dataset_name=spec["name"],
-                    dataset_split=block.get("split", spec["default_split"]),
+                    task_name=task_name,
+                    dataset_type=e.hub_id,
+                    dataset_name=e.name,
+                    dataset_split=e.split,
                     metric_type=metric_type,
                     metric_name=metric_name,
-                    metric_value=round(float(block[metric]), 4),
+                    metric_config=metric_config,
+                    metric_args=metric_args,
+                    metric_value=round(float(e.block[metric]), 4),
                 )
             )
     return out
 
 
-def card_data(results: dict, repo_id: str) -> ModelCardData:
-    datasets = []
-    for key, spec in EVAL_SETS.items():
-        block = (results.get("evaluation") or {}).get(key)
-        if block:
-            datasets.append(_dataset_id(block, spec))
-    if "stanfordnlp/imdb" not in datasets:
-        datasets.insert(0, "stanfordnlp/imdb")  # the training data, evaluated or not
-    tags = ["text-classification", "sentiment-analysis", "movie-reviews", "imdb"]
-    if results.get("dapt"):
-        tags.append("domain-adaptive-pretraining")
+def card_tags(task: Task, results: dict) -> list[str]:
+    if task.imdb:
+        tags = ["text-classification", "sentiment-analysis", "movie-reviews", "imdb"]
+    else:
+        tags = ["text-classification"] + (["sentiment-analysis"] if task.sentiment else [])
+        tags += [] if task.binary else ["multi-class-classification"]
+    return tags + (["domain-adaptive-pretraining"] if results.get("dapt") else [])
+
+
+def card_data(results: dict, repo_id: str, config: dict | None = None) -> ModelCardData:
+    task = describe(results, config)
     return ModelCardData(
         license=LICENSE,
         language="en",
         library_name="transformers",
         pipeline_tag="text-classification",
-        tags=tags,
-        datasets=datasets,
-        metrics=[m for m, _ in METRICS.values()],
+        tags=card_tags(task, results),
+        datasets=task.datasets or None,
+        metrics=list(dict.fromkeys(spec[0] for spec in metric_specs(task).values())),
         base_model=hub_base_model(results),
         model_name=repo_id.split("/")[-1],
-        eval_results=eval_results(results, repo_id) or None,
+        eval_results=eval_results(results, repo_id, config) or None,
     )
 
 
@@ -156,9 +165,11 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_card(results: dict, repo_id: str, *, plots: list[str] | None = None) -> str:
-    """The README.md text: YAML front matter (with ``model-index``) + the card body."""
-    data = card_data(results, repo_id)
+def render_card(results: dict, repo_id: str, *, plots: list[str] | None = None, config: dict | None = None) -> str:
+    """The README.md text: YAML front matter (with ``model-index``) + the card body. ``config``: the
+    classifier's config.json, for the labels of a results.json that does not record them."""
+    task = describe(results, config)
+    data = card_data(results, repo_id, config)
     evaluation = results.get("evaluation") or {}
     imdb, sst2 = evaluation.get("imdb_test"), evaluation.get("sst2_validation")
     domain_gap = None
@@ -174,12 +185,14 @@ def render_card(results: dict, repo_id: str, *, plots: list[str] | None = None) 
         "dapt": results.get("dapt"),
         "training": results.get("training") or {},
         "calibration": (results.get("training") or {}).get("calibration"),  # T fitted on validation
-        "eval_sets": [
-            {"key": key, "name": spec["name"], **evaluation[key], "dataset": _dataset_id(evaluation[key], spec)}
-            for key, spec in EVAL_SETS.items()
-            if evaluation.get(key)
-        ],
-        "metrics": METRICS,
+        "task": task,
+        "labels": task.labels,
+        # what the card calls one input: a review for a sentiment model, a text otherwise
+        "item": "review" if task.sentiment else "text",
+        "eval_sets": [e.context() for e in task.eval_sets],
+        "in_domain": [e.context() for e in task.in_domain],
+        "out_of_domain": [e.context() for e in task.out_of_domain],
+        "metrics": metric_specs(task),
         "imdb": imdb,
         "sst2": sst2,
         "domain_gap": domain_gap,
@@ -196,25 +209,32 @@ class CardValidationError(ValueError):
     """The rendered card does not parse back to what results.json says."""
 
 
-def validate_card(text: str, results: dict, repo_id: str) -> ModelCard:
+def _metric_key(e: EvalResult) -> tuple:
+    args = json.dumps(e.metric_args, sort_keys=True) if e.metric_args else None
+    return e.dataset_type, e.dataset_split, e.metric_type, e.metric_name, e.metric_config, args
+
+
+def validate_card(text: str, results: dict, repo_id: str, config: dict | None = None) -> ModelCard:
     """Offline checks of a rendered card; returns the parsed :class:`ModelCard`.
 
     ``ModelCard.validate()`` posts the card to the Hub's ``/api/validate-yaml`` (network), so here
     the card is parsed with ``ModelCard``, its metadata rebuilt through ``ModelCardData`` (which
-    validates ``model-index`` structure), and its eval results compared with ``results``.
+    validates ``model-index`` structure), and its eval results compared with ``results`` (a metric
+    is its set, split, type, name, config and args: a macro and a micro F1 are two metrics).
     """
     card = ModelCard(text)
     meta = card.data.to_dict()
-    for key in ("license", "language", "pipeline_tag", "tags", "datasets", "metrics"):
+    for key in ("license", "language", "pipeline_tag", "tags", "metrics"):
         if not meta.get(key):
             raise CardValidationError(f"card metadata lacks {key!r}")
+    expected_datasets = describe(results, config).datasets
+    if (meta.get("datasets") or []) != expected_datasets:
+        raise CardValidationError(f"card datasets {meta.get('datasets')} differ from the data results.json names {expected_datasets}")
     if meta["pipeline_tag"] != "text-classification":
         raise CardValidationError(f"pipeline_tag is {meta['pipeline_tag']!r}")
     ModelCardData(**meta)  # raises on a malformed model-index
-    expected = {(e.dataset_type, e.dataset_split, e.metric_type): e.metric_value for e in eval_results(results, repo_id)}
-    parsed = {
-        (e.dataset_type, e.dataset_split, e.metric_type): e.metric_value for e in (card.data.eval_results or [])
-    }
+    expected = {_metric_key(e): e.metric_value for e in eval_results(results, repo_id, config)}
+    parsed = {_metric_key(e): e.metric_value for e in (card.data.eval_results or [])}
     if parsed != expected:
         raise CardValidationError(f"model-index metrics {parsed} differ from results.json {expected}")
     if card.data.base_model is not None and not is_hub_id(card.data.base_model):

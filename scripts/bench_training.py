@@ -100,11 +100,11 @@ def cycle(loader, on_epoch=None):
         epoch += 1
 
 
-def product_step(args, model, optimizer, hp):
+def product_step(args, model, optimizer, training):
     """The product's optimizer step, set up as both stages set it up: ``make_accelerator`` (the
     bench's precision and device), model and optimizer through ``accelerator.prepare``, the linear
     warmup/decay schedule on the prepared optimizer, a fresh ``TrainState``, and
-    :class:`~dapt.core.step.OptimizerStep` with the stage's ``train`` keys ``hp`` (warmup ratio,
+    :class:`~dapt.core.step.OptimizerStep` with the stage's ``train`` keys ``training`` (warmup ratio,
     ``min_lr``, ``max_grad_norm``, ``max_nonfinite``): clip, skip a non-finite update, step,
     schedule, zero. Returns the accelerator, the prepared model and the step."""
     from dapt.core.runtime import ImplConfig, linear_warmup_decay, make_accelerator
@@ -117,9 +117,9 @@ def product_step(args, model, optimizer, hp):
     accelerator = make_accelerator(impl, tempfile.gettempdir())  # no tracker: nothing is written there
     model, optimizer = accelerator.prepare(model, optimizer)
     total = args.warmup + args.steps
-    scheduler = linear_warmup_decay(optimizer.optimizer, round(hp.warmup_ratio * total), total, hp.min_lr)
-    step = OptimizerStep(accelerator, model, optimizer, scheduler, TrainState(), max_grad_norm=hp.max_grad_norm,
-                         max_nonfinite=hp.max_nonfinite)
+    scheduler = linear_warmup_decay(optimizer.optimizer, round(training.warmup_ratio * total), total, training.min_lr)
+    step = OptimizerStep(accelerator, model, optimizer, scheduler, TrainState(), max_grad_norm=training.max_grad_norm,
+                         max_nonfinite=training.max_nonfinite)
     return accelerator, model, step
 
 
@@ -177,10 +177,10 @@ def mlm_project(args, tokenizer, config, blocks: list[list[int]], params: dict) 
     device = torch.device(args.device)
     model = build_mlm_model(config, args.seed, attn_implementation="sdpa").to(device)
     objective = MaskedLMObjective(model, masked_only=args.masked_only)
-    hp = TrainConfig(batch_size=args.mlm_batch)  # stage 1's defaults: LR, weight decay, schedule, clipping
-    optimizer = make_optimizer(parameter_groups(model.named_parameters(), hp.lr, hp.weight_decay), fused=args.fused_adamw)
+    training = TrainConfig(batch_size=args.mlm_batch)  # stage 1's defaults: LR, weight decay, schedule, clipping
+    optimizer = make_optimizer(parameter_groups(model.named_parameters(), training.lr, training.weight_decay), fused=args.fused_adamw)
     forward = torch.compile(objective) if args.compile else objective  # compiled before prepare, as stage 1 does
-    accelerator, forward, step = product_step(args, forward, optimizer, hp)
+    accelerator, forward, step = product_step(args, forward, optimizer, training)
     collator = MLMCollator(tokenizer, seed=args.seed)
     dataset = [{"input_ids": block, "index": i} for i, block in enumerate(blocks)]
     loader = DataLoader(dataset, batch_size=args.mlm_batch, shuffle=True, drop_last=True, collate_fn=collator,
@@ -230,10 +230,10 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model = DistilBERTClassifier(DaptClassifierConfig(encoder_config=config.to_dict())).to(device)
-    hp = TrainConfig(batch_size=args.classify_batch)
-    optimizer = make_optimizer(classifier_parameter_groups(model, hp), fused=args.fused_adamw)
+    training = TrainConfig(batch_size=args.classify_batch)
+    optimizer = make_optimizer(classifier_parameter_groups(model, training), fused=args.fused_adamw)
     forward = torch.compile(model) if args.compile else model  # compiled before prepare, as classify/train.py does
-    accelerator, forward, step = product_step(args, forward, optimizer, hp)
+    accelerator, forward, step = product_step(args, forward, optimizer, training)
     sampler = LengthBucketBatchSampler([len(r) for r in reviews], args.classify_batch, shuffle=True, seed=args.seed,
                                        group_by_length=args.group_by_length)
     dataset = [{"input_ids": r, "label": y, "index": i} for i, (r, y) in enumerate(zip(reviews, labels))]

@@ -8,24 +8,23 @@
 * ``classify`` and ``model_card`` import no experiment or script;
 * no import cycle among the project's modules, counting imports inside functions too;
 * no project module edits ``sys.path``;
-* no source file is over 400 lines, but for the exceptions listed here.
+* no source file is over 600 lines, but for the exceptions listed here; over 400 is a review prompt (a warning).
 """
 
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dapt", "classify", "model_card", "experiments", "scripts")
-MAX_LINES = 400
-#: files allowed over MAX_LINES, each with its reason; remove an entry when its file shrinks
-LONG_FILES = {
-    "tests/hub_server.py": "the loopback Hub-protocol server the tests run against",
-    "tests/test_model.py": "the published model's tests, reshaped with classify/model.py",
-}
+MAX_LINES = 400  # a review prompt
+HARD_LIMIT = 600  # a failure
+#: files allowed over HARD_LIMIT, each with its reason
+LONG_FILES: dict[str, str] = {}
 
 
 def module_name(path: Path) -> str:
@@ -138,13 +137,17 @@ def test_no_project_module_edits_sys_path():
     assert offenders == []
 
 
-def test_no_source_file_over_400_lines():
+def test_file_length_is_a_review_prompt_under_a_hard_ceiling():
+    """Over ``MAX_LINES`` lines is a question for the reviewer (does the file still hold one
+    responsibility?), listed as a warning in pytest's summary: files are split by cohesion, never to
+    meet a count. Over ``HARD_LIMIT`` lines, but for the listed exceptions, is a failure."""
     files = [p for p in ROOT.glob("**/*.py") if not any(part.startswith(".") for part in p.relative_to(ROOT).parts)]
     long = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for p in files}
-    over = {name: lines for name, lines in long.items() if lines > MAX_LINES and name not in LONG_FILES}
-    assert over == {}, f"over {MAX_LINES} lines: {over}"
-    stale = [name for name in LONG_FILES if long.get(name, 0) <= MAX_LINES]
-    assert stale == [], f"no longer over {MAX_LINES} lines (drop from LONG_FILES): {stale}"
+    prompt = {name: lines for name, lines in long.items() if MAX_LINES < lines and name not in LONG_FILES}
+    if prompt:
+        warnings.warn(f"review prompt - over {MAX_LINES} lines, does each hold one responsibility? {prompt}", UserWarning)
+    over = {name: lines for name, lines in long.items() if lines > HARD_LIMIT and name not in LONG_FILES}
+    assert over == {}, f"over {HARD_LIMIT} lines: {over}"
 
 
 def test_the_architecture_doc_names_every_package():

@@ -250,7 +250,7 @@ def test_windows_mode_trains_on_head_tail_and_validates_on_windows(tiny_headless
                          "model.window_stride=16", "model.head_tokens=16")
     config.validate()
     tokenizer = AutoTokenizer.from_pretrained(tiny_headless_encoder_dir)
-    train_loader, val_loader, _, sizes = train_module.get_dataloaders(config, tokenizer, accelerator)
+    train_loader, val_loader, _, _, _, sizes = train_module.get_dataloaders(config, tokenizer, accelerator)
     assert len(train_loader.dataset) == train_loader.dataset.num_reviews == 64  # head+tail: one row per review
     assert val_loader.dataset.num_reviews == 16 and len(val_loader.dataset) > 16  # IMDb reviews exceed 64 tokens
     from dapt.core.config import ConfigError, load_config
@@ -345,3 +345,20 @@ def test_validation_and_evaluation_rank_by_the_logit_margin_not_the_saturated_pr
     by_margin = compute_metrics(predictions.label, predictions.pred, ranking_score(predictions), predictions.loss)
     assert by_prob["roc_auc"] == 0.75 and by_margin["roc_auc"] == 1.0
     assert train_module.ranking_score is ranking_score  # what end_of_epoch ranks validation by
+
+
+def test_a_temperature_fit_that_stops_at_its_bound_is_reported_and_warned(caplog):
+    """Issue 20: logits that do not separate the classes drive T to its upper bound (20.0); that is
+    said, not silently stored."""
+    import logging
+
+    from classify.calibration import fit_report, search_bound
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    with caplog.at_level(logging.WARNING, logger="classify.calibration"):
+        uninformative = fit_report(rng.normal(0, 3, (400, 2)), labels)
+    assert uninformative["temperature"] == pytest.approx(20.0, rel=1e-3) and uninformative["at_bound"] == "upper"
+    assert "stopped at its upper search bound" in caplog.text
+    informative = fit_report(np.stack([np.zeros(400), 4 * (labels - 0.5) + rng.normal(0, 1, 400)], 1), labels)
+    assert informative["at_bound"] is None and search_bound(1.0) is None and search_bound(0.05) == "lower"

@@ -44,10 +44,14 @@ def test_missing_column_names_file_and_column(tmp_path):
 
 
 @pytest.mark.parametrize("labels, shown", [([0, 2, 1], "row 1 is 2"), ([1, -1, 0], "row 1 is -1"), (["pos", "neg", "pos"], "row 0 is 'pos'")])
-def test_labels_outside_0_1_name_file_column_and_row(tmp_path, labels, shown):
+def test_labels_outside_a_binary_task_name_file_column_and_row(tmp_path, labels, shown):
+    """An evaluation set read for a binary model: every label must be 0/1 (or one of its names)."""
+    from classify.labels import BINARY_DEFAULT, LabelSpace
+
     pd.DataFrame({"text": ["a", "b", "c"], "sentiment": labels}).to_parquet(tmp_path / "test.parquet")
     with pytest.raises(DataError) as error:
-        load_labelled(LabelledSetConfig(path=str(tmp_path), split="test", label_column="sentiment"))
+        load_labelled(LabelledSetConfig(path=str(tmp_path), split="test", label_column="sentiment"),
+                      space=LabelSpace(BINARY_DEFAULT, "the model"))
     message = str(error.value)
     assert "test.parquet" in message and "'sentiment'" in message and shown in message
 

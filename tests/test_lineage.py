@@ -24,6 +24,7 @@ from tests.test_pretrain import run, tiny_overrides, write_corpus
 def two_phases(tiny_headless_encoder_dir, tmp_path_factory):
     """Phase 1: stage 1 from a headless encoder (fresh head, warmed up); phase 2: stage 1 from
     phase 1's output on the same corpus and config. Returns (root, summary 1, summary 2, log of phase 2)."""
+    fresh_accelerate_state()  # a module fixture is set up before the per-test reset: start clean here
     root = tmp_path_factory.mktemp("phases")
     corpus = write_corpus(root / "corpus.jsonl", 60)
     common = {"train.max_steps": 4, "train.head_warmup_steps": 5}

@@ -72,7 +72,7 @@ def test_file_and_stdin_inputs(run, tmp_path):
 
 def test_errors_are_clear(run, tmp_path):
     run_dir, _, _ = run
-    with pytest.raises(SystemExit, match="no reviews given"):
+    with pytest.raises(SystemExit, match="no texts given"):
         run_cli(["--model", str(run_dir)], stdin_text="\n  \n")
     with pytest.raises(SystemExit, match="cannot load model"):
         run_cli(["--model", str(tmp_path / "missing-model"), "great"])

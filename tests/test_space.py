@@ -138,13 +138,19 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def app_url(built, tmp_path_factory):
     """``python app.py`` serving on 127.0.0.1 against the local model folder."""
-    pytest.importorskip("gradio", reason="the [space] extra is not installed (scripts/setup_env.sh installs it)")
     _, model_folder, folder = built
+    yield from serve_app(model_folder, folder, tmp_path_factory.mktemp("app"))
+
+
+def serve_app(model_folder: Path, folder: Path, log_dir: Path):
+    """Run the Space folder's ``app.py`` as the Space runs it, against ``model_folder``; yields its URL
+    once it answers, and stops it afterwards."""
+    pytest.importorskip("gradio", reason="the [space] extra is not installed (scripts/setup_env.sh installs it)")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the Space has no dapt checkout
     env.update(DAPT_MODEL=str(model_folder), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    log = tmp_path_factory.mktemp("app") / "app.log"
+    log = log_dir / "app.log"
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -207,8 +213,11 @@ def test_app_renders_the_prediction_in_a_headless_browser(built, app_url, tmp_pa
 
     _, model_folder, folder = built
     app = _import_app(folder)
+    module, app_classifier, app_tokenizer = app.load_model(str(model_folder))
+    opening = app.opening_example(app.load_examples(app.settings(app_classifier)["id2label"]), module, app_classifier,
+                                  app_tokenizer)
     classifier, tokenizer = load_classifier(model_folder)
-    _, label, confidence = infer_reviews(app.EXAMPLES[1], classifier, tokenizer)  # what the page shows on load
+    _, label, confidence = infer_reviews(opening, classifier, tokenizer)  # what the page shows on load
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
              "--window-size=1100,1200", "--virtual-time-budget=30000", f"--user-data-dir={tmp_path / 'profile'}"]
     shot = tmp_path / "space.png"

@@ -1,15 +1,21 @@
-"""A Gradio demo of a dapt sentiment classifier (written by `dapt-publish --space`).
+"""A Gradio demo of a dapt text classifier (written by `dapt-publish --space`).
 
 It loads the model exactly as its model card tells a user to: ``model.py`` and ``model.safetensors``
-from the model repository with ``hf_hub_download``, the tokenizer with ``AutoTokenizer``. It shows the
-label, the model's confidence (calibrated when the model stores a temperature) and which part of a
-long review the model actually read. ``DAPT_MODEL`` (a repo id or a local model folder) overrides
-the repository below, e.g. to try the app against a folder built by ``dapt-publish --dry-run``.
+from the model repository with ``hf_hub_download``, the tokenizer with ``AutoTokenizer``. It shows
+every label's probability (calibrated when the model stores a temperature), the label and which
+part of a long text the model actually read. Its examples are ``examples.json`` beside this file
+(texts the training run picked, with their true labels; the page opens on the first one the model
+gets right), or, for a Negative / Positive model without one, a few movie reviews. ``DAPT_MODEL``
+(a repo id or a local model folder) overrides the repository below, e.g. to try the app against a
+folder built by ``dapt-publish --dry-run``. Repositories published by earlier versions of dapt
+(whose ``model.py`` predates ``predict_proba(..., all_classes=True)``) work too.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import json
 import os
 import sys
 from pathlib import Path
@@ -20,13 +26,17 @@ from safetensors.torch import load_file as safe_load_file
 from transformers import AutoTokenizer, PretrainedConfig
 
 MODEL_REPO = None  # written by dapt-publish --space
-EXAMPLES = [
-    "One of the best films I have seen in years. The cast is superb.",
-    "Highly recommend to never watch again.",
-    "I expected to hate it, but it won me over completely.",
-    "Not bad at all, though the ending drags.",
-    "A masterpiece of boredom.",
+TASK = None  # written by dapt-publish --space: the page's title and what one input is called
+#: (text, true class: 1 positive, 0 negative): the examples of a Negative / Positive model
+#: published without examples.json, plain ones first
+MOVIE_EXAMPLES = [
+    ("One of the best films I have seen in years. The cast is superb.", 1),
+    ("Highly recommend to never watch again.", 0),
+    ("I expected to hate it, but it won me over completely.", 1),
+    ("Not bad at all, though the ending drags.", 1),
+    ("A masterpiece of boredom.", 0),
 ]
+EXAMPLES_FILE = Path(__file__).resolve().parent / "examples.json"
 READ, NOT_READ = "read", "not read"
 
 
@@ -60,6 +70,54 @@ def settings(classifier) -> dict:
     stored = dict(stored) if isinstance(stored, dict) else classifier.config.to_dict()
     stored["id2label"] = {int(k): v for k, v in stored["id2label"].items()}
     return stored
+
+
+def is_sentiment(labels: dict) -> bool:
+    """Two classes, negative then positive (``Negative`` / ``Positive``, or ``neg`` / ``pos``)."""
+    names = [str(labels[k]).strip().lower() for k in sorted(labels)]
+    return len(names) == 2 and names[0] in ("negative", "neg") and names[1] in ("positive", "pos")
+
+
+def task(labels: dict) -> dict:
+    """``TASK`` as written at build time; else what the labels say (this app began as a movie-review demo)."""
+    if TASK:
+        return TASK
+    if is_sentiment(labels):
+        return {"title": "Movie review sentiment", "item": "review"}
+    return {"title": "Text classification: " + ", ".join(labels[k] for k in sorted(labels)), "item": "text"}
+
+
+def load_examples(labels: dict) -> list[tuple[str, str | int | None]]:
+    """(text, true label: its name, or class index) pairs: examples.json beside this file, else the
+    movie reviews for a Negative / Positive model, else none."""
+    if EXAMPLES_FILE.is_file():
+        entries = json.loads(EXAMPLES_FILE.read_text(encoding="utf-8"))["examples"]
+        return [(entry["text"], entry.get("label")) for entry in entries]
+    return list(MOVIE_EXAMPLES) if is_sentiment(labels) else []
+
+
+def class_probabilities(texts: list[str], module, classifier, tokenizer) -> list[list[float]]:
+    """Every class's probability per text, in class-index order (one forward pass for all texts)."""
+    predict_proba = module.predict_proba
+    if "all_classes" in inspect.signature(predict_proba).parameters:
+        return predict_proba(texts, classifier, tokenizer, all_classes=True)
+    # a model.py published before all_classes existed: two classes, predict_proba gives P(class 1)
+    return [[1.0 - p, p] for p in predict_proba(texts, classifier, tokenizer)]
+
+
+def top_class(probabilities: list[float]) -> int:
+    """The predicted class: the first largest probability (torch.argmax's choice, as in infer_reviews)."""
+    return max(range(len(probabilities)), key=probabilities.__getitem__)
+
+
+def opening_example(examples, module, classifier, tokenizer) -> str:
+    """The text the page opens on: the first example the model classifies correctly (else the first)."""
+    if not examples:
+        return ""
+    labels = settings(classifier)["id2label"]
+    predicted = [top_class(p) for p in class_probabilities([t for t, _ in examples], module, classifier, tokenizer)]
+    right = (text for (text, label), guess in zip(examples, predicted) if label in (guess, labels[guess]))
+    return next(right, examples[0][0])
 
 
 def read_tokens(text: str, module, classifier, tokenizer) -> tuple[list[int], list[int], list[tuple[int, int]], str]:
@@ -111,44 +169,51 @@ def confidence_note(classifier) -> str:
 def build_demo(model_ref: str) -> gr.Blocks:
     module, classifier, tokenizer = load_model(model_ref)
     labels = settings(classifier)["id2label"]
+    names = [labels[k] for k in sorted(labels)]
+    title, item = task(labels)["title"], task(labels)["item"]
+    examples = load_examples(labels)
 
     def classify(text: str):
         if not text or not text.strip():
-            return {}, [], "Type a review."
-        label_class, label, confidence = module.infer_reviews(text, classifier, tokenizer)
-        scores = {labels[label_class]: confidence, labels[1 - label_class]: 1.0 - confidence}
+            return {}, [], f"Type a {item}."
+        probabilities = class_probabilities([text], module, classifier, tokenizer)[0]
+        label_class = top_class(probabilities)
+        label, confidence = names[label_class], probabilities[label_class]
         ids, kept, _, _ = read_tokens(text, module, classifier, tokenizer)
-        where = "the whole review" if len(kept) == len(ids) else (
+        where = f"the whole {item}" if len(kept) == len(ids) else (
             f"{len(kept)} of {len(ids)} tokens ({settings(classifier)['truncation']} truncation)")
+        scores = dict(zip(names, probabilities))
         return scores, read_spans(text, module, classifier, tokenizer), f"**{label}** ({confidence:.1%}); read {where}."
 
     def classify_lines(lines: str):
-        reviews = [line.strip() for line in (lines or "").splitlines() if line.strip()]
-        if not reviews:
+        texts = [line.strip() for line in (lines or "").splitlines() if line.strip()]
+        if not texts:
             return []
-        results = module.infer_reviews(reviews, classifier, tokenizer)
         rows = []
-        for review, (_, label, confidence) in zip(reviews, results):
-            ids, kept, _, _ = read_tokens(review, module, classifier, tokenizer)
-            rows.append([review, label, round(confidence, 4), f"{len(kept)}/{len(ids)}"])
+        for text, probabilities in zip(texts, class_probabilities(texts, module, classifier, tokenizer)):
+            label_class = top_class(probabilities)
+            ids, kept, _, _ = read_tokens(text, module, classifier, tokenizer)
+            rows.append([text, names[label_class], round(probabilities[label_class], 4), f"{len(kept)}/{len(ids)}"])
         return rows
 
-    with gr.Blocks(title="dapt sentiment") as demo:
-        gr.Markdown(f"# Movie review sentiment\nModel: `{model_ref}`. {confidence_note(classifier)}")
-        with gr.Tab("One review"):
-            review = gr.Textbox(label="Review", value=EXAMPLES[1], lines=5)
+    with gr.Blocks(title=f"dapt: {title}") as demo:
+        gr.Markdown(f"# {title}\nModel: `{model_ref}`. {confidence_note(classifier)}")
+        with gr.Tab(f"One {item}"):
+            text_box = gr.Textbox(label=item.capitalize(), value=opening_example(examples, module, classifier, tokenizer),
+                                  lines=5)
             button = gr.Button("Classify", variant="primary")
             summary = gr.Markdown()
-            scores = gr.Label(label="Prediction", num_top_classes=2)
+            scores = gr.Label(label="Prediction", num_top_classes=len(names))
             spans = gr.HighlightedText(label="What the model read", color_map={READ: "green", NOT_READ: "gray"},
                                        show_legend=True)
-            gr.Examples(EXAMPLES, inputs=review)
-            button.click(classify, inputs=review, outputs=[scores, spans, summary], api_name="classify")
-            demo.load(classify, inputs=review, outputs=[scores, spans, summary], api_name=False)
-        with gr.Tab("Many reviews"):
-            lines = gr.Textbox(label="One review per line", lines=8, value="\n".join(EXAMPLES))
+            if examples:
+                gr.Examples([[text] for text, _ in examples], inputs=text_box)
+            button.click(classify, inputs=text_box, outputs=[scores, spans, summary], api_name="classify")
+            demo.load(classify, inputs=text_box, outputs=[scores, spans, summary], api_name=False)
+        with gr.Tab(f"Many {item}s"):
+            lines = gr.Textbox(label=f"One {item} per line", lines=8, value="\n".join(" ".join(text.split()) for text, _ in examples))
             batch_button = gr.Button("Classify all", variant="primary")
-            table = gr.Dataframe(headers=["review", "label", "confidence", "tokens read"], wrap=True)
+            table = gr.Dataframe(headers=[item, "label", "confidence", "tokens read"], wrap=True)
             batch_button.click(classify_lines, inputs=lines, outputs=table, api_name="classify_batch")
     return demo
 

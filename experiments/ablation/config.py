@@ -20,7 +20,7 @@ from omegaconf import MISSING
 from dapt.core.runtime import raise_config
 
 #: metrics the paired bootstrap can resample (``experiments.ablation.stats.resampled_metric``)
-BOOTSTRAP_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc")
+BOOTSTRAP_METRICS = ("accuracy", "macro_f1", "f1", "precision", "recall", "roc_auc")
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
@@ -78,6 +78,7 @@ class AblationConfig:
     # where the plain arm and stage 1 both start; null: stage 1's model.name_or_path
     base_encoder: Optional[str] = None
     baseline: Optional[str] = None  # the arm the others are compared with; null: the first arm
+    # the first is the report's headline (its difference columns); macro_f1 for K > 2 classes, f1/precision/recall binary only
     metrics: List[str] = field(default_factory=lambda: ["accuracy", "f1", "roc_auc"])
     confidence: float = 0.95  # of both intervals
     reuse_runs: bool = True  # read back a finished run with the same config.yaml instead of retraining

@@ -14,7 +14,8 @@ import numpy as np
 from experiments.ablation.stats import excludes_zero
 from classify.plots import plt, save_figure  # pyplot on the Agg backend
 
-METRIC_TITLES = {"accuracy": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall", "roc_auc": "ROC AUC"}
+METRIC_TITLES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "f1": "F1", "precision": "precision", "recall": "recall",
+                 "roc_auc": "ROC AUC"}
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -60,15 +61,17 @@ def markdown_report(report: dict) -> str:
         chain = " → ".join(arm.get("chain") or []) or "—"
         lines.append(f"| {arm['name']} | `{arm['encoder']}` | {chain} | {' '.join(f'`{o}`' for o in arm['overrides']) or '—'} |")
     metrics = config["metrics"]
+    headline = metrics[0]  # the table's difference columns: the first metric configured (macro-F1 for K classes)
     for ds in analysis["datasets"]:
         n = sorted(set(analysis["summary"][arms[0]][ds]["n"]))
         lines += ["", f"## {ds} (n = {', '.join(map(str, n))})", ""]
         header = ["arm"] + [METRIC_TITLES[m] for m in metrics] + [
-            f"Δ accuracy vs {baseline}, pt ({confidence} % t, seeds)", f"Δ accuracy, pt ({confidence} % bootstrap, examples)"]
+            f"Δ {METRIC_TITLES[headline]} vs {baseline}, pt ({confidence} % t, seeds)",
+            f"Δ {METRIC_TITLES[headline]}, pt ({confidence} % bootstrap, examples)"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for arm in arms:
             row = [arm] + [_mean_std(analysis["summary"][arm][ds][m]) for m in metrics]
-            comparison = analysis["comparisons"].get(arm, {}).get(ds, {}).get("accuracy")
+            comparison = analysis["comparisons"].get(arm, {}).get(ds, {}).get(headline)
             if comparison is None:
                 row += ["(baseline)" if arm == baseline else "—", "—"]
             else:

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from classify.metrics import ranking_score
 from experiments.ablation.config import AblationConfig
 
 # --------------------------------------------------------------------------------------------
@@ -51,24 +52,41 @@ def paired_t_interval(differences: Sequence[float], confidence: float = 0.95) ->
     return result
 
 
-def resampled_metric(metric: str, label: np.ndarray, pred: np.ndarray, prob: np.ndarray, index: np.ndarray) -> np.ndarray:
+def resampled_metric(metric: str, label: np.ndarray, pred: np.ndarray, score: Optional[np.ndarray], index: np.ndarray,
+                     num_labels: int = 2) -> np.ndarray:
     """``metric`` on every resample: ``index`` is (resamples, n) row indices; returns (resamples,).
 
-    Same definitions as :func:`classify.evaluate.compute_metrics` (scikit-learn): F1, precision and
-    recall of the positive class with 0 for an empty denominator; ROC AUC as the Mann-Whitney
-    statistic with average ranks for ties (exactly sklearn's value), NaN when a class is absent."""
-    y = label[index].astype(bool)
+    Same definitions as :func:`classify.metrics.compute_metrics` (scikit-learn): F1, precision and
+    recall of the positive class (two classes) with 0 for an empty denominator; ``macro_f1`` the
+    mean of the ``num_labels`` per-class F1 scores; ROC AUC as the Mann-Whitney statistic with
+    average ranks for ties (exactly sklearn's value) of ``score`` (:func:`ranking_of`: the logit
+    margin ``[n]`` for two classes, the macro average of the one-vs-rest AUCs of the per-class
+    log-odds ``[n, K]`` otherwise), NaN when a class is absent from a resample."""
+    y = label[index]
     if metric == "accuracy":
-        return (pred[index] == label[index]).mean(axis=1)
+        return (pred[index] == y).mean(axis=1)
+    if metric == "macro_f1":
+        resamples = np.arange(index.shape[0])[:, None] * num_labels  # each resample's own block of K counters
+        count = lambda keys: np.bincount(keys.ravel(), minlength=index.shape[0] * num_labels).reshape(-1, num_labels)  # noqa: E731
+        p = pred[index]
+        true_positive = count((resamples + y)[p == y])
+        denominator = count(resamples + y) + count(resamples + p)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denominator > 0, 2 * true_positive / np.maximum(denominator, 1), 0.0).mean(axis=1)
     if metric == "roc_auc":
         from scipy.stats import rankdata
 
-        ranks = rankdata(prob[index], axis=1)
-        positives = y.sum(axis=1).astype(np.float64)
+        scores = score[index]  # (resamples, n) or (resamples, n, K)
+        is_class = y[..., None] == np.arange(num_labels) if scores.ndim == 3 else y[..., None].astype(bool)
+        scores = scores if scores.ndim == 3 else scores[..., None]
+        ranks = rankdata(scores, axis=1)
+        positives = is_class.sum(axis=1).astype(np.float64)
         negatives = y.shape[1] - positives
         with np.errstate(invalid="ignore", divide="ignore"):
-            auc = ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
-        return np.where((positives > 0) & (negatives > 0), auc, np.nan)
+            auc = ((ranks * is_class).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
+        auc = np.where((positives > 0) & (negatives > 0), auc, np.nan)
+        return auc.mean(axis=1)  # NaN when any class is absent
+    y = y.astype(bool)
     p = pred[index].astype(bool)
     tp = (p & y).sum(axis=1).astype(np.float64)
     fp = (p & ~y).sum(axis=1)
@@ -77,6 +95,28 @@ def resampled_metric(metric: str, label: np.ndarray, pred: np.ndarray, prob: np.
     numerator = 2 * tp if metric == "f1" else tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, numerator / np.maximum(denominator, 1), 0.0)
+
+
+def ranking_of(predictions) -> np.ndarray:
+    """What ROC AUC ranks (:func:`classify.metrics.ranking_score`, as results.json does): the logit
+    margin, or the per-class log-odds; predictions without logits (older runs) rank by ``prob``."""
+    if getattr(predictions, "logits", None) is not None:
+        return ranking_score(predictions)
+    return predictions.prob
+
+
+def num_labels_of(predictions) -> int:
+    logits = getattr(predictions, "logits", None)
+    return 2 if logits is None else logits.shape[1]
+
+
+def same_examples(predictions: Sequence) -> bool:
+    """Whether every one of ``predictions`` scored the very same examples: their ``row`` identities
+    (each example's row in its full split) are equal. Equal labels are not enough (IMDb test is
+    sorted by label, so two seeded subsets share their label vector), and predictions without
+    identities (older runs) are never assumed to match."""
+    rows = [getattr(p, "row", None) for p in predictions]
+    return all(r is not None for r in rows) and all(np.array_equal(rows[0], r) for r in rows[1:])
 
 
 def bootstrap_indices(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -92,16 +132,18 @@ def paired_bootstrap(pairs: Sequence[tuple], metric: str, indices: Sequence[np.n
     for both arms. ``observed`` is the difference on the full test sets."""
     diffs, observed = None, []
     for (base, arm), index in zip(pairs, indices):
-        if not np.array_equal(base.label, arm.label):
+        rows = [getattr(base, "row", None), getattr(arm, "row", None)]
+        if not np.array_equal(base.label, arm.label) or (all(r is not None for r in rows) and not np.array_equal(*rows)):
             raise ValueError("paired bootstrap: the two arms were evaluated on different examples")
+        k = num_labels_of(base)
+
+        def value(p, rows):
+            return resampled_metric(metric, p.label, p.pred, ranking_of(p), rows, k)
+
         full = np.arange(len(base.label))[None, :]
-        observed.append(float(resampled_metric(metric, arm.label, arm.pred, arm.prob, full)[0]
-                              - resampled_metric(metric, base.label, base.pred, base.prob, full)[0]))
-        seed_diffs = np.concatenate([
-            resampled_metric(metric, arm.label, arm.pred, arm.prob, index[i:i + chunk])
-            - resampled_metric(metric, base.label, base.pred, base.prob, index[i:i + chunk])
-            for i in range(0, len(index), chunk)
-        ])
+        observed.append(float(value(arm, full)[0] - value(base, full)[0]))
+        seed_diffs = np.concatenate([value(arm, index[i:i + chunk]) - value(base, index[i:i + chunk])
+                                     for i in range(0, len(index), chunk)])
         diffs = seed_diffs if diffs is None else diffs + seed_diffs
     diffs = diffs / len(pairs)
     kept = diffs[np.isfinite(diffs)]
@@ -113,6 +155,11 @@ def paired_bootstrap(pairs: Sequence[tuple], metric: str, indices: Sequence[np.n
         "p_not_positive": float(np.mean(kept <= 0)) if kept.size else None,  # share of resamples with no gain
         "seeds": len(pairs),
     }
+
+
+def applies(metric: str, predictions) -> bool:
+    """Positive-class F1, precision and recall exist for two classes only."""
+    return metric not in ("f1", "precision", "recall") or num_labels_of(predictions) == 2
 
 
 def excludes_zero(interval: Optional[dict]) -> Optional[bool]:
@@ -147,7 +194,7 @@ def analyse(config: AblationConfig, results: dict, predictions: dict) -> dict:
         labels = [predictions[baseline][s][ds].label for s in seeds]
         if config.bootstrap.samples == 0:
             continue
-        if all(np.array_equal(labels[0], other) for other in labels[1:]):
+        if same_examples([predictions[baseline][s][ds] for s in seeds]):
             shared = bootstrap_indices(len(labels[0]), config.bootstrap.samples, rng)
             indices[ds] = [shared] * len(seeds)
         else:
@@ -165,7 +212,7 @@ def analyse(config: AblationConfig, results: dict, predictions: dict) -> dict:
                 diffs = [a - b for b, a in pairs if a is not None and b is not None]
                 entry = {"difference": float(np.mean(diffs)) if diffs else None, "per_seed": diffs,
                          "paired_t": paired_t_interval(diffs, config.confidence) if diffs else None, "bootstrap": None}
-                if ds in indices:
+                if ds in indices and applies(metric, predictions[baseline][seeds[0]][ds]):
                     entry["bootstrap"] = paired_bootstrap(
                         [(predictions[baseline][s][ds], predictions[arm][s][ds]) for s in seeds], metric, indices[ds], config.confidence,
                     )
