@@ -81,27 +81,42 @@ def reliability_diagram_png(before: dict, after: dict, temperature: float, path:
     return save_figure(figure, Path(path))
 
 
-def training_curves_png(history: list[dict], metrics_path: str | Path | None, path: str | Path) -> Path | None:
-    """Training loss per logged step; loss and accuracy per epoch, training vs validation."""
+def training_curves_png(history: list[dict], metrics_path: str | Path | None, path: str | Path, title: str = "") -> Path | None:
+    """Training loss per logged step; loss and accuracy per epoch, training vs validation. With one
+    epoch the per-epoch panels are side-by-side bars (a line through one point shows nothing)."""
     if not history:
         return None
-    steps, losses = [], []
+    steps, losses, epoch_ends = [], [], []
     if metrics_path is not None and Path(metrics_path).is_file():
         for line in Path(metrics_path).read_text().splitlines():
             record = json.loads(line)
             if "loss" in record and "event" not in record:
                 steps.append(record["step"])
                 losses.append(record["loss"])
+            elif record.get("event") == "epoch":
+                epoch_ends.append(record["step"])
     epochs = [h["epoch"] for h in history]
-    figure, (by_step, loss, accuracy) = plt.subplots(1, 3, figsize=(12, 3.6))
+    figure, (by_step, loss, accuracy) = plt.subplots(1, 3, figsize=(12, 3.8))
     by_step.plot(steps, losses, color="tab:blue", linewidth=1)
-    by_step.set_xlabel("optimizer step")
+    for end in epoch_ends[:-1]:
+        by_step.axvline(end, color="grey", linestyle=":", linewidth=1)
+    by_step.set_xlabel("optimizer step" + (" (dotted: epoch ends)" if len(epoch_ends) > 1 else ""))
     by_step.set_ylabel("training loss (logged mean)")
+    by_step.set_title("per step")
     for axes, key, label in ((loss, "loss", "cross-entropy loss"), (accuracy, "acc", "accuracy")):
-        axes.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        axes.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
-        axes.set_xlabel("epoch")
+        train, validation = [h[f"train_{key}"] for h in history], [h[f"val_{key}"] for h in history]
+        if len(history) == 1:
+            bars = axes.bar(["train", "validation"], [train[0], validation[0]], color=["tab:blue", "tab:orange"])
+            axes.bar_label(bars, fmt="%.3f")
+            axes.set_ylim(0, 1.15 * max(train[0], validation[0], 1e-9))  # room for the labels
+            axes.set_title(f"epoch {epochs[0]} (one epoch: one value each)")
+        else:
+            axes.plot(epochs, train, "o-", label="train")
+            axes.plot(epochs, validation, "s-", label="validation")
+            axes.set_xlabel("epoch")
+            axes.set_xticks(epochs)
+            axes.legend()
+            axes.set_title("per epoch")
         axes.set_ylabel(label)
-        axes.set_xticks(epochs)
-        axes.legend()
+    figure.suptitle(f"Training curves{': ' + title if title else ''}")
     return save_figure(figure, Path(path))

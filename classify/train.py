@@ -59,23 +59,23 @@ from classify.results import EXAMPLES, run_results, select_examples, write_examp
 from classify.encoder import from_encoder
 from classify.leakage import check_pretraining_overlap
 from classify.model import WEIGHTS_NAME, DistilBERTClassifier
-from dapt.core.config import ConfigError, parse_cli, to_dict
+from dapt.core.config import parse_cli, to_dict
 from dapt.core.hub import looks_local
 from dapt.core.lineage import read_summary
-from dapt.core.checkpoint import CheckpointError, CheckpointManager, refuse_sharded
+from dapt.core.checkpoint import CheckpointManager, refuse_sharded
+from dapt.core.guard import guarded_run, run_command
 from dapt.core.loop import epoch_batches
-from dapt.core.rundir import OutputError, check_output_dir, final_artifacts, open_run
+from dapt.core.rundir import final_artifacts, open_run
+from dapt.core.signals import Preempted
 from dapt.core.state import RunningLoss, TrainState
-from dapt.core.step import OptimizerStep, check_finite
+from dapt.core.step import OptimizerStep, check_finite, check_loss
 from dapt.core.runtime import (
     end_run,
     linear_warmup_decay,
     logger,
-    make_accelerator,
     make_optimizer,
     parameter_groups,
     raise_config,
-    release_process_group,
     report_weights_format,
     steps_from_budget,
     write_json,
@@ -178,10 +178,14 @@ def check_encoder(name_or_path: str) -> None:
 
 
 def train_classifier(config: ClassifyConfig) -> dict:
-    """Run stage 2 as configured; returns the results also written to ``results.json``."""
+    """Run stage 2 as configured; returns the results also written to ``results.json`` (the folder
+    checked and locked, signals handled, failures cleaned up: :func:`dapt.core.guard.guarded_run`)."""
+    with guarded_run(config, marker=RESULTS) as accelerator:
+        return _train_classifier(config, accelerator)
+
+
+def _train_classifier(config: ClassifyConfig, accelerator) -> dict:
     output_dir = Path(config.output_dir)
-    check_output_dir(output_dir, marker=RESULTS, overwrite=config.overwrite, resume=config.checkpoint.resume)
-    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard, config.report_to)
     refuse_sharded(accelerator, config.checkpoint)  # FSDP / DeepSpeed: before the data is read
     set_seed(config.train.seed)  # the head's initialisation and dropout
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
@@ -227,6 +231,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
                 f"global batch {training.batch_size * accelerator.num_processes * training.grad_accum}")
     step = OptimizerStep(accelerator, model, optimizer, scheduler, state, max_grad_norm=training.max_grad_norm, max_nonfinite=training.max_nonfinite)
     train_loop(config, accelerator, model, step, train_loader, val_loader, train_sampler, state, total_steps, checkpoints, metrics)
+    step.check_recovered()  # a run must not end on skipped non-finite updates
     best_dir = checkpoints.directory / "best"
 
     # --- the best epoch's weights, evaluated on the held-out test sets
@@ -251,7 +256,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
             write_examples(staging / EXAMPLES, select_examples(validation.texts, validated, space.names))
             from classify.plots import training_curves_png
 
-            curves = training_curves_png(state.history, output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png")
+            curves = training_curves_png(state.history, output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png",
+                                         config.run_name)
             plots += [curves] if curves else []
         results = run_results(config, accelerator, state, space=space, data=sizes, calibration=calibration, evaluation=evaluation,
                               plots=[p.relative_to(staging).as_posix() for p in plots], leakage=leakage)
@@ -318,10 +324,12 @@ def train_loop(config: ClassifyConfig, accelerator, model, step: OptimizerStep, 
                 record.update({f"lr_{name}": lr for name, lr in zip(group_names, stepped.lrs)})
                 metrics.log(record, step=state.step)
                 progress.set_postfix(loss=f"{record['loss']:.3f}")
-            if config.checkpoint.every_steps and state.step % config.checkpoint.every_steps == 0:
+            if config.checkpoint.every_steps and state.step % config.checkpoint.every_steps == 0 or stepped.stop_signal:
                 state.train_time_s += time.time() - epoch_started
                 save_checkpoint()
                 epoch_started = time.time()
+            if stepped.stop_signal:  # SIGTERM / SIGINT on some process: checkpointed, now stop
+                raise Preempted(state.step, stepped.stop_signal)
         state.train_time_s += time.time() - epoch_started
         end_of_epoch(config, accelerator, model, val_loader, state, sums, checkpoints, metrics)
         if config.checkpoint.every_epoch:
@@ -339,6 +347,7 @@ def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: 
     sums.zero_()
     state.train_samples += int(rows)
     val = predict(model, val_loader, accelerator)
+    check_loss("validation loss", val.loss, f"after epoch {epoch} (step {state.step})", state.step)
     num_labels = val.logits.shape[1]
     val_metrics = compute_metrics(val.label, val.pred, ranking_score(val), val.loss, [str(c) for c in range(num_labels)])
     record = {
@@ -370,14 +379,8 @@ def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: 
 
 
 def main(argv=None) -> None:
-
     config = parse_cli(ClassifyConfig, argv, "Stage 2: train and evaluate the sentiment classifier", default_config=None)
-    try:
-        results = train_classifier(config)
-    except (ConfigError, CheckpointError, DataError, OutputError, FileNotFoundError, FloatingPointError, ValueError) as error:
-        logger.error(str(error))
-        release_process_group(barrier=False)  # the run's collectives are over: exit without the gloo hang
-        raise SystemExit(f"error: {error}") from None
+    results = run_command(train_classifier, config)  # a refusal: one line and exit 1; a preemption: EXIT_PREEMPTED
     for name, block in results["evaluation"].items():
         print(f"{name}: accuracy {block['accuracy']:.4f}, F1 {block['f1']:.4f}, n {block['n']}")
     print(f"results: {Path(config.output_dir) / 'results.json'}")

@@ -12,7 +12,6 @@ loop (checkpoints, evaluation, a wall-clock budget) -> the adapted encoder, toke
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +28,14 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dapt.core.config import ConfigError, parse_cli, to_dict
-from dapt.core.checkpoint import CheckpointError, CheckpointManager, refuse_sharded
+from dapt.core.config import parse_cli, to_dict
+from dapt.core.checkpoint import CheckpointManager, refuse_sharded
+from dapt.core.guard import guarded_run, run_command
 from dapt.core.loop import epoch_batches
-from dapt.core.rundir import OutputError, check_output_dir, final_artifacts, open_run
+from dapt.core.rundir import final_artifacts, open_run
+from dapt.core.signals import Preempted
 from dapt.core.state import RunningLoss, TrainState
-from dapt.core.step import OptimizerStep, check_finite
+from dapt.core.step import OptimizerStep, check_finite, check_loss, perplexity
 from dapt.core.lineage import chain_of, describe_phase, new_phase, read_summary, source_record
 from dapt.data import build_blocks
 from dapt.masking import EVAL_EPOCH, MLMCollator
@@ -46,11 +47,9 @@ from dapt.core.runtime import (
     inner_state_dict,
     linear_warmup_decay,
     logger,
-    make_accelerator,
     make_optimizer,
     parameter_groups,
     raise_config,
-    release_process_group,
     report_weights_format,
     steps_from_budget,
     write_json,
@@ -74,7 +73,8 @@ def make_collator(config: PretrainConfig, tokenizer) -> MLMCollator:
 @torch.no_grad()
 def evaluate(objective, loader, accelerator) -> dict:
     """Held-out MLM loss per masked token (a token-weighted mean across all processes) and its
-    perplexity. Masks are fixed, so two evaluations of the same weights agree."""
+    perplexity (infinite beyond a loss of 709.8 nats, never capped). Masks are fixed, so two
+    evaluations of the same weights agree."""
     objective.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     total_tokens = torch.zeros((), dtype=torch.float64, device=accelerator.device)
@@ -91,7 +91,12 @@ def evaluate(objective, loader, accelerator) -> dict:
         total_tokens += tokens_per_example.sum()
     objective.train()
     loss = (total_loss / total_tokens).item()
-    return {"heldout_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "heldout_masked_tokens": int(total_tokens.item())}
+    return {"heldout_loss": loss, "perplexity": perplexity(loss), "heldout_masked_tokens": int(total_tokens.item())}
+
+
+def check_heldout(result: dict, when: str, step: int, cause=None) -> None:
+    """A held-out loss with no finite perplexity is a diverged model (:class:`dapt.core.step.Diverged`)."""
+    check_loss("held-out loss", result["heldout_loss"], when, step, with_perplexity=True, cause=cause)
 
 
 def warm_up_head(objective, loader, collator, accelerator, config: PretrainConfig) -> None:
@@ -140,11 +145,15 @@ class PretrainState(TrainState):
 
 
 def pretrain(config: PretrainConfig) -> dict:
-    """Run stage 1 as configured; returns the summary also written to ``dapt_summary.json``."""
+    """Run stage 1 as configured; returns the summary also written to ``dapt_summary.json``. The
+    folder is checked and locked, signals handled, failures cleaned up: :func:`dapt.core.guard.guarded_run`."""
+    with guarded_run(config, marker=SUMMARY) as accelerator:
+        return _pretrain(config, accelerator)
+
+
+def _pretrain(config: PretrainConfig, accelerator) -> dict:
     started = time.time()
     output_dir = Path(config.output_dir)
-    check_output_dir(output_dir, marker=SUMMARY, overwrite=config.overwrite, resume=config.checkpoint.resume)
-    accelerator = make_accelerator(config.impl, output_dir, config.train.grad_accum, config.tensorboard, config.report_to)
     refuse_sharded(accelerator, config.checkpoint)  # FSDP / DeepSpeed: before the data is read
     set_seed(config.train.seed)
     logger.info(f"processes: {accelerator.num_processes}, device: {accelerator.device}, precision: {accelerator.mixed_precision}")
@@ -200,27 +209,34 @@ def pretrain(config: PretrainConfig) -> dict:
     else:
         state = PretrainState(baseline="pretrained_head" if had_head else "random_head")
         state.before = evaluate(objective, eval_loader, accelerator)
+        check_heldout(state.before, "before DAPT, of the model as loaded", 0,
+                      cause=f"the model {config.model.name_or_path} or the precision (impl.mixed_precision={config.impl.mixed_precision})")
         state.before_random_head = None if had_head else state.before
         if not had_head and config.train.head_warmup_steps > 0:
             logger.info(f"random-head perplexity {state.before['perplexity']:.1f}; warming up the head for "
                         f"{config.train.head_warmup_steps} steps")
             warm_up_head(objective, train_loader, collator, accelerator, config)
             state.before, state.baseline = evaluate(objective, eval_loader, accelerator), "head_warmup"
+            check_heldout(state.before, "before DAPT, after the head warm-up", 0,
+                          cause=f"the head warm-up's learning rate (train.head_warmup_lr={config.train.head_warmup_lr:g}): lower it")
         elif not had_head:
             logger.warning("no MLM head and train.head_warmup_steps=0: the 'before' perplexity is that of a random "
                            "head; set train.head_warmup_steps > 0 for an honest baseline")
         metrics.log({"event": "baseline", **state.before, "baseline": state.baseline}, step=0)
         logger.info(f"held-out perplexity before DAPT: {state.before['perplexity']:.2f} ({state.baseline})")
 
-    out_of_time = train_loop(config, accelerator, objective, OptimizerStep(
-        accelerator, objective, optimizer, scheduler, state, max_grad_norm=config.train.max_grad_norm,
-        max_nonfinite=config.train.max_nonfinite), train_loader, eval_loader, collator, state, total_steps, checkpoints, metrics)
+    step = OptimizerStep(accelerator, objective, optimizer, scheduler, state, max_grad_norm=config.train.max_grad_norm,
+                         max_nonfinite=config.train.max_nonfinite)
+    out_of_time = train_loop(config, accelerator, objective, step, train_loader, eval_loader, collator, state, total_steps,
+                             checkpoints, metrics)
 
-    # --- the result: finite weights only, written beside the old ones and then switched in
+    # --- the result: a model that did not diverge, written beside the old one and then switched in
+    step.check_recovered()
     unwrapped = accelerator.unwrap_model(objective).model
-    check_finite(unwrapped, f"after step {state.step}", checkpoints.latest_name())
+    check_finite(unwrapped, f"after step {state.step}", step=state.step)
     after = evaluate(objective, eval_loader, accelerator)
     metrics.log({"event": "final", **after}, step=state.step)
+    check_heldout(after, f"after step {state.step}", state.step)
     with final_artifacts(accelerator, output_dir, SUMMARY, checkpoints) as staging:
         unwrapped.save_pretrained(
             staging, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
@@ -295,11 +311,14 @@ def train_loop(config: PretrainConfig, accelerator, objective, step: OptimizerSt
                 result = evaluate(objective, eval_loader, accelerator)
                 metrics.log({"event": "eval", **result}, step=state.step)
                 logger.info(f"step {state.step}: held-out perplexity {result['perplexity']:.2f}")
-            if config.checkpoint.every_steps and state.step % config.checkpoint.every_steps == 0:
+                check_heldout(result, f"at step {state.step}", state.step)
+            if config.checkpoint.every_steps and state.step % config.checkpoint.every_steps == 0 or stepped.stop_signal:
                 state.wall_time_s = time.time() - session_start
                 running.save_into(state)
                 state.pending_tokens = int(accelerator.reduce(tokens.clone(), "sum"))
                 checkpoints.save(state.step, state, metrics.size())
+            if stepped.stop_signal:  # SIGTERM / SIGINT on some process: checkpointed, now stop
+                raise Preempted(state.step, stepped.stop_signal)
             if state.step >= total_steps or out_of_time:
                 break
         else:
@@ -314,12 +333,7 @@ def train_loop(config: PretrainConfig, accelerator, objective, step: OptimizerSt
 
 def main(argv=None) -> None:
     config = parse_cli(PretrainConfig, argv, "Stage 1: domain-adaptive MLM pretraining", default_config=None)
-    try:
-        pretrain(config)
-    except (ConfigError, CheckpointError, OutputError, FileNotFoundError, FloatingPointError, ValueError) as error:
-        logger.error(str(error))
-        release_process_group(barrier=False)  # the run's collectives are over: exit without the gloo hang
-        raise SystemExit(f"error: {error}") from None
+    run_command(pretrain, config)  # a refusal: one line and exit 1; a preemption: EXIT_PREEMPTED
 
 
 if __name__ == "__main__":

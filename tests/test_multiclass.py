@@ -181,3 +181,20 @@ def test_dapt_evaluate_help_says_how_to_name_a_file(capsys):
         evaluate_main(["--help"])
     text = capsys.readouterr().out
     assert "--data FILE" in text and "data.eval.NAME.path=FILE" in text
+
+
+def test_training_curves_have_a_title_and_bars_for_a_single_epoch(tmp_path, monkeypatch):
+    """Issue 20: the figure had no title, and one epoch drew single points."""
+    from classify import plots
+
+    seen = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: seen.append(figure) or path)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps({"step": i, "loss": 1 / i}) for i in range(1, 9)))
+    one = [{"epoch": 1, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": 0.75}]
+    plots.training_curves_png(one, metrics, tmp_path / "one.png", "my-run")
+    plots.training_curves_png(one + [{**one[0], "epoch": 2}], metrics, tmp_path / "two.png", "my-run")
+    single, several = seen
+    assert single._suptitle.get_text() == "Training curves: my-run"
+    assert [len(axes.patches) for axes in single.axes] == [0, 2, 2]  # train and validation bars
+    assert [len(axes.patches) for axes in several.axes] == [0, 0, 0] and len(several.axes[1].lines) == 2

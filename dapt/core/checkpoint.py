@@ -8,12 +8,14 @@ and renamed once everything is on disk. It holds
 * ``rng_{process}.safetensors`` + ``rng_{process}.json`` - every process's random generators;
 * ``trainer_state.json`` (written last) - the loop's state (step, epoch, batch position, ...), the
   scheduler's and the gradient scaler's state, accelerate's micro-batch counter, the size
-  ``metrics.jsonl`` had, and the run's *fingerprint*: the settings that change the trajectory.
+  ``metrics.jsonl`` had, the run's *fingerprint* (the settings that change the trajectory), and
+  the content hash of every other file plus a checksum of its own (:mod:`dapt.core.integrity`).
 
 Nothing is pickled, and :meth:`CheckpointManager.load` refuses a folder holding ``.pkl`` /
-``.bin`` / ``.pt`` files (unpickling runs code). ``resume=latest`` refuses a checkpoint whose
-fingerprint differs from the current settings and names the differing keys; pruning never
-deletes the checkpoint just written.
+``.bin`` / ``.pt`` files (unpickling runs code). A checkpoint is verified against its hashes
+before it is resumed from: ``resume=latest`` falls back to the newest one that verifies (saying
+which did not, and why). ``resume=latest`` refuses a checkpoint whose fingerprint differs from the
+current settings and names the differing keys; pruning never deletes the checkpoint just written.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from dapt.core import integrity
 from dapt.core.runtime import agreed_failure, write_failure
 from dapt.core.step import check_finite
 
@@ -41,7 +45,7 @@ logger = get_logger(__name__)
 
 STATE_FILE = "trainer_state.json"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth")
-_RESERVED = ("fingerprint", "metrics_bytes", "scheduler", "grad_scaler", "accelerator_step")
+_RESERVED = ("fingerprint", "metrics_bytes", "scheduler", "grad_scaler", "accelerator_step", integrity.FILES, integrity.CHECKSUM)
 
 
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)  # checkpoints hold whole, unsharded states
@@ -175,27 +179,36 @@ class CheckpointManager:
         checkpoint stays the last good one)."""
         accelerator = self.accelerator
         model, optimizer = self._modules()
-        check_finite(model, f"at step {step}", self.latest_name())
+        check_finite(model, f"at step {step}", step=step)
         state = state.to_json() if hasattr(state, "to_json") else state
         final = self.directory / f"step_{step:08d}"
         temporary = self.directory / f".tmp-step_{step:08d}"
         rank, main = accelerator.process_index, accelerator.is_main_process
 
+        digests: dict[str, str] = {}  # file name -> content hash, each taken right after the file is written
+
+        def written(name: str) -> Path:
+            digests[name] = integrity.file_digest(temporary / name)
+            return temporary / name
+
         def write_rng():
             rng_tensors, rng_meta = _rng_state()
             save_file(rng_tensors, str(temporary / f"rng_{rank}.safetensors"))
             _write_json(temporary / f"rng_{rank}.json", rng_meta)
+            written(f"rng_{rank}.safetensors"), written(f"rng_{rank}.json")
 
         def write_main():
             save_model(model, str(temporary / "model.safetensors"))
+            written("model.safetensors")
             tensors, meta = _optimizer_tensors(optimizer)
             save_file(tensors, str(temporary / "optimizer.safetensors"))
             _write_json(temporary / "optimizer.json", meta)
+            written("optimizer.safetensors"), written("optimizer.json")
             scheduler = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             reserved = dict(fingerprint=self.fingerprint, metrics_bytes=metrics_bytes, scheduler=scheduler,
                             grad_scaler=scaler, accelerator_step=accelerator.step)
-            _write_json(temporary / STATE_FILE, {**state, "step": step, **reserved})
+            _write_json(temporary / STATE_FILE, integrity.seal({**state, "step": step, **reserved}, digests))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(temporary, final)
 
@@ -206,8 +219,13 @@ class CheckpointManager:
         # three phases, each ended by every process learning whether any of them failed (in place
         # of a barrier): the folder, every process's generators, then the main process's files
         failure = agreed_failure(_attempt(fresh_folder) if main else None)
-        if failure is None:
+        if failure is None:  # every process's generators, and their digests for the main process's record
             failure = agreed_failure(_attempt(write_rng))
+            if failure is None and accelerator.num_processes > 1:
+                from accelerate.utils import gather_object
+
+                for entries in gather_object([digests]):
+                    digests.update(entries)
         if failure is None:
             failure = agreed_failure(_attempt(write_main) if main else None)
         if failure is not None:
@@ -224,11 +242,17 @@ class CheckpointManager:
     def _prune(self, step: int) -> None:
         """Keep ``step_{step}`` and the ``keep - 1`` newest older ones of this run; delete later
         step numbers (an abandoned future of a resumed run). Never touch another run's."""
-        ours = [p for p in self.all() if read_state(p).get("fingerprint") == self.fingerprint]
+        ours = [p for p in self.all() if self._ours(p)]
         older = [p for p in ours if _step_of(p) < step]
         doomed = older[: max(0, len(older) - (self.keep - 1))] + [p for p in ours if _step_of(p) > step]
         for path in doomed:
             shutil.rmtree(path, ignore_errors=True)
+
+    def _ours(self, path: Path) -> bool:
+        try:
+            return read_state(path).get("fingerprint") == self.fingerprint
+        except (OSError, ValueError, AttributeError):  # unreadable: nobody's to delete
+            return False
 
     def all(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -241,10 +265,21 @@ class CheckpointManager:
         found = self.all()
         return str(found[-1]) if found else "none"
 
+    def last_good(self, before: Optional[int] = None) -> str:
+        """The newest checkpoint of this run (before step ``before``) whose files verify, or "none"."""
+        for path in reversed(self.all()):
+            if (before is None or _step_of(path) < before) and self._ours(path) and integrity.problem_with(path, STATE_FILE) is None:
+                return str(path)
+        return "none"
+
     def resolve(self, resume: Optional[str], overwrite: bool = False) -> Optional[Path]:
-        """``None`` -> start fresh; ``latest`` -> the newest complete checkpoint (fresh if none);
-        a path -> that checkpoint, which must be complete. A checkpoint of other settings is an
-        error naming the keys, or with ``overwrite`` (``latest`` only) ignored."""
+        """``None`` -> start fresh; ``latest`` -> the newest complete checkpoint that verifies (fresh
+        if there is none; an error if none of them verifies); a path -> that checkpoint, which must
+        be complete and verify. A checkpoint of other settings is an error naming the keys, or with
+        ``overwrite`` (``latest`` only) ignored. The main process decides; every process gets its answer."""
+        return _decided_by_main(self.accelerator, lambda: self._resolve(resume, overwrite))
+
+    def _resolve(self, resume: Optional[str], overwrite: bool) -> Optional[Path]:
         if not resume:
             return None
         if resume == "latest":
@@ -252,11 +287,24 @@ class CheckpointManager:
             if not found:
                 logger.info(f"resume=latest: no checkpoint under {self.directory}, starting fresh")
                 return None
-            path = found[-1]
+            damaged = []
+            for path in reversed(found):
+                problem = integrity.problem_with(path, STATE_FILE)
+                if problem is None:
+                    break
+                damaged.append(f"{path.name}: {problem}")
+                logger.warning(f"checkpoint {path} does not verify: {problem}; trying the one before it")
+            else:
+                raise CheckpointError(f"checkpoint.resume=latest: no checkpoint under {self.directory} verifies ({'; '.join(damaged)}); "
+                                      "set overwrite=true to start afresh")
         else:
             path = Path(resume)
             if not (path / STATE_FILE).is_file():
                 raise FileNotFoundError(f"checkpoint.resume: {path} is not a complete checkpoint (no {STATE_FILE})")
+            problem = integrity.problem_with(path, STATE_FILE)
+            if problem is not None:
+                raise CheckpointError(f"checkpoint.resume: {path} does not verify: {problem}; resume from another checkpoint "
+                                      "(checkpoint.resume=latest takes the newest that verifies)")
         saved = read_state(path).get("fingerprint")
         keys = ["(no record of its settings)"] if saved is None else differing_keys(saved, self.fingerprint)
         if keys:
@@ -274,13 +322,24 @@ class CheckpointManager:
         if pickles:
             raise CheckpointError(f"{path} holds {', '.join(pickles)}: refusing to load pickle files from a checkpoint "
                                   "(unpickling can run code); checkpoints hold only safetensors and JSON")
+        state = read_state(path)
+        if not integrity.is_sealed(state):
+            logger.warning(f"{path} has no content hashes (written by an older version): loading it unverified")
+        try:
+            self._restore(path, state)
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as error:
+            raise CheckpointError(f"cannot load checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]}") from error
+        logger.info(f"resumed from {path} at step {state['step']}")
+        return {k: v for k, v in state.items() if k not in _RESERVED}
+
+    def _restore(self, path: Path, state: dict) -> None:
         accelerator = self.accelerator
         model, optimizer = self._modules()
-        state = read_state(path)
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(accelerator.device))
+        device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)  # safetensors refuses "cpu:0"
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=device)
         if missing or unexpected:
             raise CheckpointError(f"{path}/model.safetensors does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors"), device=str(accelerator.device)),
+        _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors"), device=device),
                         json.loads((path / "optimizer.json").read_text()))
         self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(self.scheduler.lr_lambdas)})
         if accelerator.scaler is not None and state.get("grad_scaler"):
@@ -291,8 +350,24 @@ class CheckpointManager:
             _set_rng_state(load_file(str(rng.with_suffix(".safetensors"))), json.loads(rng.with_suffix(".json").read_text()))
         else:
             logger.warning(f"{path}: no random state for process {accelerator.process_index} (another process count?)")
-        logger.info(f"resumed from {path} at step {state['step']}")
-        return {k: v for k, v in state.items() if k not in _RESERVED}
+
+
+def _decided_by_main(accelerator: Accelerator, decide):
+    """``decide()`` on the main process only; its result, or its exception, on every process."""
+    outcome: list = [None]
+    if accelerator.is_main_process:
+        try:
+            outcome = [("result", decide())]
+        except Exception as error:  # raised again below, on every process
+            outcome = [("error", error)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(outcome)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def _attempt(write) -> Optional[str]:

@@ -24,6 +24,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -79,7 +80,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         merged = OmegaConf.merge(base, *layers)
         for item in overrides:  # one by one: `data.sources.0.path=...` indexes into lists
             key, raw = item.split("=", 1)
-            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
+            value = _override_value(item, raw)
             if key in mappings and isinstance(value, dict):  # the whole mapping: replaced
                 OmegaConf.update(merged, key, {}, merge=False)
                 named.add(key)
@@ -129,6 +130,15 @@ def _named_mappings(node, prefix: str = "") -> dict[str, type]:
 
 def _add_entry(merged, mapping: str, name: str, entry: type) -> None:
     OmegaConf.select(merged, mapping)[name] = OmegaConf.structured(entry)
+
+
+def _override_value(item: str, raw: str) -> Any:
+    """The value of one ``key=value`` override, read as YAML (as OmegaConf reads it)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"override {item!r}: its value is not valid YAML ({problem}); quote it if it is a string") from error
 
 
 def _describe(error: OmegaConfBaseException, path: Path | None) -> str:

@@ -21,7 +21,7 @@ class LoopConfig:
     warmup_ratio: float = 0.06  # of all optimizer steps
     max_grad_norm: float = 1.0  # 0: no clipping
     log_every: int = 20  # optimizer steps between metrics.jsonl lines
-    max_nonfinite: int = 20  # skipped non-finite updates before the run stops
+    max_nonfinite: int = 20  # skipped non-finite updates in a row before the run stops (it must not end on one)
 
     def validate(self, prefix: str = "train") -> None:
         for key in ("batch_size", "eval_batch_size", "grad_accum", "log_every"):
@@ -45,6 +45,7 @@ class RunConfig:
     run_name: str = "run"
     tensorboard: bool = False
     report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow, ... (Accelerate's)
+    break_lock: bool = False  # take over output_dir's lock held by a run on another host: only when that run is gone
 
     def validate(self) -> None:
         self.impl.validate()

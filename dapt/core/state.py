@@ -17,6 +17,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of ``epoch`` already trained: a resumed run skips them
     nonfinite: int = 0  # updates skipped for a non-finite gradient
+    nonfinite_streak: int = 0  # of them, the latest in a row (0: the last update was finite)
     wall_time_s: float = 0.0  # training time over all sessions
     pending_loss: float = 0.0  # all-process sum of the losses since the last log line
     pending_batches: int = 0

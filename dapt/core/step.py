@@ -3,18 +3,62 @@
 Modelled on the end of nanoGPT's training loop and cramming's ``model_engine.step``: the loop
 computes a loss inside ``accelerator.accumulate(model)`` and calls :class:`OptimizerStep`, which
 does the rest - backward every micro-batch; at an accumulation boundary clip, check, step,
-schedule, zero.
+schedule, zero. At every optimizer step boundary the processes also agree whether a stop signal
+arrived (:func:`dapt.core.signals.agreed_stop`).
+
+Divergence (:class:`Diverged`) is a run that trained into non-finite numbers: more than
+``max_nonfinite`` skipped updates in a row, a run that ends on skipped updates
+(:meth:`OptimizerStep.check_recovered`), non-finite weights (:func:`check_finite`), or a
+non-finite evaluation loss (:func:`check_loss`).
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from accelerate.logging import get_logger
 
+from dapt.core.signals import agreed_stop
+
 logger = get_logger(__name__)
+
+# the largest loss whose perplexity exp(loss) is a float (709.78 nats): beyond it the model gives
+# the right token a probability below 1e-308, which no model that is learning does
+LOG_MAX = math.log(sys.float_info.max)
+
+
+class Diverged(FloatingPointError):
+    """Training diverged. Says what and from which ``step``; the run's guard
+    (:func:`dapt.core.guard.guarded_run`) adds the last good checkpoint (one that verifies, from
+    before ``step``) and the likely cause (the learning rates, with their values)."""
+
+    def __init__(self, what: str, step: int, *, cause: Optional[str] = None, last_good: Optional[str] = None):
+        super().__init__(what)
+        self.what, self.step, self.cause, self.last_good = what, step, cause, last_good
+
+    def __str__(self) -> str:
+        last_good = f"; the last good checkpoint is {self.last_good}" if self.last_good is not None else ""
+        return f"{self.what}{last_good}; likely cause: {self.cause or 'the learning rate: lower it'}"
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), infinite beyond :data:`LOG_MAX` (never capped: a capped 1e304 hides a diverged model)."""
+    return math.inf if loss > LOG_MAX else math.exp(loss)
+
+
+def check_loss(name: str, loss, when: str, step: int, *, with_perplexity: bool = False, cause: Optional[str] = None) -> None:
+    """:class:`Diverged` when an evaluation's mean loss (a number or the per-row losses) is not
+    finite, or with ``with_perplexity`` has no finite perplexity."""
+    loss = float(np.mean(loss))
+    if math.isfinite(loss) and not (with_perplexity and loss > LOG_MAX):
+        return
+    shown = f"{name} {loss:.4g}" + (f" (perplexity {perplexity(loss):.4g})" if with_perplexity else "")
+    raise Diverged(f"{shown} {when}: the model has diverged", step, cause=cause)
 
 
 @dataclass
@@ -22,14 +66,15 @@ class StepResult:
     grad_norm: torch.Tensor  # before clipping
     lrs: list[float]  # the learning rates this update used, one per parameter group
     skipped: bool  # no update: a non-finite gradient, or an fp16 overflow the scaler skipped
+    stop_signal: int = 0  # a stop signal some process received (every process agrees): checkpoint and stop
 
 
 class OptimizerStep:
     """``step(loss)``: backward; at an accumulation boundary clip to ``max_grad_norm`` (0: no
     clipping), skip a non-finite update (counted in ``state.nonfinite``; more than
-    ``max_nonfinite`` stops the run), step the optimizer and the schedule, zero the gradients and
-    count ``state.step``. Under fp16 the gradient scaler skips an overflowing step and lowers its
-    scale: that is its normal working, not counted. Returns ``None`` between boundaries."""
+    ``max_nonfinite`` of them in a row stop the run), step the optimizer and the schedule, zero the
+    gradients and count ``state.step``. Under fp16 the gradient scaler skips an overflowing step and
+    lowers its scale: that is its normal working, not counted. Returns ``None`` between boundaries."""
 
     def __init__(self, accelerator, model, optimizer, scheduler, state, *, max_grad_norm: float, max_nonfinite: int):
         self.accelerator, self.model, self.optimizer, self.scheduler, self.state = accelerator, model, optimizer, scheduler, state
@@ -48,17 +93,32 @@ class OptimizerStep:
             skipped = accelerator.optimizer_step_was_skipped
         elif not torch.isfinite(grad_norm):
             state.nonfinite += 1
-            logger.warning(f"step {state.step + 1}: non-finite gradient norm, update skipped ({state.nonfinite})")
-            if state.nonfinite > self.max_nonfinite:
-                raise FloatingPointError(f"{state.nonfinite} non-finite updates: stopping (lower the learning rate?)")
+            state.nonfinite_streak += 1
+            logger.warning(f"step {state.step + 1}: non-finite gradient norm, update skipped ({state.nonfinite_streak} in a row)")
+            if state.nonfinite_streak > self.max_nonfinite:
+                first = state.step + 2 - state.nonfinite_streak
+                raise Diverged(f"{state.nonfinite_streak} non-finite updates in a row (steps {first}-{state.step + 1}): "
+                               f"training diverged at step {first}", first)
             skipped = True
         else:
             self.optimizer.step()
             skipped = False
+        if not skipped:
+            state.nonfinite_streak = 0
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         state.step += 1
-        return StepResult(grad_norm, lrs, skipped)
+        return StepResult(grad_norm, lrs, skipped, agreed_stop(accelerator))
+
+    def check_recovered(self) -> None:
+        """At the end of training: :class:`Diverged` when the run's last updates were all skipped
+        for non-finite gradients, however short the run (it ended without recovering)."""
+        streak, last = self.state.nonfinite_streak, self.state.step
+        if streak:
+            first = last - streak + 1
+            updates = "its last update" if streak == 1 else f"its last {streak} updates (step {first} to step {last})"
+            raise Diverged(f"training diverged at step {first}: {updates} had non-finite gradients and were skipped, "
+                           "and the run ended without recovering", first)
 
 
 @torch.no_grad()
@@ -71,9 +131,9 @@ def nonfinite_parameters(module: torch.nn.Module) -> list[str]:
     return [name for (name, _), ok in zip(named, finite) if not ok]
 
 
-def check_finite(module: torch.nn.Module, when: str, last_good: str) -> None:
-    """FloatingPointError naming ``when`` and the last good checkpoint when ``module`` has non-finite weights."""
+def check_finite(module: torch.nn.Module, when: str, last_good: Optional[str] = None, step: int = 0) -> None:
+    """:class:`Diverged` naming ``when`` when ``module`` has non-finite weights (inside a run, its
+    guard names the last good checkpoint from before ``step``; else ``last_good`` is named)."""
     bad = nonfinite_parameters(module)
     if bad:
-        raise FloatingPointError(f"non-finite weights {when} in {len(bad)} tensors (e.g. {bad[0]}): not saving them; "
-                                 f"the last good checkpoint is {last_good} (lower the learning rate?)")
+        raise Diverged(f"non-finite weights {when} in {len(bad)} tensors (e.g. {bad[0]}): not saving them", step, last_good=last_good)
