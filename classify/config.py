@@ -19,7 +19,7 @@ BEST_METRICS = {"val_acc": "max", "val_macro_f1": "max", "val_f1": "max", "val_r
 # keys that may change between a run and its resume (everything else is the run's fingerprint);
 # data.eval: the test sets are read only after training
 RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "report_to", "overwrite", "push_to_hub", "hub_repo_id", "hub_private",
-                  "checkpoint", "data.eval", "train.log_every", "train.max_nonfinite", "impl.dataloader_workers", "impl.pin_memory",
+                  "checkpoint", "data.eval", "data.allow_pretraining_overlap", "train.log_every", "train.max_nonfinite", "impl.dataloader_workers", "impl.pin_memory",
                   "impl.ddp_timeout_minutes")
 
 
@@ -58,6 +58,8 @@ class DataConfig:
     group_by_length: bool = True  # length-bucketed batches in shuffled order (less padding)
     bucket_batches: int = 50  # batches per length bucket
     balance_labels: bool = False  # every training batch holds the classes in the data's proportion
+    # evaluate on a set that stage 1 trained the encoder on (classify.leakage): refused unless true
+    allow_pretraining_overlap: bool = False
 
 
 @dataclass

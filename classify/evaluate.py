@@ -236,10 +236,9 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     """Evaluate a saved classifier on ``config.data.eval``; writes results.json + plots/.
     ``truncation`` / ``window_stride`` read the reviews another way than the model's stored one
     (e.g. ``windows`` for a model trained with ``head+tail``)."""
-    import json
-
     from accelerate.utils import set_seed
 
+    from classify.leakage import check_pretraining_overlap, encoder_summary
     from classify.model import load_classifier
     from dapt.core.runtime import end_run, make_accelerator, write_json
 
@@ -256,21 +255,23 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     space = LabelSpace.from_id2label(classifier.config.id2label, f"the id2label of {model_name_or_path}")
     if not any(config.data.eval.values()):
         raise ValueError("no evaluation sets: name one with --data FILE or data.eval.NAME.path=FILE")
+    base_model = classifier.config.base_model
+    given = Path(str(model_name_or_path)).expanduser()
+    dapt, found = encoder_summary(base_model, given if given.is_dir() else None)
+    leakage = check_pretraining_overlap(config.data.eval, dapt, config.data.allow_pretraining_overlap,
+                                        base_model or str(model_name_or_path), found)
     labelled_sets = load_eval_sets(config.data.eval, accelerator, seed=config.train.seed, space=space)
     evaluation, plots = evaluate_all(
         model, tokenizer, config.data.eval, labelled_sets, settings, accelerator, batch_size=config.train.eval_batch_size,
         output_dir=output_dir, group_by_length=config.data.group_by_length, workers=config.impl.dataloader_workers,
     )
-    base_model = classifier.config.base_model
-    dapt = None
-    if base_model and (Path(base_model) / "dapt_summary.json").is_file():
-        dapt = json.loads((Path(base_model) / "dapt_summary.json").read_text())
     results = {
         "run_name": f"eval-{Path(str(model_name_or_path).rstrip('/')).name}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": str(model_name_or_path),
         "base_model": base_model,
         "dapt": dapt,
+        "leakage": leakage,
         "task": space.describe(),
         "settings": {**{k: settings.get(k) for k in ("max_length", "truncation", "head_tokens", "window_stride")},
                      "temperature": get_temperature(classifier), "mixed_precision": accelerator.mixed_precision},

@@ -19,27 +19,25 @@ import numpy as np
 
 from classify.labels import LabelSpace
 from classify.model import clean_text
+from dapt.core.lineage import read_summary
 
 EXAMPLES = "examples.json"
 #: examples.json: texts of this many characters at most, this many per class
 EXAMPLE_MAX_CHARS, EXAMPLES_PER_CLASS = 400, 2
 
 
-def read_dapt_summary(encoder: str) -> Optional[dict]:
-    path = Path(encoder) / "dapt_summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def run_results(config, accelerator, state, *, space: LabelSpace, data: dict, calibration: dict, evaluation: dict,
-                plots: list[str]) -> dict:
+                plots: list[str], leakage: Optional[dict] = None) -> dict:
     """The results.json document of a stage-2 run (``config``: its ClassifyConfig; ``state``: the
-    loop's ClassifyState; ``data``: the sizes :func:`classify.train.get_dataloaders` reports)."""
+    loop's ClassifyState; ``data``: the sizes :func:`classify.train.get_dataloaders` reports;
+    ``leakage``: :func:`classify.leakage.check_pretraining_overlap`'s block)."""
     train, model = config.train, config.model
     return {
         "run_name": config.run_name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base_model": model.encoder,
-        "dapt": read_dapt_summary(model.encoder),
+        "dapt": read_summary(model.encoder),  # dapt_summary.json of a stage-1 output, with its chain of phases
+        "leakage": leakage,
         "task": space.describe(),
         "data": {"train": {key: data[key] for key in ("dataset", "split", "rows", "train", "validation", "dropped_empty")}},
         "hyperparameters": {

@@ -57,9 +57,11 @@ from classify.labels import check_every_class_trained
 from classify.metrics import macro_f1
 from classify.results import EXAMPLES, run_results, select_examples, write_examples
 from classify.encoder import from_encoder
+from classify.leakage import check_pretraining_overlap
 from classify.model import WEIGHTS_NAME, DistilBERTClassifier
 from dapt.core.config import parse_cli, to_dict
 from dapt.core.hub import looks_local
+from dapt.core.lineage import read_summary
 from dapt.core.checkpoint import CheckpointManager, refuse_sharded
 from dapt.core.guard import guarded_run, run_command
 from dapt.core.loop import epoch_batches
@@ -191,6 +193,9 @@ def _train_classifier(config: ClassifyConfig, accelerator) -> dict:
 
     # --- model and data
     check_encoder(model_config.encoder)
+    # every stage-1 phase behind the encoder: no evaluation set may be one's text (before any data is read)
+    leakage = check_pretraining_overlap(config.data.eval, read_summary(model_config.encoder), config.data.allow_pretraining_overlap,
+                                        model_config.encoder)
     report_weights_format(model_config.encoder)
     tokenizer = AutoTokenizer.from_pretrained(model_config.encoder, revision=model_config.revision)
     positions = getattr(AutoConfig.from_pretrained(model_config.encoder, revision=model_config.revision), "max_position_embeddings", None)
@@ -255,7 +260,7 @@ def _train_classifier(config: ClassifyConfig, accelerator) -> dict:
                                          config.run_name)
             plots += [curves] if curves else []
         results = run_results(config, accelerator, state, space=space, data=sizes, calibration=calibration, evaluation=evaluation,
-                              plots=[p.relative_to(staging).as_posix() for p in plots])
+                              plots=[p.relative_to(staging).as_posix() for p in plots], leakage=leakage)
         write_json(accelerator, staging / RESULTS, results)
     metrics.log({"event": "final", **{f"{k}_{m}": v[m] for k, v in evaluation.items() for m in ("accuracy", "loss")}}, step=state.step)
     if config.push_to_hub and accelerator.is_main_process:

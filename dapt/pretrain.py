@@ -36,6 +36,7 @@ from dapt.core.rundir import final_artifacts, open_run
 from dapt.core.signals import Preempted
 from dapt.core.state import RunningLoss, TrainState
 from dapt.core.step import OptimizerStep, check_finite, check_loss, perplexity
+from dapt.core.lineage import chain_of, describe_phase, new_phase, read_summary, source_record
 from dapt.data import build_blocks
 from dapt.masking import EVAL_EPOCH, MLMCollator
 from dapt.modeling import MaskedLMObjective, head_parameters, load_masked_lm
@@ -159,11 +160,20 @@ def _pretrain(config: PretrainConfig, accelerator) -> dict:
 
     report_weights_format(config.model.name_or_path)
     model, tokenizer, had_head = load_masked_lm(config.model.name_or_path, config.impl.attn_implementation, config.model.revision)
+    parent = read_summary(config.model.name_or_path)  # a stage-1 output: this run is its next phase
+    if parent is not None:
+        earlier = chain_of(parent)
+        logger.info(f"continuing from a stage-1 output, {config.model.name_or_path} ({len(earlier)} phase(s), last: "
+                    f"{describe_phase(earlier[-1])}), " + ("with the MLM head it saved" if had_head else "without its MLM head"))
+        if not had_head:
+            logger.warning(f"{config.model.name_or_path} is a stage-1 output but holds no MLM head: a fresh head is trained "
+                           "instead of continuing with the one stage 1 saved")
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions is not None and config.data.block_size > positions:
         raise_config("data.block_size", config.data.block_size, f"at most {positions}, the positions of {config.model.name_or_path}")
     train_blocks, heldout_blocks, corpus = build_blocks(config.data, tokenizer, accelerator, seed=config.train.seed)
     logger.info(f"corpus: {corpus}")
+    sources = [source_record(source) for source in config.data.sources]  # what was read, for the chain of phases
 
     collator, eval_collator = make_collator(config, tokenizer), make_collator(config, tokenizer)
     eval_collator.set_epoch(EVAL_EPOCH)
@@ -251,6 +261,12 @@ def _pretrain(config: PretrainConfig, accelerator) -> dict:
             "mixed_precision": accelerator.mixed_precision, "num_processes": processes,
             "global_batch_size": train.batch_size * processes * train.grad_accum, "config": to_dict(config),
         }
+        summary["adaptation"] = new_phase(
+            parent, model=config.model.name_or_path, revision=config.model.revision, output_dir=config.output_dir,
+            run_name=config.run_name, sources=sources, seed=train.seed, heldout=config.data.heldout,
+            **{key: corpus.get(key) for key in ("documents", "train_documents", "heldout_documents")},
+            **{key: summary[key] for key in ("baseline", "had_mlm_head", "steps", "tokens_seen", "perplexity_before", "perplexity_after")},
+        )
         write_json(accelerator, staging / SUMMARY, summary)
     logger.info(f"held-out perplexity {state.before['perplexity']:.2f} -> {after['perplexity']:.2f}; encoder saved to {output_dir}")
     end_run(accelerator)

@@ -47,7 +47,7 @@ def _metrics(out):
 def test_outputs_and_results_schema(baseline_run):
     out, config, results = baseline_run
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
-    assert set(results) == {"run_name", "created", "base_model", "dapt", "task", "data", "hyperparameters", "training", "evaluation",
+    assert set(results) == {"run_name", "created", "base_model", "dapt", "leakage", "task", "data", "hyperparameters", "training", "evaluation",
                             "plots"}
     assert results["task"] == {"num_labels": 2, "labels": ["Negative", "Positive"],
                                "labels_from": "the binary default (0 = Negative, 1 = Positive)"}

@@ -158,6 +158,36 @@ def test_supported_attention_is_kept_silently(saved_models, caplog):
     assert not [r for r in caplog.records if "attn_implementation" in r.message]
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=IDS)
+def test_stage1_output_reloads_with_the_head_it_trained(arch, tokenizers, tmp_path):
+    """A headless encoder gets a fresh MLM head in stage 1; what stage 1 saves (save_pretrained of
+    the MLM model, tied decoder included) loads back as a model with that head - the same weights,
+    the same logits - so a second phase (DAPT then TAPT) continues with it."""
+    from transformers import AutoModel
+
+    from dapt.modeling import head_parameters, load_masked_lm
+
+    tokenizer = tokenizers[arch.name]
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config(arch, tokenizer)).save_pretrained(tmp_path / "headless")
+    tokenizer.save_pretrained(tmp_path / "headless")
+    first, _, had_head = load_masked_lm(str(tmp_path / "headless"), "eager")
+    assert not had_head
+    with torch.no_grad():  # a trained head, not the initialisation a fresh load would draw again
+        for parameter in head_parameters(first):
+            parameter.add_(0.01)
+    first.save_pretrained(tmp_path / "phase1")
+    tokenizer.save_pretrained(tmp_path / "phase1")
+    second, _, had_head = load_masked_lm(str(tmp_path / "phase1"), "eager")
+    assert had_head and second.config.architectures == [type(first).__name__]
+    before, after = first.state_dict(), second.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    input_ids = torch.arange(24).reshape(2, 12) % len(tokenizer)
+    first.eval(), second.eval()
+    with torch.no_grad():
+        assert torch.allclose(first(input_ids=input_ids).logits, second(input_ids=input_ids).logits, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # Packing and whole-word masking with each tokenizer
 

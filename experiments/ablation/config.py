@@ -1,13 +1,19 @@
 """The DAPT ablation's configuration (``configs/ablate/*.yaml``): the arms, the seeds, the two
 stages' configs and how a stage is launched. Loaded with :func:`dapt.core.config.load_config`; an
 unknown key or a bad value is a :class:`~dapt.core.config.ConfigError` naming the key.
+
+Stage-1 *recipes* are named: ``dapt`` (the ``dapt`` block) and every entry of ``stage1`` (e.g.
+``tapt``). An arm's encoder is its *chain* of recipes applied in order to where it starts
+(``encoder``: ``plain``, the base encoder; ``dapt``, the ``dapt`` recipe's output; or a path / Hub
+id), then stage 2: plain = no chain, TAPT = ``chain: [tapt]``, DAPT = ``encoder: dapt``, DAPT then
+TAPT = ``encoder: dapt, chain: [tapt]``.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -38,9 +44,17 @@ class DaptStageConfig(StageConfig):
 @dataclass
 class ArmConfig:
     name: str = MISSING  # also the run folder: OUTPUT/runs/NAME/seed_S
-    encoder: str = "plain"  # plain | dapt | an encoder directory or Hub id
+    encoder: str = "plain"  # plain | dapt | an encoder directory or Hub id: where the chain starts
+    chain: List[str] = field(default_factory=list)  # stage-1 recipes (dapt, or keys of stage1) run in order from `encoder`
     overrides: List[str] = field(default_factory=list)  # stage-2 key=value for this arm only
     dapt_overrides: List[str] = field(default_factory=list)  # stage-1 key=value: this arm's own DAPT run
+
+    def phases(self) -> tuple[str, list[tuple[str, tuple[str, ...]]]]:
+        """``(start, [(recipe, its stage-1 overrides), ...])``: ``encoder: dapt`` is the ``dapt``
+        recipe run from the base encoder, first."""
+        own = tuple(self.dapt_overrides)
+        steps = [(name, own if name == "dapt" else ()) for name in self.chain]
+        return ("plain", [("dapt", own)] + steps) if self.encoder == "dapt" else (self.encoder, steps)
 
 
 @dataclass
@@ -74,6 +88,9 @@ class AblationConfig:
     # or [torchrun, --standalone, --nproc_per_node, "2"]
     launcher: List[str] = field(default_factory=list)
     dapt: DaptStageConfig = field(default_factory=lambda: DaptStageConfig(config="configs/pretrain.yaml"))
+    # further stage-1 recipes, by name (tapt: {config: configs/tasks/ag_news/tapt.yaml}); arms name them
+    # in `chain`. reuse_dir applies where a recipe runs from the base encoder (the first phase of a chain)
+    stage1: Dict[str, DaptStageConfig] = field(default_factory=dict)
     classify: StageConfig = field(default_factory=lambda: StageConfig(config="configs/classify.yaml"))
     arms: List[ArmConfig] = field(default_factory=_default_arms)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
@@ -85,16 +102,27 @@ class AblationConfig:
             raise_config("seeds", self.seeds, "distinct seeds")
         if not self.arms:
             raise_config("arms", self.arms, "at least one arm")
+        for name in self.stage1:
+            if name == "dapt" or not ARM_NAME.fullmatch(name) or "+" in name:
+                raise_config(f"stage1.{name}", name, "a recipe name of letters, digits and . _ - other than dapt (the dapt block)")
+        recipes = {"dapt": self.dapt, **self.stage1}
         names = [arm.name for arm in self.arms]
         for index, arm in enumerate(self.arms):
             if not ARM_NAME.fullmatch(arm.name):
                 raise_config(f"arms.{index}.name", arm.name, "letters, digits and . _ + - (it names a folder)")
             if arm.name in names[:index]:
                 raise_config(f"arms.{index}.name", arm.name, "a name no other arm has")
-            if arm.dapt_overrides and arm.encoder != "dapt":
-                raise_config(f"arms.{index}.dapt_overrides", arm.dapt_overrides, "none unless encoder is dapt")
-            if arm.encoder == "dapt" and not self.dapt.config and not (self.dapt.reuse_dir and not arm.dapt_overrides):
-                raise_config("dapt.config", self.dapt.config, f"a stage-1 config (arm {arm.name!r} needs a DAPT encoder)")
+            for step, recipe in enumerate(arm.chain):
+                if recipe not in recipes:
+                    raise_config(f"arms.{index}.chain.{step}", recipe, "dapt or a recipe of stage1: " + ", ".join(self.stage1))
+            start, phases = arm.phases()
+            if arm.dapt_overrides and "dapt" not in [recipe for recipe, _ in phases]:
+                raise_config(f"arms.{index}.dapt_overrides", arm.dapt_overrides, "none unless encoder is dapt (or chain has dapt)")
+            for depth, (recipe, extra) in enumerate(phases):
+                given = recipes[recipe].reuse_dir and depth == 0 and start == "plain" and not extra
+                if not recipes[recipe].config and not given:
+                    key = "dapt.config" if recipe == "dapt" else f"stage1.{recipe}.config"
+                    raise_config(key, None, f"a stage-1 config (arm {arm.name!r} runs the {recipe} recipe)")
         if self.baseline is not None and self.baseline not in names:
             raise_config("baseline", self.baseline, "the name of an arm: " + ", ".join(names))
         for index, metric in enumerate(self.metrics):

@@ -13,8 +13,10 @@ per-example test predictions of each run -> statistics -> ``ablation.json``, ``a
 ``ablation.png`` (bars with error bars) and ``convergence.png`` (validation accuracy per epoch).
 
 An *arm* is a name, an encoder (``plain``: the base encoder; ``dapt``: stage 1's output; or any
-encoder path or Hub id) and stage-2 ``key=value`` overrides (``model.truncation=head+tail``). An arm
-with ``dapt_overrides`` (``train.epochs=1``) gets its own stage-1 run. Every arm is compared with
+encoder path or Hub id), a ``chain`` of further stage-1 recipes run in order from it (``[tapt]``:
+TAPT; ``encoder: dapt`` + ``[tapt]``: DAPT then TAPT - each phase one stage-1 run, shared by the
+arms whose chains begin alike) and stage-2 ``key=value`` overrides (``model.truncation=head+tail``).
+An arm with ``dapt_overrides`` (``train.epochs=1``) gets its own stage-1 run. Every arm is compared with
 the ``baseline`` arm (the first by default), metric by metric and dataset by dataset, two ways:
 
 * **paired by seed** (``paired_t``): d_s = arm - baseline for seed s, a Student-t interval
@@ -75,14 +77,15 @@ def run_ablation(config: AblationConfig) -> dict:
             if stage.config is not None and not matches:
                 logger.warning(f"stage 1 ({stage.name}): {stage.output_dir}/config.yaml differs from dapt.config + overrides; "
                                f"reusing it anyway (set dapt.reuse_dir=null to train stage 1 into {out / 'dapt'})")
-            if summary.get("model_name_or_path") not in (None, base):
+            expected = stage.start or base  # the base encoder, a given one, or the previous phase's output
+            if stage.parent is None and summary.get("model_name_or_path") not in (None, expected):
                 logger.warning(f"stage 1 ({stage.name}): {stage.output_dir} was adapted from {summary['model_name_or_path']}, "
-                               f"but the plain arm uses {base}: the comparison is only fair if they are the same encoder")
+                               f"but the plain arm uses {expected}: the comparison is only fair if they are the same encoder")
         else:
             summary, matches = run_stage1(config, stage), True  # it wrote stage.config
         stage1_report[stage.name] = {
             "output_dir": str(stage.output_dir), "reused": stage.reuse, "base": summary.get("model_name_or_path"),
-            "config_matches": matches,
+            "recipes": list(stage.recipes), "parent": stage.parent, "config_matches": matches,
             **{k: summary.get(k) for k in ("perplexity_before", "perplexity_after", "baseline", "steps", "epochs",
                                           "tokens_seen", "wall_time_s", "num_processes")},
         }
@@ -105,7 +108,8 @@ def run_ablation(config: AblationConfig) -> dict:
         "wall_time_s": round(time.time() - started, 2),
         "stage1": stage1_report,
         "arms": [{"name": arm.name, "encoder": run.encoder, "encoder_kind": arm.encoder if arm.encoder in ("plain", "dapt") else "path",
-                  "stage1": run.stage1, "overrides": list(arm.overrides), "dapt_overrides": list(arm.dapt_overrides)}
+                  "stage1": run.stage1, "chain": [recipe for recipe, _ in arm.phases()[1]],
+                  "overrides": list(arm.overrides), "dapt_overrides": list(arm.dapt_overrides)}
                  for arm in config.arms for run in [by_run[arm.name, config.seeds[0]]]],
         "hyperparameters": {arm.name: results[arm.name][config.seeds[0]]["hyperparameters"] for arm in config.arms},
         "runs": {arm: {str(seed): {

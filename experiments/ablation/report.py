@@ -56,9 +56,10 @@ def markdown_report(report: dict) -> str:
         if stage.get("perplexity_before") is not None:
             ppl = f", held-out perplexity {stage['perplexity_before']:.2f} → {stage['perplexity_after']:.2f}"
         lines.append(f"Stage 1 `{name}`: `{stage['output_dir']}` ({'reused' if stage['reused'] else 'trained here'}{ppl}).")
-    lines += ["", "| arm | encoder | overrides |", "|---|---|---|"]
+    lines += ["", "| arm | encoder | stage 1 | overrides |", "|---|---|---|---|"]
     for arm in report["arms"]:
-        lines.append(f"| {arm['name']} | `{arm['encoder']}` | {' '.join(f'`{o}`' for o in arm['overrides']) or '—'} |")
+        chain = " → ".join(arm.get("chain") or []) or "—"
+        lines.append(f"| {arm['name']} | `{arm['encoder']}` | {chain} | {' '.join(f'`{o}`' for o in arm['overrides']) or '—'} |")
     metrics = config["metrics"]
     headline = metrics[0]  # the table's difference columns: the first metric configured (macro-F1 for K classes)
     for ds in analysis["datasets"]:

@@ -42,6 +42,10 @@ class Stage1Plan:
     config: Optional[object]  # PretrainConfig, or None for a reuse_dir without a config
     reuse: bool  # a finished output exists: read it, do not train
     given_dir: bool  # the user's reuse_dir (vs this ablation's own folder)
+    recipes: tuple = ()  # the chain of recipe names this output is the end of (dapt, tapt, ...)
+    parent: Optional[str] = None  # the stage-1 run it starts from (None: the base or a given encoder)
+    start: Optional[str] = None  # the model it starts from (None: the stage-1 config's own, when no base is set)
+    fresh: bool = False  # its parent is trained anew: never resume from checkpoints made on the old one
 
 
 @dataclass
@@ -73,45 +77,63 @@ def _config_path(path: Optional[str]) -> Optional[Path]:
     return given if given.is_file() or given.is_absolute() or not (ROOT / given).is_file() else ROOT / given
 
 
+def _chain_matches(child: Path, parent: Path) -> bool:
+    """The finished stage-1 output ``child`` was trained on ``parent`` as it is now: its recorded
+    chain of phases continues ``parent``'s (summaries without a chain are taken as matching)."""
+    mine = json.loads((child / "dapt_summary.json").read_text()).get("adaptation")
+    theirs = json.loads((parent / "dapt_summary.json").read_text()).get("adaptation")
+    return mine is None or theirs is None or mine[:-1] == theirs
+
+
 def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPlan]]:
     from classify.config import ClassifyConfig
     from dapt.pretrain import PretrainConfig
 
     out = Path(config.output_dir)
     base = config.base_encoder
+    recipes = {"dapt": config.dapt, **config.stage1}
     stage1: Dict[str, Stage1Plan] = {}
-    keys: Dict[tuple, str] = {}
+    keys: Dict[tuple, str] = {}  # (start, phases so far) -> stage-1 run name
 
-    def stage1_config(extra: Sequence[str], directory: Path):
-        if not config.dapt.config:
+    def stage1_config(recipe, extra: Sequence[str], directory: Path, model: Optional[str]):
+        if not recipe.config:
             return None
-        loaded = load_config(PretrainConfig, _config_path(config.dapt.config), list(config.dapt.overrides) + list(extra))
+        loaded = load_config(PretrainConfig, _config_path(recipe.config), list(recipe.overrides) + list(extra))
         loaded.output_dir = str(directory)
         loaded.overwrite = True  # the ablation's own folder: run() decides what to reuse
-        if base:
-            loaded.model.name_or_path = base
+        if model:
+            loaded.model.name_or_path = model
         loaded.validate()
         return loaded
 
     for arm in config.arms:
-        if arm.encoder != "dapt":
-            continue
-        key = tuple(arm.dapt_overrides)
-        if key in keys:
-            continue
-        if not key:
-            name, given = "dapt", bool(config.dapt.reuse_dir)
-            directory = Path(config.dapt.reuse_dir) if given else out / "dapt"
-        else:
-            name, given, directory = f"dapt-{arm.name}", False, out / f"dapt-{arm.name}"
-        keys[key] = name
-        loaded = stage1_config(key, directory)
-        finished = stage1_finished(directory)
-        reuse = finished and (given or config.reuse_runs and (loaded is None or same_yaml(directory, loaded)))
-        if not reuse and loaded is None:
-            raise ConfigError(f"dapt.reuse_dir {directory} holds no finished stage-1 output (dapt_summary.json) "
-                              f"and dapt.config is not set, so stage 1 cannot run")
-        stage1[name] = Stage1Plan(name, directory, loaded, reuse, given)
+        start, phases = arm.phases()
+        parent: Optional[str] = None
+        for depth in range(len(phases)):
+            key = (start, tuple(phases[: depth + 1]))
+            if key in keys:
+                parent = keys[key]
+                continue
+            recipe, extra = phases[depth]
+            parts = [f"dapt-{arm.name}" if name == "dapt" and own else name for name, own in phases[: depth + 1]]
+            name = "+".join(parts) if start == "plain" else f"{arm.name}.{'+'.join(parts)}"
+            if name in stage1:  # the same name from another starting point: keep them apart
+                name = f"{name}-{arm.name}"
+            given = bool(recipes[recipe].reuse_dir) and depth == 0 and start == "plain" and not extra
+            directory = Path(recipes[recipe].reuse_dir) if given else out / name
+            model = str(stage1[parent].output_dir) if parent else (base if start == "plain" else start)
+            loaded = stage1_config(recipes[recipe], extra, directory, model)
+            finished = stage1_finished(directory)
+            reuse = finished and (given or config.reuse_runs and (loaded is None or same_yaml(directory, loaded)))
+            if reuse and parent is not None:  # trained on its parent as the parent is now
+                reuse = stage1[parent].reuse and _chain_matches(directory, stage1[parent].output_dir)
+            if not reuse and loaded is None:
+                raise ConfigError(f"{'dapt' if recipe == 'dapt' else 'stage1.' + recipe}.reuse_dir {directory} holds no finished "
+                                  f"stage-1 output (dapt_summary.json) and its config is not set, so stage 1 cannot run")
+            fresh = parent is not None and not stage1[parent].reuse
+            stage1[name] = Stage1Plan(name, directory, loaded, reuse, given, tuple(r for r, _ in phases[: depth + 1]),
+                                      parent, model, fresh)
+            keys[key] = parent = name
 
     if base is None:
         first = next((s.config for s in stage1.values() if s.config is not None), None)
@@ -123,13 +145,12 @@ def plan(config: AblationConfig) -> tuple[str, Dict[str, Stage1Plan], List[RunPl
 
     runs = []
     for arm in config.arms:
-        if arm.encoder == "plain":
-            encoder, stage = base, None
-        elif arm.encoder == "dapt":
-            stage = keys[tuple(arm.dapt_overrides)]
+        start, phases = arm.phases()
+        stage = keys[(start, tuple(phases))] if phases else None
+        if stage is not None:
             encoder = str(stage1[stage].output_dir)
         else:
-            encoder, stage = arm.encoder, None
+            encoder = base if start == "plain" else start
         for seed in config.seeds:
             run_dir = out / "runs" / arm.name / f"seed_{seed}"
             loaded = load_config(ClassifyConfig, _config_path(config.classify.config),
@@ -188,8 +209,8 @@ def _drop_stale_checkpoints(directory: Path, config, force: bool = False) -> Non
 def run_stage1(config: AblationConfig, stage: Stage1Plan) -> dict:
     """Stage 1 as its own command; the summary it wrote."""
     logger.info(f"== stage 1 ({stage.name}) -> {stage.output_dir}")
-    if not stage.given_dir:  # this ablation's own folder: never resume a stage 1 with other settings
-        _drop_stale_checkpoints(stage.output_dir, stage.config)
+    if not stage.given_dir:  # this ablation's own folder: never resume a stage 1 with other settings, or on a new parent
+        _drop_stale_checkpoints(stage.output_dir, stage.config, force=stage.fresh)
     launch(config, "dapt.pretrain", stage.name, stage.config)
     return json.loads((stage.output_dir / "dapt_summary.json").read_text())
 
