@@ -16,7 +16,8 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig,
+                          PreTrainedModel)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 logger = logging.getLogger(__name__)
@@ -405,6 +406,12 @@ def load_tokenizer(name_or_path, revision: str | None = None, **kwargs):
     kwargs.setdefault("config", PretrainedConfig())
     return AutoTokenizer.from_pretrained(str(name_or_path), revision=revision, **kwargs)
 
+
+# Known to the Auto classes once this file is imported (the card's snippet imports it before
+# AutoTokenizer.from_pretrained): loading the repo's config or tokenizer then never asks whether to run
+# its code, and pipeline("text-classification") takes the class as one of its own.
+AutoConfig.register(MODEL_TYPE, DaptClassifierConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(DaptClassifierConfig, DistilBERTClassifier, exist_ok=True)
 
 __all__ = ["EMBEDDED_CONFIG", "DaptClassifierConfig", "DistilBERTClassifier", "clean_text", "encode_reviews",
            "encode_windows", "review_problem", "truncate_ids", "pad_batch", "token_budget_batches", "infer_reviews",
