@@ -51,8 +51,8 @@ from classify.data import (
     stratified_subset,
     training_truncation,
 )
-from classify.evaluate import (compute_metrics, evaluate_all, fit_temperature_on, load_eval_sets, make_eval_loader, predict,
-                               ranking_score)
+from classify.evaluate import (compute_metrics, evaluate_all, fit_temperature_on, format_metrics, load_eval_sets, make_eval_loader,
+                               predict, ranking_score)
 from classify.labels import check_every_class_trained
 from classify.metrics import macro_f1
 from classify.results import EXAMPLES, run_results, select_examples, write_examples
@@ -379,10 +379,10 @@ def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: 
 
 
 def main(argv=None) -> None:
-    config = parse_cli(ClassifyConfig, argv, "Stage 2: train and evaluate the sentiment classifier", default_config=None)
+    config = parse_cli(ClassifyConfig, argv, "Stage 2: train and evaluate a classifier", default_config=None)
     results = run_command(train_classifier, config)  # a refusal: one line and exit 1; a preemption: EXIT_PREEMPTED
     for name, block in results["evaluation"].items():
-        print(f"{name}: accuracy {block['accuracy']:.4f}, F1 {block['f1']:.4f}, n {block['n']}")
+        print(f"{name}: {format_metrics(block)}")
     print(f"results: {Path(config.output_dir) / 'results.json'}")
 
 

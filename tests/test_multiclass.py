@@ -198,3 +198,16 @@ def test_training_curves_have_a_title_and_bars_for_a_single_epoch(tmp_path, monk
     assert single._suptitle.get_text() == "Training curves: my-run"
     assert [len(axes.patches) for axes in single.axes] == [0, 2, 2]  # train and validation bars
     assert [len(axes.patches) for axes in several.axes] == [0, 0, 0] and len(several.axes[1].lines) == 2
+
+
+def test_the_stage_2_command_prints_a_four_class_runs_metrics(tiny_headless_encoder_dir, shared_data, tmp_path, capsys):
+    """dapt-classify's closing lines read the K-class keys (it printed the binary F1 and failed)."""
+    from classify.train import main
+
+    main([f"output_dir={tmp_path / 'run'}", f"model.encoder={tiny_headless_encoder_dir}", "model.max_length=48",
+          f"data.train.path={shared_data}/ag_news", "data.train.max_samples=80", "data.validation_size=40", "data.eval={}",
+          f"data.eval.test.path={shared_data}/ag_news", "data.eval.test.split=test", "data.eval.test.max_samples=40",
+          "train.epochs=1", "train.batch_size=16", 'impl.mixed_precision="no"', "impl.dataloader_workers=0",
+          "checkpoint.every_epoch=false"])
+    printed = capsys.readouterr().out
+    assert "test: accuracy" in printed and "macro f1" in printed and "results:" in printed
