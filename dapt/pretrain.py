@@ -101,36 +101,45 @@ def check_heldout(result: dict, when: str, step: int, cause=None) -> None:
 
 def warm_up_head(objective, loader, collator, accelerator, config: PretrainConfig) -> None:
     """Train only the MLM head (encoder frozen, no encoder backward) for a fresh head to become an
-    honest "before" baseline. Gradients are averaged across processes by hand: the encoder's
-    parameters get none, which DDP would not allow."""
+    honest "before" baseline: ``train.head_warmup_steps`` optimizer steps through the shared
+    :class:`OptimizerStep` (clipping, the non-finite guard). The encoder's parameters get no
+    gradients, which DDP would not allow, so the unwrapped model trains and the head's gradients
+    are averaged across processes at each step. A stop signal is acted on at the first training
+    step, whose checkpoint then holds the baseline."""
     inner = accelerator.unwrap_model(objective)
-    model = inner.model
-    params = head_parameters(model)
-    optimizer = make_optimizer(parameter_groups([(str(i), p) for i, p in enumerate(params)], config.train.head_warmup_lr, 0.0))
+    params = head_parameters(inner.model)
+    optimizer = accelerator.prepare(make_optimizer(
+        parameter_groups([(str(i), p) for i, p in enumerate(params)], config.train.head_warmup_lr, 0.0)))
     steps = config.train.head_warmup_steps
-    schedule = linear_warmup_decay(optimizer, warmup_steps=max(1, steps // 10), total_steps=steps)
+    schedule = linear_warmup_decay(optimizer.optimizer, warmup_steps=max(1, steps // 10), total_steps=steps)
+
+    def average_gradients():
+        if accelerator.num_processes > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
+
+    step = OptimizerStep(accelerator, inner, optimizer, schedule, TrainState(), max_grad_norm=config.train.max_grad_norm,
+                         max_nonfinite=config.train.max_nonfinite, reduce_gradients=average_gradients, what="the head warm-up",
+                         cause=f"the head warm-up's learning rate (train.head_warmup_lr={config.train.head_warmup_lr:g}): lower it")
     progress = tqdm(total=steps, desc="head warm-up", disable=not accelerator.is_local_main_process)
-    done, epoch = 0, 0
-    while done < steps:
+    epoch = 0
+    while step.state.step < steps:
         collator.set_epoch(-1 - epoch)  # masks unlike any training epoch's
         for batch in loader:
-            with accelerator.autocast():
-                losses, _ = inner(**batch, freeze_encoder=True)
-                loss = losses.mean()
-            loss.backward()
-            for p in params:
-                if p.grad is not None and accelerator.num_processes > 1:
-                    p.grad = accelerator.reduce(p.grad, reduction="mean")
-            optimizer.step()
-            schedule.step()
-            model.zero_grad(set_to_none=True)
-            done += 1
+            with accelerator.accumulate(inner):
+                with accelerator.autocast():
+                    loss = inner(**batch, freeze_encoder=True)[0].mean()
+                stepped = step(loss)
+            if stepped is None:
+                continue
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
-            if done >= steps:
+            if step.state.step >= steps:
                 break
         epoch += 1
     progress.close()
+    step.check_recovered()  # a warm-up that ends on skipped updates diverged
 
 
 @dataclass

@@ -54,7 +54,7 @@ def test_a_periodic_evaluation_that_is_not_finite_stops_the_run_there(tmp_path, 
 
 
 def test_a_head_warmup_that_diverges_is_named(tmp_path, tiny_headless_encoder_dir, corpus):
-    with pytest.raises(Diverged, match=r"before DAPT, after the head warm-up.*train.head_warmup_lr=1e\+30"):
+    with pytest.raises(Diverged, match=r"the head warm-up diverged.*train.head_warmup_lr=1e\+30"):
         run1(stage1_args(tiny_headless_encoder_dir, corpus, tmp_path / "run", **{"train.head_warmup_steps": 3,
                                                                                 "train.head_warmup_lr": 1e30}))
 
@@ -88,3 +88,22 @@ def test_the_shared_step_counts_a_streak_and_a_run_must_not_end_in_one():
     one(float("inf"))
     with pytest.raises(Diverged, match=r"3 non-finite updates in a row \(steps 8-10\)"):
         one(float("nan"))
+
+
+def test_a_nan_during_the_head_warm_up_stops_the_run_like_one_during_training(tmp_path, tiny_headless_encoder_dir, corpus,
+                                                                              monkeypatch):
+    """Issue 20: the head warm-up went through a loop of its own (no clipping, no guard): a NaN loss
+    there trained on. Now it is the shared step's: skipped, counted, and a streak stops the run."""
+    from dapt.modeling import MaskedLMObjective
+
+    forward = MaskedLMObjective.forward
+
+    def poisoned(self, *args, freeze_encoder=False, **kwargs):
+        losses, example = forward(self, *args, freeze_encoder=freeze_encoder, **kwargs)
+        return (losses * float("nan") if freeze_encoder else losses), example
+
+    monkeypatch.setattr(MaskedLMObjective, "forward", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(Diverged, match=r"non-finite updates in a row .*the head warm-up diverged at step 1"):
+        run1(stage1_args(tiny_headless_encoder_dir, corpus, out, **{"train.head_warmup_steps": 5, "train.max_nonfinite": 2}))
+    assert not (out / "dapt_summary.json").exists() and not (out / "model.safetensors").exists()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -76,16 +76,24 @@ class OptimizerStep:
     gradients and count ``state.step``. Under fp16 the gradient scaler skips an overflowing step and
     lowers its scale: that is its normal working, not counted. Returns ``None`` between boundaries."""
 
-    def __init__(self, accelerator, model, optimizer, scheduler, state, *, max_grad_norm: float, max_nonfinite: int):
+    def __init__(self, accelerator, model, optimizer, scheduler, state, *, max_grad_norm: float, max_nonfinite: int,
+                 reduce_gradients: Optional[Callable[[], None]] = None, what: str = "training", cause: Optional[str] = None):
         self.accelerator, self.model, self.optimizer, self.scheduler, self.state = accelerator, model, optimizer, scheduler, state
         self.max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
         self.max_nonfinite = max_nonfinite
+        # for a model outside DDP (stage 1's head warm-up trains the head of the unwrapped model):
+        # averages its gradients across processes at each boundary, before clipping
+        self.reduce_gradients = reduce_gradients
+        self.what = what  # named in the divergence messages: "training", "the head warm-up"
+        self.cause = cause  # the likely cause they name (None: the run's guard names the learning rates)
 
     def __call__(self, loss: torch.Tensor) -> Optional[StepResult]:
         accelerator, state = self.accelerator, self.state
         accelerator.backward(loss)
         if not accelerator.sync_gradients:
             return None
+        if self.reduce_gradients is not None:
+            self.reduce_gradients()
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), self.max_norm)
         if accelerator.scaler is not None:  # fp16: the scaler checks the gradients itself
@@ -98,7 +106,7 @@ class OptimizerStep:
             if state.nonfinite_streak > self.max_nonfinite:
                 first = state.step + 2 - state.nonfinite_streak
                 raise Diverged(f"{state.nonfinite_streak} non-finite updates in a row (steps {first}-{state.step + 1}): "
-                               f"training diverged at step {first}", first)
+                               f"{self.what} diverged at step {first}", first, cause=self.cause)
             skipped = True
         else:
             self.optimizer.step()
@@ -117,8 +125,8 @@ class OptimizerStep:
         if streak:
             first = last - streak + 1
             updates = "its last update" if streak == 1 else f"its last {streak} updates (step {first} to step {last})"
-            raise Diverged(f"training diverged at step {first}: {updates} had non-finite gradients and were skipped, "
-                           "and the run ended without recovering", first)
+            raise Diverged(f"{self.what} diverged at step {first}: {updates} had non-finite gradients and were skipped, "
+                           "and it ended without recovering", first, cause=self.cause)
 
 
 @torch.no_grad()
