@@ -17,8 +17,6 @@ runs each training as a command of its own).
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from safetensors.torch import load_file as safe_load_file
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
@@ -58,7 +55,7 @@ from classify.metrics import macro_f1
 from classify.results import EXAMPLES, run_results, select_examples, write_examples
 from classify.encoder import from_encoder
 from classify.leakage import check_pretraining_overlap
-from classify.model import WEIGHTS_NAME, DistilBERTClassifier
+from classify.model import DistilBERTClassifier
 from dapt.core.config import parse_cli, to_dict
 from dapt.core.hub import looks_local
 from dapt.core.lineage import read_summary
@@ -82,6 +79,7 @@ from dapt.core.runtime import (
 )
 
 RESULTS = "results.json"  # written last: its presence marks a finished run
+BEST = "best"  # checkpoints/best/: the best epoch's weights so far (CheckpointManager.save_weights)
 
 
 def get_dataloaders(config: ClassifyConfig, tokenizer, accelerator):
@@ -232,16 +230,16 @@ def _train_classifier(config: ClassifyConfig, accelerator) -> dict:
     step = OptimizerStep(accelerator, model, optimizer, scheduler, state, max_grad_norm=training.max_grad_norm, max_nonfinite=training.max_nonfinite)
     train_loop(config, accelerator, model, step, train_loader, val_loader, train_sampler, state, total_steps, checkpoints, metrics)
     step.check_recovered()  # a run must not end on skipped non-finite updates
-    best_dir = checkpoints.directory / "best"
 
     # --- the best epoch's weights, evaluated on the held-out test sets
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if state.best_epoch is not None and state.best_epoch != len(state.history):
-        if (best_dir / WEIGHTS_NAME).is_file():
+        best = checkpoints.load_weights(BEST)  # verified against the hash taken when written
+        if best is not None:
             logger.info(f"restoring the weights of epoch {state.best_epoch} ({training.best_metric} {state.best_value:.4f})")
-            unwrapped.load_state_dict(safe_load_file(str(best_dir / WEIGHTS_NAME)))  # copied onto the device
+            unwrapped.load_state_dict(best)  # copied onto the device
         else:
-            logger.warning(f"{best_dir / WEIGHTS_NAME} is missing: keeping the last epoch's weights, not epoch {state.best_epoch}'s")
+            logger.warning(f"keeping the last epoch's weights, not epoch {state.best_epoch}'s")
     # stored in the model's config, saved with it
     calibration, validated = fit_temperature_on(model, val_loader, accelerator, with_predictions=True)
     # the final artifacts go to a staging folder and replace a previous run's only when complete
@@ -362,13 +360,8 @@ def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: 
     metrics.log({"event": "epoch", **record}, step=state.step)
     if is_better(record[training.best_metric], state.best_value, training.best_metric):
         state.best_epoch, state.best_value, state.bad_epochs = epoch, record[training.best_metric], 0
-        best_dir = checkpoints.directory / "best"
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:  # complete or absent, like a checkpoint
-            unwrapped.save_pretrained(best_dir.with_name(".tmp-best"))
-            shutil.rmtree(best_dir, ignore_errors=True)
-            os.replace(best_dir.with_name(".tmp-best"), best_dir)
-        accelerator.wait_for_everyone()
+        checkpoints.save_weights(BEST, {"epoch": epoch, "step": state.step, "metric": training.best_metric,
+                                        "value": state.best_value})
     else:
         state.bad_epochs += 1
         patience = training.early_stopping_patience

@@ -181,6 +181,37 @@ def test_best_epoch_restored_and_early_stopping(tiny_headless_encoder_dir, share
     assert not all(torch.equal(final[k], last[k].to(final[k].dtype)) for k in final if k in last)
 
 
+def test_the_best_epochs_weights_are_verified_before_they_are_restored(tiny_headless_encoder_dir, shared_data, tmp_path,
+                                                                        monkeypatch, caplog):
+    """Issue 20: the best epoch is saved by the checkpoint manager (complete or absent, its hash
+    recorded); damaged weights are refused with a warning and the last epoch's are kept."""
+    import logging
+
+    from dapt.core.checkpoint import CheckpointManager
+
+    scripted = iter([0.8, 0.6])  # epoch 1 is the best: its weights would be restored
+    real = train_module.compute_metrics
+    monkeypatch.setattr(train_module, "compute_metrics", lambda *args: {**real(*args), "accuracy": next(scripted)})
+    save = CheckpointManager.save_weights
+
+    def save_then_damage(self, name, info):
+        folder = save(self, name, info)
+        assert json.loads((folder / "weights.json").read_text())["epoch"] == info["epoch"] == 1
+        data = bytearray((folder / "model.safetensors").read_bytes())
+        data[-5] ^= 0x10  # one bit of the last tensor
+        (folder / "model.safetensors").write_bytes(bytes(data))
+        return folder
+
+    monkeypatch.setattr(CheckpointManager, "save_weights", save_then_damage)
+    with caplog.at_level(logging.WARNING):
+        results = train_classifier(tiny_config(tiny_headless_encoder_dir, shared_data, tmp_path))
+    assert results["training"]["best_epoch"] == 1
+    assert "model.safetensors does not match" in caplog.text and "keeping the last epoch's weights" in caplog.text
+    final = load_file(str(tmp_path / "model" / "model.safetensors"))
+    last = load_file(str(sorted((tmp_path / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
+    assert all(torch.equal(final[k], last[k].to(final[k].dtype)) for k in final if k in last)
+
+
 def test_best_by_val_loss_is_minimised():
     from classify.train import is_better
 

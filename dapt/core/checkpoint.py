@@ -44,6 +44,7 @@ from dapt.core.step import check_finite
 logger = get_logger(__name__)
 
 STATE_FILE = "trainer_state.json"
+WEIGHTS_STATE = "weights.json"  # save_weights: what the weights are, and their content hash
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth")
 _RESERVED = ("fingerprint", "metrics_bytes", "scheduler", "grad_scaler", "accelerator_step", integrity.FILES, integrity.CHECKSUM)
 
@@ -238,6 +239,39 @@ class CheckpointManager:
             logger.info(f"checkpoint saved: {final}")
         accelerator.wait_for_everyone()
         return final
+
+    def save_weights(self, name: str, info: dict) -> Path:
+        """``checkpoints/{name}/``: the model's weights alone (stage 2 keeps its best epoch's there),
+        written like a checkpoint - complete or absent, every process learning of a failure - with
+        ``info`` and the weights' content hash in ``weights.json``."""
+        model, _ = self._modules()
+        final, temporary = self.directory / name, self.directory / f".tmp-{name}"
+
+        def write():
+            shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir(parents=True)
+            save_model(model, str(temporary / "model.safetensors"))
+            digests = {"model.safetensors": integrity.file_digest(temporary / "model.safetensors")}
+            _write_json(temporary / WEIGHTS_STATE, integrity.seal(info, digests))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(temporary, final)
+
+        failure = agreed_failure(_attempt(write) if self.accelerator.is_main_process else None)
+        if failure is not None:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(temporary, ignore_errors=True)
+            raise CheckpointError(f"cannot write {final}: {failure}; nothing of it was kept")
+        return final
+
+    def load_weights(self, name: str) -> Optional[dict]:
+        """The weights :meth:`save_weights` wrote under ``name`` (a state dict on the CPU) once they
+        verify, or None with a warning saying what is wrong with them."""
+        folder = self.directory / name
+        problem = "missing" if not (folder / WEIGHTS_STATE).is_file() else integrity.problem_with(folder, WEIGHTS_STATE)
+        if problem is not None:
+            logger.warning(f"{folder}: {problem}; its weights are not used")
+            return None
+        return load_file(str(folder / "model.safetensors"))
 
     def _prune(self, step: int) -> None:
         """Keep ``step_{step}`` and the ``keep - 1`` newest older ones of this run; delete later
