@@ -41,14 +41,20 @@ if __name__ == "__main__" and not __package__:  # run as a file (`accelerate lau
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from scipy.special import log_softmax
 
-from classify.calibration import calibration_report, fit_report, get_temperature, reliability_bins, set_temperature
+from classify.calibration import (calibration_report, fit_report, get_temperature, probabilities, reliability_bins,
+                                  set_temperature)
+from classify.config import ClassifyConfig
 from classify.data import Collator, LabelledSet, LabelledSetConfig, LengthBucketBatchSampler, ReviewDataset, load_labelled
 from classify.labels import LabelSpace
+from classify.leakage import check_pretraining_overlap, encoder_summary
 from classify.metrics import BINARY_KEYS, LENGTH_BUCKETS, accuracy_by_length, compute_metrics, headline_keys, ranking_score  # noqa: F401
-from classify.model import encode_windows
-from dapt.core.runtime import logger
+from classify.model import encode_windows, load_classifier
+from classify.plots import confusion_matrix_png, reliability_diagram_png, roc_curve_png
+from dapt.core.config import ConfigError, parse_cli
+from dapt.core.runtime import end_run, logger, make_accelerator, release_process_group, write_json
 
 PREDICTIONS_DIR = "predictions"  # RUN/predictions/NAME.npz: per-review predictions in dataset order
 METRIC_KEYS = BINARY_KEYS  # a binary task's headline metrics (classify.metrics.headline_keys for any K)
@@ -153,8 +159,6 @@ def class_names(settings: dict) -> tuple[str, ...]:
 
 
 def plot_set(name: str, predictions: Predictions, plots_dir: Path, title: str, names: tuple[str, ...]) -> list[Path]:
-    from classify.calibration import probabilities
-    from classify.plots import confusion_matrix_png, reliability_diagram_png, roc_curve_png
 
     made = [confusion_matrix_png(predictions.label, predictions.pred, plots_dir / f"confusion_{name}.png",
                                  f"{title}: confusion matrix", names)]
@@ -236,12 +240,6 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     """Evaluate a saved classifier on ``config.data.eval``; writes results.json + plots/.
     ``truncation`` / ``window_stride`` read the reviews another way than the model's stored one
     (e.g. ``windows`` for a model trained with ``head+tail``)."""
-    from accelerate.utils import set_seed
-
-    from classify.leakage import check_pretraining_overlap, encoder_summary
-    from classify.model import load_classifier
-    from dapt.core.runtime import end_run, make_accelerator, write_json
-
     output_dir = Path(output_dir)
     accelerator = make_accelerator(config.impl, output_dir)
     set_seed(config.train.seed)
@@ -317,10 +315,6 @@ On a CPU it runs in fp32 unless impl.mixed_precision=... is given; results.json 
 
 
 def main(argv=None) -> None:
-    from dapt.core.config import ConfigError, parse_cli
-
-    from classify.config import ClassifyConfig
-
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model", required=True, help="stage-2 output dir, its model/ folder, or a Hub repo id")
     parser.add_argument("--data", default=None, help="a labelled file to score (replaces the configured sets)")
@@ -348,8 +342,6 @@ def main(argv=None) -> None:
         results = run_evaluation(config, args.model, output_dir, revision=args.revision, truncation=args.truncation,
                                  window_stride=args.window_stride)
     except (ConfigError, FileNotFoundError, ValueError) as error:
-        from dapt.core.runtime import release_process_group
-
         release_process_group(barrier=False)  # exit without the gloo hang
         raise SystemExit(f"error: {error}") from None
     for name, block in results["evaluation"].items():
