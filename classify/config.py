@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 from classify.data import LabelledSetConfig
 from classify.model import TRUNCATION_STRATEGIES
+from dapt.core.hub import repo_id_problem
 from dapt.core.loop import LoopConfig, RunConfig
 from dapt.core.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
 
@@ -121,11 +122,5 @@ class ClassifyConfig(RunConfig):
             raise_config("data.validation_size", self.data.validation_size, "a fraction in (0, 1) or a count >= 1")
         if self.push_to_hub and not self.hub_repo_id:
             raise_config("hub_repo_id", self.hub_repo_id, "USER/NAME when push_to_hub is true")
-        if self.push_to_hub:  # a name the Hub rejects is found now, not after training
-            from classify.hub_io import check_repo_id
-            from classify.publish_guard import PublishError
-
-            try:
-                check_repo_id(self.hub_repo_id)
-            except PublishError:
-                raise_config("hub_repo_id", self.hub_repo_id, "USER/NAME that the Hub accepts (no '--' or '..', <= 96 characters)")
+        if self.push_to_hub and repo_id_problem(self.hub_repo_id):  # a name the Hub rejects is found now, not after training
+            raise_config("hub_repo_id", self.hub_repo_id, "USER/NAME that the Hub accepts (no '--' or '..', <= 96 characters)")

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from classify.publish_guard import PublishError, ensure_repo, find_leaks, local_prefixes
+from dapt.core.hub import repo_id_problem
 
 
 def list_folder(folder) -> list[tuple[str, int]]:
@@ -68,15 +69,9 @@ def explain_hub_error(error: Exception, repo_id: str, endpoint: str) -> PublishE
 def check_repo_id(repo_id, what: str = "--repo-id") -> str:
     """``repo_id`` if the Hub would accept it as ``USER/NAME``; PublishError (the Hub's rule, naming
     the option ``what``) if not."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise PublishError(f"{what} must look like USER/NAME, got {repo_id!r}")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise PublishError(f"{what} must look like USER/NAME and be a name the Hub accepts: {error}") from None
+    problem = repo_id_problem(repo_id)
+    if problem is not None:
+        raise PublishError(f"{what} {problem}")
     return repo_id
 
 

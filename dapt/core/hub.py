@@ -26,6 +26,17 @@ def is_repo_id(name: Any, *, owner_required: bool = False) -> bool:
     return "/" in name or not owner_required
 
 
+def repo_id_problem(repo_id: Any) -> str | None:
+    """Why the Hub would refuse ``repo_id`` as a ``USER/NAME`` to create or push to, or None."""
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        return f"must look like USER/NAME, got {repo_id!r}"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        return f"must look like USER/NAME and be a name the Hub accepts: {error}"
+    return None
+
+
 def looks_local(name_or_path: Any) -> bool:
     """True for what can only be a local path: it exists on disk, is absolute, starts with ``.``
     or ``~``, or is not spelled like a repo id."""
