@@ -144,7 +144,11 @@ def _max_length(classifier) -> int:
 
 def read_spans(text: str, module, classifier, tokenizer) -> list[tuple[str, str | None]]:
     """The cleaned review cut into runs of read / not-read text, for ``gr.HighlightedText``."""
-    ids, kept, offsets, cleaned = read_tokens(text, module, classifier, tokenizer)
+    return spans_of(*read_tokens(text, module, classifier, tokenizer))
+
+
+def spans_of(ids: list[int], kept: list[int], offsets: list[tuple[int, int]], cleaned: str) -> list[tuple[str, str | None]]:
+    """:func:`read_spans` from :func:`read_tokens`' answer."""
     if not ids:
         return [(cleaned, READ)] if cleaned else []
     kept, spans, start = set(kept), [], 0
@@ -166,14 +170,17 @@ def confidence_note(classifier) -> str:
     return "This model stores no temperature: its confidence is the raw softmax, not calibrated."
 
 
-def build_demo(model_ref: str) -> gr.Blocks:
-    module, classifier, tokenizer = load_model(model_ref)
-    labels = settings(classifier)["id2label"]
-    names = [labels[k] for k in sorted(labels)]
-    title, item = task(labels)["title"], task(labels)["item"]
-    examples = load_examples(labels)
+class Demo:
+    """What the page does, apart from the page: ``/classify`` and ``/classify_batch`` for one model."""
 
-    def classify(text: str):
+    def __init__(self, module, classifier, tokenizer, item: str = "text"):
+        self.module, self.classifier, self.tokenizer, self.item = module, classifier, tokenizer, item
+        labels = settings(classifier)["id2label"]
+        self.names = [labels[k] for k in sorted(labels)]
+
+    def classify(self, text: str):
+        """(every label's probability, the read / not-read spans, the summary line) of one text."""
+        module, classifier, tokenizer, names, item = self.module, self.classifier, self.tokenizer, self.names, self.item
         if not text or not text.strip():
             return {}, [], f"Type a {item}."
         probabilities = class_probabilities([text], module, classifier, tokenizer)[0]
@@ -185,7 +192,9 @@ def build_demo(model_ref: str) -> gr.Blocks:
         scores = dict(zip(names, probabilities))
         return scores, read_spans(text, module, classifier, tokenizer), f"**{label}** ({confidence:.1%}); read {where}."
 
-    def classify_lines(lines: str):
+    def classify_lines(self, lines: str):
+        """One table row per non-blank line: [text, label, confidence, tokens read]."""
+        module, classifier, tokenizer, names = self.module, self.classifier, self.tokenizer, self.names
         texts = [line.strip() for line in (lines or "").splitlines() if line.strip()]
         if not texts:
             return []
@@ -195,6 +204,16 @@ def build_demo(model_ref: str) -> gr.Blocks:
             ids, kept, _, _ = read_tokens(text, module, classifier, tokenizer)
             rows.append([text, names[label_class], round(probabilities[label_class], 4), f"{len(kept)}/{len(ids)}"])
         return rows
+
+
+def build_demo(model_ref: str) -> gr.Blocks:
+    module, classifier, tokenizer = load_model(model_ref)
+    labels = settings(classifier)["id2label"]
+    names = [labels[k] for k in sorted(labels)]
+    title, item = task(labels)["title"], task(labels)["item"]
+    examples = load_examples(labels)
+    demo_handlers = Demo(module, classifier, tokenizer, item)
+    classify, classify_lines = demo_handlers.classify, demo_handlers.classify_lines
 
     with gr.Blocks(title=f"dapt: {title}") as demo:
         gr.Markdown(f"# {title}\nModel: `{model_ref}`. {confidence_note(classifier)}")
