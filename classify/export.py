@@ -10,7 +10,8 @@ quantised per batch), plus ``config.json`` and the tokenizer files, so :class:`O
 nothing else. ``export.json`` records what was exported (the labels and the output shape
 included) and, with ``--check N``, the measured agreement with PyTorch on N labelled texts
 (``check.json``): every class's probability compared (max |dP| over texts and classes) and the
-predicted labels.
+predicted labels, with the SHA-256 of each graph scored and of the fp32 graph int8 came from; the
+int8 graph is served only under a check of those very bytes (:func:`~classify.export_check.require_checked`).
 
 The ``--check`` texts: ``--check-data PATH`` (a labelled file, a folder of ``{split}.*`` files or
 a Hub dataset; ``--check-split``, ``--check-text-column``, ``--check-label-column``) when given;
@@ -48,7 +49,9 @@ from classify.export_check import (  # noqa: F401 - imdb_test_reviews, format_ch
     check_texts,
     compare,
     format_check,
+    graph_record,
     imdb_test_reviews,
+    require_checked,
     verdict,
 )
 from classify.publish import TOKENIZER_PATTERNS  # the files a model folder's tokenizer consists of
@@ -200,24 +203,13 @@ def _model_dir(source) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def _require_equivalent_int8(folder: Path) -> None:
-    """int8 answers are served only after ``--check`` measured them equivalent to PyTorch."""
-    check = folder / CHECK_FILE
-    result = json.loads(check.read_text(encoding="utf-8"))["variants"].get("int8") if check.is_file() else None
-    if result is None:
-        raise ExportError(f"{folder}: the int8 graph was never checked against PyTorch "
-                          "(dapt-export --int8 --check N); pass allow_unverified=True to use it anyway")
-    if not result["equivalent"]:
-        raise ExportError(f"{folder}: the int8 graph is not equivalent to PyTorch ({result['reason']} on "
-                          f"{result['n']} texts); serve the fp32 graph, or pass allow_unverified=True")
-
-
 class OnnxClassifier:
     """An exported classifier behind the same interface as the PyTorch one.
 
     ``OnnxClassifier(folder, int8=False)``; then ``predict(reviews)`` (= ``infer_reviews``),
     ``infer_reviews`` and ``predict_proba``. The int8 graph loads only where ``check.json`` measured
-    it equivalent (``allow_unverified=True`` overrides, e.g. to benchmark it). The methods have
+    these very bytes (its SHA-256, beside this folder's fp32 graph's) equivalent, with a boolean
+    ``true`` (``allow_unverified=True`` overrides, e.g. to benchmark it). The methods have
     the semantics of :mod:`classify.model`'s functions, which do the work: this object is passed
     to them in place of the ``nn.Module``. For that it offers what they read from a classifier: the stored inference settings from ``config.json``
     (as ``config`` attributes, and as the ``config_dict`` mapping older versions read), the
@@ -237,8 +229,10 @@ class OnnxClassifier:
         if not graph.is_file():
             hint = " (export with --int8)" if int8 else ""
             raise ExportError(f"{graph} not found: not an ONNX export folder{hint}")
-        if int8 and not allow_unverified:
-            _require_equivalent_int8(folder)
+        model = str(graph)
+        if int8 and not allow_unverified:  # int8 answers only after --check measured these very bytes
+            model = graph.read_bytes()
+            require_checked(folder / CHECK_FILE, "int8", graph, folder / FP32_FILE, graph_bytes=model)
         self.folder, self.int8 = folder, int8
         stored = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         stored["id2label"] = {int(k): v for k, v in stored.get("id2label", {0: "Negative", 1: "Positive"}).items()}
@@ -250,7 +244,7 @@ class OnnxClassifier:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = int(threads)
-        self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self.session.get_inputs()}
 
     # what classify.model's inference functions read from a classifier
@@ -303,15 +297,17 @@ def check_export(source, out_dir, count: int, data_dir=None, batch_size: int = 3
     started = time.perf_counter()
     reference = predict_proba(texts, classifier, tokenizer, batch_size=batch_size, all_classes=True)
     report = {"n": len(texts), "texts": described, "data": f"{described}, seeded stratified subset", "labels": names,
-              "seconds": {"torch": round(time.perf_counter() - started, 1)}, "variants": {}}
-    for variant in info["files"]:
+              "seconds": {"torch": round(time.perf_counter() - started, 1)},
+              "reference": graph_record(out_dir / FP32_FILE), "variants": {}}  # the fp32 graph int8 came from
+    for variant, file in info["files"].items():
+        record = graph_record(out_dir / file)  # the bytes scored below: serving requires the same
         onnx_classifier = OnnxClassifier(out_dir, int8=variant == "int8", allow_unverified=True)
         started = time.perf_counter()
         probs = onnx_classifier.predict_proba(texts, batch_size=batch_size, all_classes=True)
         report["seconds"][variant] = round(time.perf_counter() - started, 1)
         result = compare(reference, probs, labels)
         result["equivalent"], result["reason"] = verdict(variant, result)
-        report["variants"][variant] = result
+        report["variants"][variant] = {**result, **record}
     (out_dir / CHECK_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 

@@ -10,12 +10,19 @@
 * **The rules** (:func:`verdict`): fp32 is the same computation (probabilities within
   :data:`FP32_MAX_PROB_DIFF`); int8 is served only when at least :data:`INT8_MIN_AGREEMENT` of the
   labels agree.
+* **The record** (:func:`require_checked`): ``check.json`` holds the SHA-256 of every graph it
+  scored and of the fp32 graph the others were quantised from (``reference``); a graph is served
+  under it only when its bytes and the reference's match and ``equivalent`` is the boolean true
+  (beside numbers that meet the bar). Anything else is a one-line refusal.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +32,8 @@ INT8_MIN_AGREEMENT = 0.995
 # fp32 is the same computation in another runtime: probabilities may differ by float rounding only.
 FP32_MAX_PROB_DIFF = 1e-4
 RUN_CONFIG = "config.yaml"
+RECHECK = "re-run dapt-export RUN --onnx --int8 --check N"
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ExportError(RuntimeError):
@@ -138,3 +147,86 @@ def format_check(report: dict) -> str:
             f"({r['accuracy_change']:+.4f}): {word} ({r['reason']})"
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# check.json as the key to a graph
+# --------------------------------------------------------------------------------------------
+
+
+def sha256_of(data: bytes | Path) -> str:
+    """The SHA-256 (hex) of a graph's bytes, or of the file at a path."""
+    if isinstance(data, (bytes, bytearray)):
+        return hashlib.sha256(data).hexdigest()
+    with open(data, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def graph_record(path: Path) -> dict:
+    """What check.json says about a graph it scored: its file name and SHA-256."""
+    return {"file": path.name, "sha256": sha256_of(path)}
+
+
+def _read_check(check: Path) -> dict:
+    try:
+        document = json.loads(check.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ExportError(f"{check} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+                          f"{RECHECK}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ExportError(f"{check} cannot be read ({error}); {RECHECK}") from None
+    variants = document.get("variants") if isinstance(document, dict) else None
+    if not isinstance(variants, dict):
+        what = type(document).__name__ if not isinstance(document, dict) else (
+            "no 'variants'" if "variants" not in document else f"'variants' a {type(variants).__name__}")
+        raise ExportError(f"{check}: expected an object with 'variants', got {what}; {RECHECK}")
+    return document
+
+
+def _recorded_sha(check: Path, record, where: str) -> str:
+    value = record.get("sha256") if isinstance(record, dict) else None
+    if value is None:
+        raise ExportError(f"{check}: {where} records no sha256 of the graph it measured (not written by this "
+                          f"dapt-export --check, or by one before graphs were hashed); {RECHECK}")
+    if not isinstance(value, str) or not SHA256.fullmatch(value):
+        raise ExportError(f"{check}: {where}.sha256 is not a SHA-256 (64 hex digits): {str(value)[:80]!r}; {RECHECK}")
+    return value
+
+
+def require_checked(check: Path, variant: str, graph: Path, reference: Path, *, graph_bytes: bytes | None = None) -> None:
+    """Refuse (one line) to serve ``graph`` as ``variant`` unless ``check`` records it, by SHA-256, as
+    equivalent to PyTorch, measured beside the fp32 graph ``reference`` (the same bytes as now).
+    ``graph_bytes``: the graph as read for loading (so what is verified is what is served)."""
+    check, graph, reference = Path(check), Path(graph), Path(reference)
+    if not check.is_file():
+        raise ExportError(f"{check.parent}: the {variant} graph was never checked against PyTorch "
+                          f"(dapt-export --int8 --check N); pass allow_unverified=True to use it anyway")
+    document = _read_check(check)
+    result = document["variants"].get(variant)
+    if result is None:
+        raise ExportError(f"{check.parent}: the {variant} graph was never checked against PyTorch "
+                          f"(dapt-export --int8 --check N); pass allow_unverified=True to use it anyway")
+    if not isinstance(result, dict):
+        raise ExportError(f"{check}: variants.{variant} is a {type(result).__name__}, not an object; {RECHECK}")
+    equivalent = result.get("equivalent")
+    if not isinstance(equivalent, bool):
+        raise ExportError(f"{check}: variants.{variant}.equivalent is {equivalent!r}: expected true or false; {RECHECK}")
+    recorded = _recorded_sha(check, result, f"variants.{variant}")
+    recorded_reference = _recorded_sha(check, document.get("reference"), "reference")
+    actual = sha256_of(graph_bytes if graph_bytes is not None else graph)
+    if actual != recorded:
+        raise ExportError(f"{graph} is not the graph {check} measured (sha256 {actual[:12]}…, checked "
+                          f"{recorded[:12]}…): a graph from another export? {RECHECK}")
+    actual_reference = sha256_of(reference)
+    if actual_reference != recorded_reference:
+        raise ExportError(f"{reference} is not the fp32 graph the {variant} graph in {check} was measured beside "
+                          f"(sha256 {actual_reference[:12]}…, checked {recorded_reference[:12]}…); {RECHECK}")
+    if not equivalent:
+        raise ExportError(f"{check.parent}: the {variant} graph is not equivalent to PyTorch ({result.get('reason', '?')} "
+                          f"on {result.get('n', '?')} texts); serve the fp32 graph, or pass allow_unverified=True")
+    numbers = {key: result.get(key) for key in ("agreement", "max_abs_prob_diff")}
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values()) or not verdict(variant, numbers)[0]:
+        agreement = numbers["agreement"]
+        shown = f"{agreement:.2%}" if isinstance(agreement, (int, float)) else repr(agreement)
+        raise ExportError(f"{check} says the {variant} graph is equivalent, but its label agreement {shown} is below "
+                          f"the {INT8_MIN_AGREEMENT:.1%} bar (edited by hand?); {RECHECK}")

@@ -7,6 +7,7 @@ probabilities with PyTorch on hand-made and real reviews.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -86,6 +87,11 @@ def test_check_report_is_measured_and_judged(exported):
     assert int8["equivalent"] == (int8["agreement"] >= export.INT8_MIN_AGREEMENT)
     assert int8["disagreements"] == round((1 - int8["agreement"]) * 60)
     assert 0 < int8["max_abs_prob_diff"] < 1  # a different computation, not a copy of fp32
+    # tied to the bytes it scored: each graph's SHA-256, and the fp32 graph int8 was quantised from
+    sha256 = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in (export.FP32_FILE, export.INT8_FILE)}
+    assert (fp32["file"], fp32["sha256"]) == (export.FP32_FILE, sha256[export.FP32_FILE])
+    assert (int8["file"], int8["sha256"]) == (export.INT8_FILE, sha256[export.INT8_FILE])
+    assert report["reference"] == {"file": export.FP32_FILE, "sha256": sha256[export.FP32_FILE]}
 
 
 def test_int8_graph_is_served_only_as_measured(exported, tmp_path):
@@ -105,6 +111,15 @@ def test_int8_graph_is_served_only_as_measured(exported, tmp_path):
         (unchecked / name).write_bytes((out / name).read_bytes())
     with pytest.raises(export.ExportError, match="never checked"):
         export.OnnxClassifier(unchecked, int8=True)
+    # the verified bytes are the ones served: a folder whose check passes loads and answers
+    passing = tmp_path / "passing"
+    passing.mkdir()
+    for name in (export.FP32_FILE, export.INT8_FILE, "config.json", "tokenizer.json", "tokenizer_config.json"):
+        (passing / name).write_bytes((out / name).read_bytes())
+    report["variants"]["int8"].update(equivalent=True, agreement=1.0)
+    (passing / export.CHECK_FILE).write_text(json.dumps(report))
+    served = export.OnnxClassifier(passing, int8=True).predict_proba(REVIEWS)
+    assert served == pytest.approx(probs, abs=1e-6)
 
 
 def test_verdict_refuses_int8_below_the_agreement_bar():

@@ -38,6 +38,13 @@ MOVIE_EXAMPLES = [
 ]
 EXAMPLES_FILE = Path(__file__).resolve().parent / "examples.json"
 READ, NOT_READ = "read", "not read"
+#: The longest text /classify takes (and the most characters /classify_batch takes at once): 3.5x the
+#: longest IMDb review (14,282); time stays linear and short below it (README, "A demo Space").
+MAX_CHARS = 50_000
+MAX_LINES = 1_000  # the most texts /classify_batch takes at once
+#: A not-read stretch longer than LONG_SKIP characters (more than most whole reviews) is shown as
+#: its first and last EXCERPT_CHARS: the answer stays small whatever the text's length.
+LONG_SKIP, EXCERPT_CHARS = 5_000, 1_000
 
 
 def _fetch(model_ref: str, filename: str) -> str:
@@ -120,43 +127,78 @@ def opening_example(examples, module, classifier, tokenizer) -> str:
     return next(right, examples[0][0])
 
 
-def read_tokens(text: str, module, classifier, tokenizer) -> tuple[list[int], list[int], list[tuple[int, int]], str]:
+def read_tokens(text: str, module, classifier, tokenizer, stored: dict | None = None):
     """What ``infer_reviews`` feeds the model for ``text``: (all content token ids, the indices of
-    the ones kept, their character offsets in the cleaned text, the cleaned text)."""
-    stored = settings(classifier)
-    cleaned = module.clean_text(text)
-    content = tokenizer(cleaned, add_special_tokens=False, return_offsets_mapping=True)
+    the ones kept, their character offsets in the cleaned text, the cleaned text). ``stored``: the
+    model's :func:`settings`, when already read."""
+    return read_many([text], module, classifier, tokenizer, stored)[0]
+
+
+def read_many(texts: list[str], module, classifier, tokenizer, stored: dict | None = None, *, offsets: bool = True):
+    """:func:`read_tokens` for many texts, each tokenizer pass batched (offsets=False: no offsets)."""
+    stored = settings(classifier) if stored is None else stored
+    cleaned = [module.clean_text(text) for text in texts]
+    content = tokenizer(cleaned, add_special_tokens=False, return_offsets_mapping=offsets, verbose=False)
     truncation, head_tokens = stored["truncation"], stored["head_tokens"]
-    encoded = module.encode_reviews(tokenizer, [text], _max_length(classifier), truncation, head_tokens)[0]
-    kept_count = len(encoded) - tokenizer.num_special_tokens_to_add(pair=False)
-    everything = list(range(len(content["input_ids"])))
-    if truncation in ("head", "head+tail"):
-        kept = module.truncate_ids(everything, kept_count, truncation, head_tokens)
-    else:  # sliding windows read the whole review
-        kept = everything
-    return content["input_ids"], kept, content["offset_mapping"], cleaned
+    encoded = module.encode_reviews(tokenizer, texts, _max_length(classifier, stored), truncation, head_tokens)
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    read = []
+    for index, ids in enumerate(content["input_ids"]):
+        everything = list(range(len(ids)))
+        if truncation in ("head", "head+tail"):
+            kept = module.truncate_ids(everything, len(encoded[index]) - specials, truncation, head_tokens)
+        else:  # sliding windows read the whole review
+            kept = everything
+        read.append((ids, kept, content["offset_mapping"][index] if offsets else None, cleaned[index]))
+    return read
 
 
-def _max_length(classifier) -> int:
-    limits = [settings(classifier)["max_length"], getattr(classifier.encoder.config, "max_position_embeddings", None)]
+def _max_length(classifier, stored: dict | None = None) -> int:
+    stored = settings(classifier) if stored is None else stored
+    limits = [stored["max_length"], getattr(classifier.encoder.config, "max_position_embeddings", None)]
     return min(limit for limit in limits if isinstance(limit, int) and limit > 0)
 
 
 def read_spans(text: str, module, classifier, tokenizer) -> list[tuple[str, str | None]]:
     """The cleaned review cut into runs of read / not-read text, for ``gr.HighlightedText``."""
-    ids, kept, offsets, cleaned = read_tokens(text, module, classifier, tokenizer)
+    return spans_of(*read_tokens(text, module, classifier, tokenizer))
+
+
+def spans_of(ids: list[int], kept: list[int], offsets: list[tuple[int, int]], cleaned: str) -> list[tuple[str, str | None]]:
+    """:func:`read_spans` from :func:`read_tokens`' answer, in time linear in the text: a run of
+    tokens starts where its first token starts (the text's start for the first), and ends where
+    the next run starts. What was read is shown whole, a long stretch that was not as an excerpt
+    (:func:`excerpt`)."""
     if not ids:
         return [(cleaned, READ)] if cleaned else []
-    kept, spans, start = set(kept), [], 0
-    for index in range(len(ids)):
-        state = READ if index in kept else NOT_READ
-        end = offsets[index + 1][0] if index + 1 < len(ids) else len(cleaned)
-        if spans and spans[-1][1] == state:
-            spans[-1] = (spans[-1][0] + cleaned[start:end], state)
-        else:
-            spans.append((cleaned[start:end], state))
-        start = end
-    return spans
+    starts: list[tuple[int, str]] = []  # (first token of a run, its state); kept is in text order
+    after = 0  # the token after the last kept one so far
+    for index in kept:
+        if index > after or not starts:
+            if index > after:
+                starts.append((after, NOT_READ))
+            starts.append((index, READ))
+        elif index != after:
+            raise ValueError(f"kept token indices must increase, got {index} after {after - 1}")
+        after = index + 1
+    if after < len(ids):
+        starts.append((after, NOT_READ))
+    bounds = [0 if first == 0 else offsets[first][0] for first, _ in starts] + [len(cleaned)]
+    return [(cleaned[begin:end] if state == READ else excerpt(cleaned[begin:end]), state)
+            for (_, state), begin, end in zip(starts, bounds, bounds[1:])]
+
+
+def excerpt(skipped: str) -> str:
+    """A stretch the model did not read, as shown: whole up to :data:`LONG_SKIP` characters, else
+    its first and last :data:`EXCERPT_CHARS` or so (cut at spaces) around how much is left out."""
+    if len(skipped) <= LONG_SKIP:
+        return skipped
+    before, after = skipped[:EXCERPT_CHARS], skipped[-EXCERPT_CHARS:]
+    cut = before.rfind(" ")
+    before = before[: cut + 1] if cut > 0 else before
+    cut = after.find(" ")
+    after = after[cut:] if 0 <= cut < len(after) - 1 else after
+    return f"{before}[… {len(skipped) - len(before) - len(after):,} more characters not read …]{after}"
 
 
 def confidence_note(classifier) -> str:
@@ -166,41 +208,73 @@ def confidence_note(classifier) -> str:
     return "This model stores no temperature: its confidence is the raw softmax, not calibrated."
 
 
-def build_demo(model_ref: str) -> gr.Blocks:
-    module, classifier, tokenizer = load_model(model_ref)
-    labels = settings(classifier)["id2label"]
-    names = [labels[k] for k in sorted(labels)]
-    title, item = task(labels)["title"], task(labels)["item"]
-    examples = load_examples(labels)
+class Demo:
+    """What the page does, apart from the page: ``/classify`` and ``/classify_batch`` for one model.
+    Texts over :data:`MAX_CHARS` (and boxes of more than :data:`MAX_LINES` texts) are refused before
+    anything else is done with them; below that, the time is linear in the text's length."""
 
-    def classify(text: str):
+    def __init__(self, module, classifier, tokenizer, item: str = "text"):
+        self.module, self.classifier, self.tokenizer, self.item = module, classifier, tokenizer, item
+        self.stored = settings(classifier)  # read once: the model does not change while the app runs
+        self.names = [self.stored["id2label"][k] for k in sorted(self.stored["id2label"])]
+
+    def _probabilities(self, texts: list[str]) -> list[list[float]]:
+        try:
+            return class_probabilities(texts, self.module, self.classifier, self.tokenizer)
+        except ValueError as error:  # the model's own input check (e.g. nothing left to classify)
+            raise gr.Error(str(error), print_exception=False) from None
+
+    def classify(self, text: str):
+        """(every label's probability, the read / not-read spans, the summary line) of one text."""
+        item, names = self.item, self.names
         if not text or not text.strip():
             return {}, [], f"Type a {item}."
-        probabilities = class_probabilities([text], module, classifier, tokenizer)[0]
+        if len(text) > MAX_CHARS:
+            raise gr.Error(f"This {item} is {len(text):,} characters long; the demo takes at most {MAX_CHARS:,}. "
+                           f"Paste a shorter one, or run the model yourself (its model card shows how).",
+                           print_exception=False)
+        probabilities = self._probabilities([text])[0]
         label_class = top_class(probabilities)
         label, confidence = names[label_class], probabilities[label_class]
-        ids, kept, _, _ = read_tokens(text, module, classifier, tokenizer)
+        tokens = read_tokens(text, self.module, self.classifier, self.tokenizer, self.stored)
+        ids, kept = tokens[0], tokens[1]
         where = f"the whole {item}" if len(kept) == len(ids) else (
-            f"{len(kept)} of {len(ids)} tokens ({settings(classifier)['truncation']} truncation)")
+            f"{len(kept)} of {len(ids)} tokens ({self.stored['truncation']} truncation)")
         scores = dict(zip(names, probabilities))
-        return scores, read_spans(text, module, classifier, tokenizer), f"**{label}** ({confidence:.1%}); read {where}."
+        return scores, spans_of(*tokens), f"**{label}** ({confidence:.1%}); read {where}."
 
-    def classify_lines(lines: str):
+    def classify_lines(self, lines: str):
+        """One table row per non-blank line: [text, label, confidence, tokens read]."""
+        if len(lines or "") > MAX_CHARS:
+            raise gr.Error(f"The box holds {len(lines):,} characters; the demo takes at most {MAX_CHARS:,} at a time.",
+                           print_exception=False)
         texts = [line.strip() for line in (lines or "").splitlines() if line.strip()]
         if not texts:
             return []
+        if len(texts) > MAX_LINES:
+            raise gr.Error(f"The box holds {len(texts):,} lines; the demo classifies at most {MAX_LINES:,} at a time.",
+                           print_exception=False)
+        read = read_many(texts, self.module, self.classifier, self.tokenizer, self.stored, offsets=False)
         rows = []
-        for text, probabilities in zip(texts, class_probabilities(texts, module, classifier, tokenizer)):
+        for text, probabilities, (ids, kept, _, _) in zip(texts, self._probabilities(texts), read):
             label_class = top_class(probabilities)
-            ids, kept, _, _ = read_tokens(text, module, classifier, tokenizer)
-            rows.append([text, names[label_class], round(probabilities[label_class], 4), f"{len(kept)}/{len(ids)}"])
+            rows.append([text, self.names[label_class], round(probabilities[label_class], 4), f"{len(kept)}/{len(ids)}"])
         return rows
+
+
+def build_demo(model_ref: str) -> gr.Blocks:
+    module, classifier, tokenizer = load_model(model_ref)
+    labels = settings(classifier)["id2label"]
+    title, item = task(labels)["title"], task(labels)["item"]
+    examples = load_examples(labels)
+    handlers = Demo(module, classifier, tokenizer, item)
+    classify, classify_lines, names = handlers.classify, handlers.classify_lines, handlers.names
 
     with gr.Blocks(title=f"dapt: {title}") as demo:
         gr.Markdown(f"# {title}\nModel: `{model_ref}`. {confidence_note(classifier)}")
         with gr.Tab(f"One {item}"):
             text_box = gr.Textbox(label=item.capitalize(), value=opening_example(examples, module, classifier, tokenizer),
-                                  lines=5)
+                                  lines=5, info=f"Up to {MAX_CHARS:,} characters.")
             button = gr.Button("Classify", variant="primary")
             summary = gr.Markdown()
             scores = gr.Label(label="Prediction", num_top_classes=len(names))
@@ -211,7 +285,8 @@ def build_demo(model_ref: str) -> gr.Blocks:
             button.click(classify, inputs=text_box, outputs=[scores, spans, summary], api_name="classify")
             demo.load(classify, inputs=text_box, outputs=[scores, spans, summary], api_name=False)
         with gr.Tab(f"Many {item}s"):
-            lines = gr.Textbox(label=f"One {item} per line", lines=8, value="\n".join(" ".join(text.split()) for text, _ in examples))
+            lines = gr.Textbox(label=f"One {item} per line", lines=8, info=f"Up to {MAX_LINES:,} lines, {MAX_CHARS:,} characters in all.",
+                               value="\n".join(" ".join(text.split()) for text, _ in examples))
             batch_button = gr.Button("Classify all", variant="primary")
             table = gr.Dataframe(headers=[item, "label", "confidence", "tokens read"], wrap=True)
             batch_button.click(classify_lines, inputs=lines, outputs=table, api_name="classify_batch")
