@@ -12,7 +12,8 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 import torch
 from torch import nn
@@ -221,17 +222,24 @@ def encode_reviews(tokenizer, texts: Sequence[str], max_length: int = 512, trunc
     return (sequences, [len(prefix) + len(ids) + len(suffix) for ids in content]) if with_lengths else sequences
 
 
+def _check_stride(stride: int, budget: int) -> None:
+    if not 0 <= stride < budget:
+        raise ValueError(f"window_stride={stride} must be >= 0 and below the {budget} content tokens of a window")
+
+
+def _windows(ids: Sequence[int], prefix: list[int], suffix: list[int], budget: int, stride: int) -> list[list[int]]:
+    step = budget - stride
+    return [prefix + list(ids[start : start + budget]) + suffix for start in range(0, max(len(ids) - stride, 1), step)]
+
+
 def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int, *,
                    clean: bool = True, with_lengths: bool = False):
     """Per text, its windows' token ids (each with special tokens, at most ``max_length``), sharing
     ``stride`` content tokens with the next (as in Hugging Face tokenizers); the last may be shorter.
     A review's logits are the mean of its windows' logits. ``with_lengths``: as :func:`encode_reviews`."""
     prefix, suffix, budget, content = _content(tokenizer, texts, max_length, clean)
-    if not 0 <= stride < budget:
-        raise ValueError(f"window_stride={stride} must be >= 0 and below the {budget} content tokens of a window")
-    step = budget - stride
-    windows = [[prefix + list(ids[start : start + budget]) + suffix
-                for start in range(0, max(len(ids) - stride, 1), step)] for ids in content]
+    _check_stride(stride, budget)
+    windows = [_windows(ids, prefix, suffix, budget, stride) for ids in content]
     return (windows, [len(prefix) + len(ids) + len(suffix) for ids in content]) if with_lengths else windows
 
 
@@ -266,38 +274,83 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int | None = DEFA
 
 # --- Inference ------------------------------------------------------------------------------------
 
+_NOTHING = "there is nothing to classify"
 
-def review_problem(text: str) -> str | None:
-    """Why ``text`` cannot be classified, or None: empty after :func:`clean_text`, or not encodable."""
+
+class ReviewError(ValueError):
+    """A review that cannot be classified: ``index``, its position in the input, and ``problem``, why."""
+
+    def __init__(self, index: int, problem: str):
+        super().__init__(f"reviews[{index}] {problem}")
+        self.index, self.problem = index, problem
+
+    def __reduce__(self):
+        return type(self), (self.index, self.problem)
+
+
+class _ContentTokens:
+    """Which token ids are content: not a special token of the tokenizer (its unknown token included)
+    and not blank (decoding to whitespace alone, as a SentencePiece word boundary '▁'). The rule is the
+    tokenizer's, not a list of characters: WordPiece drops zero-width and control characters, Unigram
+    reads them as '▁' + <unk>, and byte-level BPE reads their UTF-8 bytes - tokens with embeddings of
+    their own, which the model reads, so there they are content."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.special, self.blank = tokenizer, set(tokenizer.all_special_ids), {}
+
+    def problem(self, ids: Sequence[int]) -> str | None:
+        """Why a cleaned text with these content-token ids (no special tokens added) cannot be classified."""
+        if not ids:
+            return f"is empty after tokenization (the tokenizer drops every character of it): {_NOTHING}"
+        for token in ids:
+            if token in self.special:
+                continue
+            if token not in self.blank:
+                self.blank[token] = not self.tokenizer.decode([token]).strip()
+            if not self.blank[token]:
+                return None
+        read = ", ".join(repr(t) for t in dict.fromkeys(self.tokenizer.convert_ids_to_tokens(list(ids)[:64])))
+        return f"is empty after tokenization (the tokenizer reads only {read}: no content token): {_NOTHING}"
+
+
+def review_problem(text: str, tokenizer=None) -> str | None:
+    """Why ``text`` cannot be classified, or None: not valid text (a lone surrogate), empty after
+    :func:`clean_text`, or - given the ``tokenizer`` - empty after tokenization: no content token (one
+    that is neither special, such as [UNK], nor blank). Inference applies all three."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         return f"is not valid text: {error.object[error.start]!r} at character {error.start} is a lone surrogate"
-    return None if clean_text(text) else "is empty (or only whitespace/markup): there is nothing to classify"
+    if not clean_text(text):
+        return f"is empty (or only whitespace/markup): {_NOTHING}"
+    if tokenizer is None:
+        return None
+    ids = tokenizer(clean_text(text), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return _ContentTokens(tokenizer).problem(ids)
 
 
-def _check_reviews(reviews) -> tuple[list[str], bool]:
+def _unordered(reviews) -> str | None:
+    if isinstance(reviews, (AbstractSet, Mapping)):
+        return (f"reviews must be an ordered collection (a list or tuple of str), got {type(reviews).__name__}: "
+                "it has no defined order, so results could not be matched to texts; pass a list, e.g. sorted(...)")
+    return None
+
+
+def _as_list(reviews) -> tuple[list, bool]:
     if isinstance(reviews, str):
-        reviews, single = [reviews], True
-    elif reviews is None or not isinstance(reviews, Iterable) or isinstance(reviews, (bytes, dict)):
+        return [reviews], True
+    if problem := _unordered(reviews):
+        raise TypeError(problem)
+    if reviews is None or not isinstance(reviews, Iterable) or isinstance(reviews, bytes):
         raise TypeError(f"reviews must be a str or a list of str, got {type(reviews).__name__}")
-    else:
-        reviews, single = list(reviews), False
-    for index, item in enumerate(reviews):
-        if not isinstance(item, str):
-            raise TypeError(f"reviews[{index}] must be a str, got {type(item).__name__}")
-        if problem := review_problem(item):
-            raise ValueError(f"reviews[{index}] {problem}")
-    return reviews, single
+    return list(reviews), False
 
 
-def _probabilities(reviews, classifier, tokenizer, batch_size: int | None = None, max_length=None, truncation=None,
-                   *, window_stride=None, batch_tokens: int | None = DEFAULT_BATCH_TOKENS):
-    texts, single = _check_reviews(reviews)
+def _settings(classifier, batch_size, max_length, truncation, window_stride, batch_tokens) -> dict:
+    """The tokenization and batching settings of a call: the arguments, else the classifier's config."""
     config = classifier.config
     max_length = config.max_length if max_length is None else max_length
     truncation = config.truncation if truncation is None else truncation
-    stride = config.window_stride if window_stride is None else window_stride
     if truncation not in TRUNCATION_STRATEGIES:
         raise ValueError(f"truncation must be one of {TRUNCATION_STRATEGIES}, got {truncation!r}")
     for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
@@ -306,26 +359,74 @@ def _probabilities(reviews, classifier, tokenizer, batch_size: int | None = None
     positions = getattr(classifier.encoder.config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
         max_length = min(int(max_length), positions)  # never index past the position table
-    if not texts:
-        return torch.zeros((0, len(config.id2label))), single
-    if truncation == "windows":
-        windows = encode_windows(tokenizer, texts, max_length, stride)
+    stride = config.window_stride if window_stride is None else window_stride
+    return {"max_length": max_length, "truncation": truncation, "stride": stride, "head_tokens": config.head_tokens,
+            "batch_size": batch_size, "batch_tokens": batch_tokens}
+
+
+def _item_problem(item) -> tuple[type, str] | None:
+    if not isinstance(item, str):
+        return TypeError, f"must be a str, got {type(item).__name__}"
+    problem = review_problem(item)
+    return None if problem is None else (ReviewError, problem)
+
+
+def _raise_first(problems: list, offset: int = 0) -> None:
+    for index, problem in enumerate(problems):
+        if problem is not None:
+            kind, text = problem
+            raise ReviewError(offset + index, text) if kind is ReviewError else kind(f"reviews[{offset + index}] {text}")
+
+
+def _classify(items: list, classifier, tokenizer, settings: dict) -> tuple[torch.Tensor, list]:
+    """(class probabilities [n, K] of the items that can be classified, in order; per item, None or
+    (error type, problem)). One tokenizer call encodes every text and tells which have content."""
+    problems = [_item_problem(item) for item in items]
+    readable = [index for index, problem in enumerate(problems) if problem is None]
+    if not readable:
+        return torch.zeros((0, len(classifier.config.id2label))), problems
+    prefix, suffix, budget, content = _content(tokenizer, [items[i] for i in readable], settings["max_length"], True)
+    tokens, kept = _ContentTokens(tokenizer), []
+    for index, ids in zip(readable, content):
+        if problem := tokens.problem(ids):
+            problems[index] = (ReviewError, problem)
+        else:
+            kept.append(ids)
+    if settings["truncation"] == "windows":
+        _check_stride(settings["stride"], budget)
+        windows = [_windows(ids, prefix, suffix, budget, settings["stride"]) for ids in kept]
     else:
-        windows = [[ids] for ids in encode_reviews(tokenizer, texts, max_length, truncation, config.head_tokens)]
+        truncation, head = settings["truncation"], settings["head_tokens"]
+        windows = [[prefix + truncate_ids(ids, budget, truncation, head) + suffix] for ids in kept]
+    return _forward(windows, classifier, tokenizer, settings), problems
+
+
+def _forward(windows: list[list[list[int]]], classifier, tokenizer, settings: dict) -> torch.Tensor:
+    """Softmax of each review's logits, the mean over its windows (one unless truncation is "windows")."""
+    classes = len(classifier.config.id2label)
+    if not windows:
+        return torch.zeros((0, classes))
     sequences = [ids for review in windows for ids in review]
     owner = torch.as_tensor([i for i, review in enumerate(windows) for _ in review])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(classifier.parameters()).device
-    logits = torch.empty((len(sequences), len(config.id2label)), dtype=torch.float32)
+    logits = torch.empty((len(sequences), classes), dtype=torch.float32)
     with torch.inference_mode():
-        for batch in token_budget_batches([len(s) for s in sequences], batch_tokens, batch_size):
+        for batch in token_budget_batches([len(s) for s in sequences], settings["batch_tokens"], settings["batch_size"]):
             ids, mask = pad_batch([sequences[i] for i in batch], pad_id)
             out = classifier(input_ids=ids.to(device), attention_mask=mask.to(device))
             logits[torch.as_tensor(batch)] = out.logits.float().cpu()
-    # A review's logits: the mean over its windows (one window unless truncation is "windows").
-    summed = torch.zeros((len(texts), logits.shape[1])).index_add_(0, owner, logits)
-    mean = summed / torch.bincount(owner, minlength=len(texts)).unsqueeze(1)
-    return torch.softmax(mean, dim=-1), single
+    summed = torch.zeros((len(windows), classes)).index_add_(0, owner, logits)
+    return torch.softmax(summed / torch.bincount(owner, minlength=len(windows)).unsqueeze(1), dim=-1)
+
+
+def _probabilities(reviews, classifier, tokenizer, batch_size: int | None = None, max_length=None, truncation=None,
+                   *, window_stride=None, batch_tokens: int | None = DEFAULT_BATCH_TOKENS):
+    items, single = _as_list(reviews)
+    settings = _settings(classifier, batch_size, max_length, truncation, window_stride, batch_tokens)
+    probs, problems = _classify(items, classifier, tokenizer, settings)
+    _raise_first(problems)
+    return probs, single
 
 
 def infer_reviews(reviews, classifier, tokenizer, batch_size: int | None = None, max_length=None, truncation=None,
@@ -334,7 +435,9 @@ def infer_reviews(reviews, classifier, tokenizer, batch_size: int | None = None,
     ``(label_class, label, confidence)``, confidence the (temperature-scaled) softmax probability.
     ``max_length``, ``truncation`` and ``window_stride`` default to the classifier's config. Batches
     hold reviews of similar length, at most ``batch_tokens`` padded tokens and ``batch_size`` reviews
-    (None: no cap). An empty or whitespace-only review is an error naming its index."""
+    (None: no cap). A review that cannot be classified (:func:`review_problem`: empty, not valid text,
+    or no content token after tokenization) is a :class:`ReviewError` naming its index; a set (no
+    order) and a non-str item are a TypeError."""
     probs, single = _probabilities(reviews, classifier, tokenizer, batch_size, max_length, truncation,
                                    window_stride=window_stride, batch_tokens=batch_tokens)
     labels = {int(k): v for k, v in classifier.config.id2label.items()}
@@ -408,4 +511,5 @@ def load_tokenizer(name_or_path, revision: str | None = None, **kwargs):
 
 __all__ = ["EMBEDDED_CONFIG", "DaptClassifierConfig", "DistilBERTClassifier", "clean_text", "encode_reviews",
            "encode_windows", "review_problem", "truncate_ids", "pad_batch", "token_budget_batches", "infer_reviews",
-           "predict_proba", "load_classifier", "load_tokenizer", "to_config_json", "default_config"]
+           "predict_proba", "ReviewError", "load_classifier", "load_tokenizer",
+           "to_config_json", "default_config"]

@@ -10,8 +10,9 @@ label name and its confidence; ``--probs`` adds every class's probability (in cl
 and ``--jsonl`` writes one object per text: ``text``, ``label``, ``label_class``, ``confidence``,
 ``p_positive`` (P(class 1), two-class models only) and, with ``--probs``, ``probs`` ({label: P}).
 Label, confidence and probabilities come from one forward pass. Blank lines of a file are skipped;
-an empty text given as an argument (or a line that is only markup) is an error naming it, as in
-:func:`classify.model.infer_reviews`. Every error is one line naming the file, line or argument.
+a text that cannot be classified (empty, only markup, or with no content token after tokenization)
+is an error naming its argument or line, as in :func:`classify.model.infer_reviews`. Every error is
+one line naming the file, line or argument.
 """
 
 from __future__ import annotations
@@ -114,9 +115,9 @@ def main(argv=None, stdin=None, stdout=None) -> int:
     if not reviews:
         _fail("no texts given (pass texts, --file PATH, or pipe them on stdin)")
 
-    from classify.model import DEFAULT_BATCH_TOKENS, load_classifier, predict_proba, review_problem
+    from classify.model import DEFAULT_BATCH_TOKENS, ReviewError, load_classifier, predict_proba, review_problem
 
-    for where, text in reviews:  # the same check infer_reviews makes, named by argument or line
+    for where, text in reviews:  # what can be told without the tokenizer, before loading the model
         if problem := review_problem(text):
             _fail(f"{where}: the text {problem}")
     device = _device(args.device)
@@ -129,6 +130,8 @@ def main(argv=None, stdin=None, stdout=None) -> int:
         rows = predict_proba(texts, classifier, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                              truncation=args.truncation, window_stride=args.window_stride,
                              batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS, all_classes=True)
+    except ReviewError as error:  # no content token after tokenization: named by argument or line
+        _fail(f"{reviews[error.index][0]}: the text {error.problem}")
     except ValueError as error:  # settings that cannot work with this model, e.g. --max-length 2
         _fail(str(error))
     names = [classifier.config.id2label[index] for index in range(len(classifier.config.id2label))]
