@@ -8,12 +8,14 @@ token-budget batches. Published verbatim as ``model.py`` (the run's config writt
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import math
 import re
 from pathlib import Path
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -198,7 +200,8 @@ def _content(tokenizer, texts, max_length: int, clean: bool):
         raise ValueError(f"max_length={max_length} leaves no room for content tokens "
                          f"(the tokenizer adds {len(prefix) + len(suffix)} special tokens)")
     texts = [clean_text(t) if clean else t for t in texts]
-    content = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
+    content = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"] if texts else []  # the ids alone: a third faster
     return prefix, suffix, budget, content
 
 
@@ -245,13 +248,15 @@ def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int, multiple_of: int = 8):
     """Right-pad id lists to a common length rounded up to ``multiple_of``; -> (ids, mask)."""
-    longest = max(len(s) for s in sequences)
+    lengths = [len(s) for s in sequences]
+    longest = max(lengths)
     width = int(math.ceil(longest / multiple_of) * multiple_of) if multiple_of else longest
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, : len(seq)] = 1
+    flat: list[int] = []
+    for seq, length in zip(sequences, lengths):  # one tensor from one list: no tensor per row
+        flat.extend(seq)
+        flat.extend([pad_token_id] * (width - length))
+    ids = torch.tensor(flat, dtype=torch.long).view(len(sequences), width)
+    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
     return ids, mask
 
 
@@ -274,6 +279,8 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int | None = DEFA
 
 # --- Inference ------------------------------------------------------------------------------------
 
+#: Texts :func:`iter_predictions` holds, sorts by length and scores together (one window of a stream).
+DEFAULT_CHUNK_SIZE = 4096
 _NOTHING = "there is nothing to classify"
 
 
@@ -286,6 +293,18 @@ class ReviewError(ValueError):
 
     def __reduce__(self):
         return type(self), (self.index, self.problem)
+
+
+class Prediction(NamedTuple):
+    """One text's result from :func:`iter_predictions`: :func:`infer_reviews`'s ``(label_class, label,
+    confidence)``, then every class's probability in class-index order. With ``skip_invalid=True``, a
+    text that cannot be classified gets ``problem`` (why, as in the error) and None for the rest."""
+
+    label_class: int | None
+    label: str | None
+    confidence: float | None
+    probs: list[float] | None
+    problem: str | None = None
 
 
 class _ContentTokens:
@@ -437,7 +456,7 @@ def infer_reviews(reviews, classifier, tokenizer, batch_size: int | None = None,
     hold reviews of similar length, at most ``batch_tokens`` padded tokens and ``batch_size`` reviews
     (None: no cap). A review that cannot be classified (:func:`review_problem`: empty, not valid text,
     or no content token after tokenization) is a :class:`ReviewError` naming its index; a set (no
-    order) and a non-str item are a TypeError."""
+    order) and a non-str item are a TypeError. For a stream or a large file: :func:`iter_predictions`."""
     probs, single = _probabilities(reviews, classifier, tokenizer, batch_size, max_length, truncation,
                                    window_stride=window_stride, batch_tokens=batch_tokens)
     labels = {int(k): v for k, v in classifier.config.id2label.items()}
@@ -458,6 +477,45 @@ def predict_proba(reviews, classifier, tokenizer, *args, all_classes: bool = Fal
     else:
         values = [float(p) for p in probs[:, 1]]
     return values[0] if single else values
+
+
+def iter_predictions(reviews: Iterable[str], classifier, tokenizer, batch_size: int | None = None, max_length=None,
+                     truncation=None, *, window_stride=None, batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
+                     chunk_size: int = DEFAULT_CHUNK_SIZE, skip_invalid: bool = False) -> Iterator[Prediction]:
+    """Classify a stream of texts (any ordered iterable of str: a file's lines, a generator) lazily,
+    one :class:`Prediction` per text, in input order, holding at most ``chunk_size`` texts at a time.
+    Each chunk is sorted by length and scored in token-budget batches as :func:`infer_reviews` scores
+    a whole list (the same results within float noise). A text that cannot be classified raises
+    :class:`ReviewError` (a non-str, TypeError) naming its position in the stream before any result
+    of its chunk is yielded; ``skip_invalid=True`` yields a Prediction with its ``problem`` instead.
+    Other arguments as :func:`infer_reviews`; they are checked when this is called."""
+    if isinstance(reviews, (str, bytes)) or reviews is None or not isinstance(reviews, Iterable):
+        raise TypeError(f"reviews must be an iterable of str (one text: infer_reviews), got {type(reviews).__name__}")
+    if problem := _unordered(reviews):
+        raise TypeError(problem)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    settings = _settings(classifier, batch_size, max_length, truncation, window_stride, batch_tokens)
+    return _predictions(iter(reviews), classifier, tokenizer, settings, chunk_size, skip_invalid)
+
+
+def _predictions(items: Iterator, classifier, tokenizer, settings: dict, chunk_size: int,
+                 skip_invalid: bool) -> Iterator[Prediction]:
+    labels = {int(k): v for k, v in classifier.config.id2label.items()}
+    offset = 0
+    while chunk := list(itertools.islice(items, chunk_size)):
+        probs, problems = _classify(chunk, classifier, tokenizer, settings)
+        if not skip_invalid:
+            _raise_first(problems, offset)
+        rows = iter(probs.tolist())
+        for problem in problems:
+            if problem is not None:
+                yield Prediction(None, None, None, None, problem[1])
+                continue
+            row = next(rows)
+            label_class = max(range(len(row)), key=row.__getitem__)  # the first maximum, as argmax
+            yield Prediction(label_class, labels[label_class], row[label_class], row)
+        offset += len(chunk)
 
 
 # --- Loading --------------------------------------------------------------------------------------
@@ -511,5 +569,5 @@ def load_tokenizer(name_or_path, revision: str | None = None, **kwargs):
 
 __all__ = ["EMBEDDED_CONFIG", "DaptClassifierConfig", "DistilBERTClassifier", "clean_text", "encode_reviews",
            "encode_windows", "review_problem", "truncate_ids", "pad_batch", "token_budget_batches", "infer_reviews",
-           "predict_proba", "ReviewError", "load_classifier", "load_tokenizer",
+           "predict_proba", "iter_predictions", "Prediction", "ReviewError", "load_classifier", "load_tokenizer",
            "to_config_json", "default_config"]
