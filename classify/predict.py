@@ -230,6 +230,12 @@ def score_to_file(args, stdin, stderr) -> int:
         summary = score_file(job, classifier, tokenizer, stderr=stderr)
     except (RowsError, StreamError, OutputError, ValueError) as error:
         _fail(str(error))
+    except OSError as error:  # a full disk, a file that cannot be written or read
+        _fail(f"{error.filename or args.output}: {error.strerror or error}")
+    except KeyboardInterrupt:
+        stderr.write(f"dapt-predict: stopped; {args.output} keeps the chunks written so far: rerun with --resume "
+                     f"to continue\n")
+        return 130
     finally:
         gc.unfreeze()
     resumed = f", after the {summary.resumed_from} it held" if summary.resumed_from else ""

@@ -16,6 +16,7 @@ import itertools
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from classify.model import iter_predictions
@@ -53,6 +54,8 @@ def check_output(job: StreamJob) -> None:
     """Before the model is loaded: the output is new, or ``--resume`` has a stopped run to continue
     with the same options (the model's labels are compared once it is loaded)."""
     target = open_output(job.output, Columns([], False, False))
+    if not Path(job.output).resolve().parent.is_dir():
+        raise StreamError(f"--output {job.output}: no such folder {str(Path(job.output).parent)!r}")
     record = ResumeRecord(job.output)
     if not job.resume and (target.exists() or record.exists()):
         found = job.output if target.exists() else record.path.name

@@ -63,9 +63,9 @@ def expected_ids(kind, n):
     return list(range(n))
 
 
-@pytest.mark.parametrize("out_kind", [".jsonl", ".csv", ".parquet"])
-@pytest.mark.parametrize("in_kind", [".txt", ".jsonl", ".csv", ".parquet"])
-def test_every_input_format_into_every_output_format(run, tmp_path, in_kind, out_kind):
+@pytest.mark.parametrize(("in_kind", "out_kind"), [(".txt", ".jsonl"), (".jsonl", ".parquet"), (".csv", ".csv"),
+                                                  (".parquet", ".jsonl")])  # readers and writers are independent
+def test_every_input_format_and_every_output_format(run, tmp_path, in_kind, out_kind):
     run_dir, classifier, tokenizer = run
     source = write_input(tmp_path / f"in{in_kind}", TEXTS)
     out = tmp_path / f"out{out_kind}"
@@ -144,14 +144,18 @@ def test_csv_bad_rows_and_non_utf8_are_named_by_row(run, tmp_path):
     assert rows[1]["label"] == rows[1]["confidence"] == "" and rows[0]["label"] == "Positive"
 
 
+class Killed(BaseException):
+    """What a kill does to a run: it stops where it is, nothing caught, nothing cleaned up."""
+
+
 def interrupt_after(monkeypatch, chunks: int):
-    """Make the run stop (as a kill would) while scoring chunk number ``chunks + 1``."""
+    """Make the run die (as a kill would) while scoring chunk number ``chunks + 1``."""
     real, calls = predict_stream._score_chunk, []
 
     def stopping(*args, **kwargs):
         calls.append(len(args[1]))
         if len(calls) > chunks:
-            raise KeyboardInterrupt
+            raise Killed
         return real(*args, **kwargs)
 
     monkeypatch.setattr(predict_stream, "_score_chunk", stopping)
@@ -167,7 +171,7 @@ def test_resume_continues_a_stopped_run_without_rescoring(run, tmp_path, monkeyp
     score(argv + ["--output", str(whole)])
     out = tmp_path / f"out{out_kind}"
     interrupt_after(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         score(argv + ["--output", str(out)])
     monkeypatch.undo()
     if out_kind != ".parquet":  # a kill in the middle of a write leaves a half row
@@ -194,7 +198,7 @@ def test_resume_refuses_another_input_or_other_options(run, tmp_path, monkeypatc
     out = tmp_path / "out.jsonl"
     argv = ["--model", str(run_dir), "--file", str(source), "--output", str(out), "--chunk-size", "4"]
     interrupt_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         score(argv)
     monkeypatch.undo()
     with pytest.raises(SystemExit, match=r"was started with probs = False, not True: resume with the options"):
@@ -254,3 +258,43 @@ def test_settings_the_model_cannot_use_fail_before_anything_is_written(run, tmp_
     with pytest.raises(SystemExit, match="max_length=2 leaves no room"):
         score(["--model", str(run[0]), "--file", str(source), "--output", str(out), "--max-length", "2"])
     assert list(tmp_path.iterdir()) == [source]
+
+
+def test_ctrl_c_leaves_a_run_to_resume_and_says_so(run, tmp_path, monkeypatch):
+    source = write_input(tmp_path / "in.txt", TEXTS)
+    out = tmp_path / "out.jsonl"
+    argv = ["--model", str(run[0]), "--file", str(source), "--output", str(out), "--chunk-size", "4"]
+    real = predict_stream._score_chunk
+    calls = []
+
+    def ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_stream, "_score_chunk", ctrl_c)
+    stderr = io.StringIO()
+    assert score(argv, stderr) == 130
+    assert "stopped; " in stderr.getvalue() and "rerun with --resume" in stderr.getvalue()
+    monkeypatch.undo()
+    assert score(argv + ["--resume"]) == 0 and len(read_output(out)) == len(TEXTS)
+
+
+def test_an_output_folder_that_does_not_exist_is_named(run, tmp_path):
+    source = write_input(tmp_path / "in.txt", TEXTS)
+    with pytest.raises(SystemExit, match=r"--output .*out\.csv: no such folder"):
+        score(["--model", str(run[0]), "--file", str(source), "--output", str(tmp_path / "missing" / "out.csv")])
+
+
+@pytest.mark.parametrize("out_kind", [".csv", ".parquet"])
+def test_an_input_without_rows_gives_an_output_without_rows(run, tmp_path, out_kind):
+    source = tmp_path / "in.txt"
+    source.write_text("\n  \n", encoding="utf-8")
+    out = tmp_path / f"out{out_kind}"
+    score(["--model", str(run[0]), "--file", str(source), "--output", str(out)])
+    assert read_output(out) == []
+    if out_kind == ".parquet":
+        import pyarrow.parquet as pq
+
+        assert pq.read_schema(out).names == ["id", "label", "label_class", "confidence", "p_positive"]
