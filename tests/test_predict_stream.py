@@ -298,3 +298,15 @@ def test_an_input_without_rows_gives_an_output_without_rows(run, tmp_path, out_k
         import pyarrow.parquet as pq
 
         assert pq.read_schema(out).names == ["id", "label", "label_class", "confidence", "p_positive"]
+
+
+def test_a_terminal_gets_a_progress_bar_in_texts_per_second(run, tmp_path):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    source = write_input(tmp_path / "in.csv", TEXTS)
+    stderr = Terminal()
+    score(["--model", str(run[0]), "--file", str(source), "--output", str(tmp_path / "out.jsonl")], stderr)
+    bar = stderr.getvalue().split("\r")[-1]
+    assert f"{len(TEXTS)}/{len(TEXTS)}" in bar and "texts/s" in bar
