@@ -215,7 +215,8 @@ def score_to_file(args, stdin, stderr) -> int:
     settings = _inference_settings(args)
     try:
         rows = TextRows(args.file, args.text_column, args.id_column, stdin=stdin)
-        options = {"model": args.model, "revision": args.revision, "probs": args.probs, "bad_rows": args.bad_rows,
+        model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # one name per folder
+        options = {"model": model, "revision": args.revision, "probs": args.probs, "bad_rows": args.bad_rows,
                    "text_column": args.text_column, "id_column": args.id_column,
                    "chunk_size": args.chunk_size or DEFAULT_CHUNK_SIZE,
                    **{key: settings[key] for key in ("max_length", "truncation", "window_stride")}}

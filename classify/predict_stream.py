@@ -73,7 +73,8 @@ def _same_options(job: StreamJob, started: dict, ignore=()) -> None:
     changed = [key for key in keys if started.get(key) != job.options.get(key)]
     if changed:
         key = changed[0]
-        raise StreamError(f"{job.output} was started with {key} = {started.get(key)!r}, not "
+        name = "the model's labels" if key == "labels" else f"--{key.replace('_', '-')}"
+        raise StreamError(f"{job.output} was started with {name} {started.get(key)!r}, not "
                           f"{job.options.get(key)!r}: resume with the options it was started with")
 
 
@@ -82,6 +83,8 @@ def score_file(job: StreamJob, classifier, tokenizer, *, stderr=None, progress: 
     stderr = sys.stderr if stderr is None else stderr
     labels = [classifier.config.id2label[index] for index in range(len(classifier.config.id2label))]
     job.options["labels"] = labels
+    if job.resume and ResumeRecord(job.output).exists():  # before the probe: the labels decide the columns
+        _same_options(job, ResumeRecord(job.output).read()["options"])
     # Settings this model cannot work with (e.g. --max-length 2) fail on a probe, before anything is written.
     list(iter_predictions(["probe"], classifier, tokenizer, skip_invalid=True, **job.inference))
     output = open_output(job.output, Columns(labels, job.options["probs"], job.skip_bad_rows), job.rows.id_type)
@@ -91,7 +94,6 @@ def score_file(job: StreamJob, classifier, tokenizer, *, stderr=None, progress: 
     try:
         if job.resume and record.exists():
             stopped = record.read()
-            _same_options(job, stopped["options"])
             summary.resumed_from = _skip_written(job, output, stopped, rows, hasher)
         else:
             record.write(job.options, 0, hasher.hexdigest())  # first: a kill from here on leaves a resumable run

@@ -201,9 +201,9 @@ def test_resume_refuses_another_input_or_other_options(run, tmp_path, monkeypatc
     with pytest.raises(Killed):
         score(argv)
     monkeypatch.undo()
-    with pytest.raises(SystemExit, match=r"was started with probs = False, not True: resume with the options"):
+    with pytest.raises(SystemExit, match=r"was started with --probs False, not True: resume with the options"):
         score(argv + ["--resume", "--probs"])
-    with pytest.raises(SystemExit, match=r"was started with chunk_size = 4, not 8"):
+    with pytest.raises(SystemExit, match=r"was started with --chunk-size 4, not 8"):
         score(argv[:-1] + ["8", "--resume"])
     write_input(source, ["a different first text"] + TEXTS[1:])
     with pytest.raises(SystemExit, match=r"in\.txt changed since .* was started \(its first 8 rows differ\)"):
@@ -310,3 +310,25 @@ def test_a_terminal_gets_a_progress_bar_in_texts_per_second(run, tmp_path):
     score(["--model", str(run[0]), "--file", str(source), "--output", str(tmp_path / "out.jsonl")], stderr)
     bar = stderr.getvalue().split("\r")[-1]
     assert f"{len(TEXTS)}/{len(TEXTS)}" in bar and "texts/s" in bar
+
+
+def test_resume_refuses_a_model_with_other_labels_in_the_same_folder(run, tmp_path, monkeypatch,
+                                                                      tiny_headless_encoder_dir):
+    import shutil
+
+    from tests.k_class_fixtures import train_k_classifier
+
+    folder = tmp_path / "model"
+    shutil.copytree(run[0] / "model", folder)
+    source = write_input(tmp_path / "in.txt", TEXTS)
+    argv = ["--model", str(folder), "--file", str(source), "--output", str(tmp_path / "out.csv"), "--chunk-size", "4"]
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(Killed):
+        score(argv)
+    monkeypatch.undo()
+    shutil.rmtree(folder)
+    classifier, tokenizer = train_k_classifier(tiny_headless_encoder_dir)
+    classifier.save_pretrained(folder, tokenizer=tokenizer)
+    with pytest.raises(SystemExit, match=r"was started with the model's labels \['Negative', 'Positive'\], not "
+                                         r"\['World', 'Sports', 'Business', 'Sci/Tech'\]"):
+        score(argv + ["--resume"])
