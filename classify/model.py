@@ -8,11 +8,14 @@ token-budget batches. Published verbatim as ``model.py`` (the run's config writt
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import math
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -198,7 +201,8 @@ def _content(tokenizer, texts, max_length: int, clean: bool):
         raise ValueError(f"max_length={max_length} leaves no room for content tokens "
                          f"(the tokenizer adds {len(prefix) + len(suffix)} special tokens)")
     texts = [clean_text(t) if clean else t for t in texts]
-    content = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
+    content = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"] if texts else []  # the ids alone: a third faster
     return prefix, suffix, budget, content
 
 
@@ -222,29 +226,38 @@ def encode_reviews(tokenizer, texts: Sequence[str], max_length: int = 512, trunc
     return (sequences, [len(prefix) + len(ids) + len(suffix) for ids in content]) if with_lengths else sequences
 
 
+def _check_stride(stride: int, budget: int) -> None:
+    if not 0 <= stride < budget:
+        raise ValueError(f"window_stride={stride} must be >= 0 and below the {budget} content tokens of a window")
+
+
+def _windows(ids: Sequence[int], prefix: list[int], suffix: list[int], budget: int, stride: int) -> list[list[int]]:
+    step = budget - stride
+    return [prefix + list(ids[start : start + budget]) + suffix for start in range(0, max(len(ids) - stride, 1), step)]
+
+
 def encode_windows(tokenizer, texts: Sequence[str], max_length: int, stride: int, *,
                    clean: bool = True, with_lengths: bool = False):
     """Per text, its windows' token ids (each with special tokens, at most ``max_length``), sharing
     ``stride`` content tokens with the next (as in Hugging Face tokenizers); the last may be shorter.
     A review's logits are the mean of its windows' logits. ``with_lengths``: as :func:`encode_reviews`."""
     prefix, suffix, budget, content = _content(tokenizer, texts, max_length, clean)
-    if not 0 <= stride < budget:
-        raise ValueError(f"window_stride={stride} must be >= 0 and below the {budget} content tokens of a window")
-    step = budget - stride
-    windows = [[prefix + list(ids[start : start + budget]) + suffix
-                for start in range(0, max(len(ids) - stride, 1), step)] for ids in content]
+    _check_stride(stride, budget)
+    windows = [_windows(ids, prefix, suffix, budget, stride) for ids in content]
     return (windows, [len(prefix) + len(ids) + len(suffix) for ids in content]) if with_lengths else windows
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int, multiple_of: int = 8):
     """Right-pad id lists to a common length rounded up to ``multiple_of``; -> (ids, mask)."""
-    longest = max(len(s) for s in sequences)
+    lengths = [len(s) for s in sequences]
+    longest = max(lengths)
     width = int(math.ceil(longest / multiple_of) * multiple_of) if multiple_of else longest
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, : len(seq)] = 1
+    flat: list[int] = []
+    for seq, length in zip(sequences, lengths):  # one tensor from one list: no tensor per row
+        flat.extend(seq)
+        flat.extend([pad_token_id] * (width - length))
+    ids = torch.tensor(flat, dtype=torch.long).view(len(sequences), width)
+    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
     return ids, mask
 
 
@@ -267,38 +280,97 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int | None = DEFA
 
 # --- Inference ------------------------------------------------------------------------------------
 
+#: Texts :func:`iter_predictions` holds, sorts by length and scores together (one window of a stream).
+DEFAULT_CHUNK_SIZE = 4096
+_NOTHING = "there is nothing to classify"
 
-def review_problem(text: str) -> str | None:
-    """Why ``text`` cannot be classified, or None: empty after :func:`clean_text`, or not encodable."""
+
+class ReviewError(ValueError):
+    """A review that cannot be classified: ``index``, its position in the input, and ``problem``, why."""
+
+    def __init__(self, index: int, problem: str):
+        super().__init__(f"reviews[{index}] {problem}")
+        self.index, self.problem = index, problem
+
+    def __reduce__(self):
+        return type(self), (self.index, self.problem)
+
+
+class Prediction(NamedTuple):
+    """One text's result from :func:`iter_predictions`: :func:`infer_reviews`'s ``(label_class, label,
+    confidence)``, then every class's probability in class-index order. With ``skip_invalid=True``, a
+    text that cannot be classified gets ``problem`` (why, as in the error) and None for the rest."""
+
+    label_class: int | None
+    label: str | None
+    confidence: float | None
+    probs: list[float] | None
+    problem: str | None = None
+
+
+class _ContentTokens:
+    """Which token ids are content: not a special token of the tokenizer (its unknown token included)
+    and not blank (decoding to whitespace alone, as a SentencePiece word boundary '▁'). The rule is the
+    tokenizer's, not a list of characters: WordPiece drops zero-width and control characters, Unigram
+    reads them as '▁' + <unk>, and byte-level BPE reads their UTF-8 bytes - tokens with embeddings of
+    their own, which the model reads, so there they are content."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.special, self.blank = tokenizer, set(tokenizer.all_special_ids), {}
+
+    def problem(self, ids: Sequence[int]) -> str | None:
+        """Why a cleaned text with these content-token ids (no special tokens added) cannot be classified."""
+        if not ids:
+            return f"is empty after tokenization (the tokenizer drops every character of it): {_NOTHING}"
+        for token in ids:
+            if token in self.special:
+                continue
+            if token not in self.blank:
+                self.blank[token] = not self.tokenizer.decode([token]).strip()
+            if not self.blank[token]:
+                return None
+        read = ", ".join(repr(t) for t in dict.fromkeys(self.tokenizer.convert_ids_to_tokens(list(ids)[:64])))
+        return f"is empty after tokenization (the tokenizer reads only {read}: no content token): {_NOTHING}"
+
+
+def review_problem(text: str, tokenizer=None) -> str | None:
+    """Why ``text`` cannot be classified, or None: not valid text (a lone surrogate), empty after
+    :func:`clean_text`, or - given the ``tokenizer`` - empty after tokenization: no content token (one
+    that is neither special, such as [UNK], nor blank). Inference applies all three."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         return f"is not valid text: {error.object[error.start]!r} at character {error.start} is a lone surrogate"
-    return None if clean_text(text) else "is empty (or only whitespace/markup): there is nothing to classify"
+    if not clean_text(text):
+        return f"is empty (or only whitespace/markup): {_NOTHING}"
+    if tokenizer is None:
+        return None
+    ids = tokenizer(clean_text(text), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return _ContentTokens(tokenizer).problem(ids)
 
 
-def _check_reviews(reviews) -> tuple[list[str], bool]:
+def _unordered(reviews) -> str | None:
+    if isinstance(reviews, (AbstractSet, Mapping)):
+        return (f"reviews must be an ordered collection (a list or tuple of str), got {type(reviews).__name__}: "
+                "it has no defined order, so results could not be matched to texts; pass a list, e.g. sorted(...)")
+    return None
+
+
+def _as_list(reviews) -> tuple[list, bool]:
     if isinstance(reviews, str):
-        reviews, single = [reviews], True
-    elif reviews is None or not isinstance(reviews, Iterable) or isinstance(reviews, (bytes, dict)):
+        return [reviews], True
+    if problem := _unordered(reviews):
+        raise TypeError(problem)
+    if reviews is None or not isinstance(reviews, Iterable) or isinstance(reviews, bytes):
         raise TypeError(f"reviews must be a str or a list of str, got {type(reviews).__name__}")
-    else:
-        reviews, single = list(reviews), False
-    for index, item in enumerate(reviews):
-        if not isinstance(item, str):
-            raise TypeError(f"reviews[{index}] must be a str, got {type(item).__name__}")
-        if problem := review_problem(item):
-            raise ValueError(f"reviews[{index}] {problem}")
-    return reviews, single
+    return list(reviews), False
 
 
-def _probabilities(reviews, classifier, tokenizer, batch_size: int | None = None, max_length=None, truncation=None,
-                   *, window_stride=None, batch_tokens: int | None = DEFAULT_BATCH_TOKENS):
-    texts, single = _check_reviews(reviews)
+def _settings(classifier, batch_size, max_length, truncation, window_stride, batch_tokens) -> dict:
+    """The tokenization and batching settings of a call: the arguments, else the classifier's config."""
     config = classifier.config
     max_length = config.max_length if max_length is None else max_length
     truncation = config.truncation if truncation is None else truncation
-    stride = config.window_stride if window_stride is None else window_stride
     if truncation not in TRUNCATION_STRATEGIES:
         raise ValueError(f"truncation must be one of {TRUNCATION_STRATEGIES}, got {truncation!r}")
     for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
@@ -307,26 +379,74 @@ def _probabilities(reviews, classifier, tokenizer, batch_size: int | None = None
     positions = getattr(classifier.encoder.config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
         max_length = min(int(max_length), positions)  # never index past the position table
-    if not texts:
-        return torch.zeros((0, len(config.id2label))), single
-    if truncation == "windows":
-        windows = encode_windows(tokenizer, texts, max_length, stride)
+    stride = config.window_stride if window_stride is None else window_stride
+    return {"max_length": max_length, "truncation": truncation, "stride": stride, "head_tokens": config.head_tokens,
+            "batch_size": batch_size, "batch_tokens": batch_tokens}
+
+
+def _item_problem(item) -> tuple[type, str] | None:
+    if not isinstance(item, str):
+        return TypeError, f"must be a str, got {type(item).__name__}"
+    problem = review_problem(item)
+    return None if problem is None else (ReviewError, problem)
+
+
+def _raise_first(problems: list, offset: int = 0) -> None:
+    for index, problem in enumerate(problems):
+        if problem is not None:
+            kind, text = problem
+            raise ReviewError(offset + index, text) if kind is ReviewError else kind(f"reviews[{offset + index}] {text}")
+
+
+def _classify(items: list, classifier, tokenizer, settings: dict) -> tuple[torch.Tensor, list]:
+    """(class probabilities [n, K] of the items that can be classified, in order; per item, None or
+    (error type, problem)). One tokenizer call encodes every text and tells which have content."""
+    problems = [_item_problem(item) for item in items]
+    readable = [index for index, problem in enumerate(problems) if problem is None]
+    if not readable:
+        return torch.zeros((0, len(classifier.config.id2label))), problems
+    prefix, suffix, budget, content = _content(tokenizer, [items[i] for i in readable], settings["max_length"], True)
+    tokens, kept = _ContentTokens(tokenizer), []
+    for index, ids in zip(readable, content):
+        if problem := tokens.problem(ids):
+            problems[index] = (ReviewError, problem)
+        else:
+            kept.append(ids)
+    if settings["truncation"] == "windows":
+        _check_stride(settings["stride"], budget)
+        windows = [_windows(ids, prefix, suffix, budget, settings["stride"]) for ids in kept]
     else:
-        windows = [[ids] for ids in encode_reviews(tokenizer, texts, max_length, truncation, config.head_tokens)]
+        truncation, head = settings["truncation"], settings["head_tokens"]
+        windows = [[prefix + truncate_ids(ids, budget, truncation, head) + suffix] for ids in kept]
+    return _forward(windows, classifier, tokenizer, settings), problems
+
+
+def _forward(windows: list[list[list[int]]], classifier, tokenizer, settings: dict) -> torch.Tensor:
+    """Softmax of each review's logits, the mean over its windows (one unless truncation is "windows")."""
+    classes = len(classifier.config.id2label)
+    if not windows:
+        return torch.zeros((0, classes))
     sequences = [ids for review in windows for ids in review]
     owner = torch.as_tensor([i for i, review in enumerate(windows) for _ in review])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(classifier.parameters()).device
-    logits = torch.empty((len(sequences), len(config.id2label)), dtype=torch.float32)
+    logits = torch.empty((len(sequences), classes), dtype=torch.float32)
     with torch.inference_mode():
-        for batch in token_budget_batches([len(s) for s in sequences], batch_tokens, batch_size):
+        for batch in token_budget_batches([len(s) for s in sequences], settings["batch_tokens"], settings["batch_size"]):
             ids, mask = pad_batch([sequences[i] for i in batch], pad_id)
             out = classifier(input_ids=ids.to(device), attention_mask=mask.to(device))
             logits[torch.as_tensor(batch)] = out.logits.float().cpu()
-    # A review's logits: the mean over its windows (one window unless truncation is "windows").
-    summed = torch.zeros((len(texts), logits.shape[1])).index_add_(0, owner, logits)
-    mean = summed / torch.bincount(owner, minlength=len(texts)).unsqueeze(1)
-    return torch.softmax(mean, dim=-1), single
+    summed = torch.zeros((len(windows), classes)).index_add_(0, owner, logits)
+    return torch.softmax(summed / torch.bincount(owner, minlength=len(windows)).unsqueeze(1), dim=-1)
+
+
+def _probabilities(reviews, classifier, tokenizer, batch_size: int | None = None, max_length=None, truncation=None,
+                   *, window_stride=None, batch_tokens: int | None = DEFAULT_BATCH_TOKENS):
+    items, single = _as_list(reviews)
+    settings = _settings(classifier, batch_size, max_length, truncation, window_stride, batch_tokens)
+    probs, problems = _classify(items, classifier, tokenizer, settings)
+    _raise_first(problems)
+    return probs, single
 
 
 def infer_reviews(reviews, classifier, tokenizer, batch_size: int | None = None, max_length=None, truncation=None,
@@ -335,7 +455,9 @@ def infer_reviews(reviews, classifier, tokenizer, batch_size: int | None = None,
     ``(label_class, label, confidence)``, confidence the (temperature-scaled) softmax probability.
     ``max_length``, ``truncation`` and ``window_stride`` default to the classifier's config. Batches
     hold reviews of similar length, at most ``batch_tokens`` padded tokens and ``batch_size`` reviews
-    (None: no cap). An empty or whitespace-only review is an error naming its index."""
+    (None: no cap). A review that cannot be classified (:func:`review_problem`: empty, not valid text,
+    or no content token after tokenization) is a :class:`ReviewError` naming its index; a set (no
+    order) and a non-str item are a TypeError. For a stream or a large file: :func:`iter_predictions`."""
     probs, single = _probabilities(reviews, classifier, tokenizer, batch_size, max_length, truncation,
                                    window_stride=window_stride, batch_tokens=batch_tokens)
     labels = {int(k): v for k, v in classifier.config.id2label.items()}
@@ -356,6 +478,45 @@ def predict_proba(reviews, classifier, tokenizer, *args, all_classes: bool = Fal
     else:
         values = [float(p) for p in probs[:, 1]]
     return values[0] if single else values
+
+
+def iter_predictions(reviews: Iterable[str], classifier, tokenizer, batch_size: int | None = None, max_length=None,
+                     truncation=None, *, window_stride=None, batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
+                     chunk_size: int = DEFAULT_CHUNK_SIZE, skip_invalid: bool = False) -> Iterator[Prediction]:
+    """Classify a stream of texts (any ordered iterable of str: a file's lines, a generator) lazily,
+    one :class:`Prediction` per text, in input order, holding at most ``chunk_size`` texts at a time.
+    Each chunk is sorted by length and scored in token-budget batches as :func:`infer_reviews` scores
+    a whole list (the same results within float noise). A text that cannot be classified raises
+    :class:`ReviewError` (a non-str, TypeError) naming its position in the stream before any result
+    of its chunk is yielded; ``skip_invalid=True`` yields a Prediction with its ``problem`` instead.
+    Other arguments as :func:`infer_reviews`; they are checked when this is called."""
+    if isinstance(reviews, (str, bytes)) or reviews is None or not isinstance(reviews, Iterable):
+        raise TypeError(f"reviews must be an iterable of str (one text: infer_reviews), got {type(reviews).__name__}")
+    if problem := _unordered(reviews):
+        raise TypeError(problem)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    settings = _settings(classifier, batch_size, max_length, truncation, window_stride, batch_tokens)
+    return _predictions(iter(reviews), classifier, tokenizer, settings, chunk_size, skip_invalid)
+
+
+def _predictions(items: Iterator, classifier, tokenizer, settings: dict, chunk_size: int,
+                 skip_invalid: bool) -> Iterator[Prediction]:
+    labels = {int(k): v for k, v in classifier.config.id2label.items()}
+    offset = 0
+    while chunk := list(itertools.islice(items, chunk_size)):
+        probs, problems = _classify(chunk, classifier, tokenizer, settings)
+        if not skip_invalid:
+            _raise_first(problems, offset)
+        rows = iter(probs.tolist())
+        for problem in problems:
+            if problem is not None:
+                yield Prediction(None, None, None, None, problem[1])
+                continue
+            row = next(rows)
+            label_class = max(range(len(row)), key=row.__getitem__)  # the first maximum, as argmax
+            yield Prediction(label_class, labels[label_class], row[label_class], row)
+        offset += len(chunk)
 
 
 # --- Loading --------------------------------------------------------------------------------------
@@ -415,4 +576,5 @@ AutoModelForSequenceClassification.register(DaptClassifierConfig, DistilBERTClas
 
 __all__ = ["EMBEDDED_CONFIG", "DaptClassifierConfig", "DistilBERTClassifier", "clean_text", "encode_reviews",
            "encode_windows", "review_problem", "truncate_ids", "pad_batch", "token_budget_batches", "infer_reviews",
-           "predict_proba", "load_classifier", "load_tokenizer", "to_config_json", "default_config"]
+           "predict_proba", "iter_predictions", "Prediction", "ReviewError", "load_classifier", "load_tokenizer",
+           "to_config_json", "default_config"]
