@@ -68,7 +68,7 @@ def test_every_kind_is_in_the_loader_table_and_an_unknown_kind_lists_them(tmp_pa
 def test_a_new_kind_is_one_entry_in_the_table(tmp_path, monkeypatch):
     import datasets
 
-    monkeypatch.setitem(sources.LOADERS, "lines", lambda source: [
+    monkeypatch.setitem(sources.LOADERS, "lines", lambda source, num_proc: [
         datasets.Dataset.from_dict({"text": open(source.path).read().splitlines()})])
     path = tmp_path / "corpus.lines"
     path.write_text("one\ntwo\nthree\n")
