@@ -8,13 +8,26 @@ import pyarrow.parquet as pq
 import pytest
 
 from dapt.core import hub, sources
-from dapt.core.sources import LOADERS, DataError, SourceConfig, clean_text, detect_kind, load_source
+from dapt.core.sources import LOADERS, DataError, SourceConfig, clean_text, detect_kind, is_blank, load_source
 from tests.helpers import sentences
 
 
 def test_clean_text_turns_breaks_into_spaces():
     assert clean_text("Great.<br /><br />Loved it<br/>really<BR>  yes\n") == "Great. Loved it really yes"
     assert clean_text("  <br />  ") == ""
+
+
+def test_is_blank_is_what_cleaning_empties():
+    """Stage 1 drops documents with is_blank before the split and cleans the rest as it tokenizes:
+    the two must agree on every text (random strings of tags, Unicode spaces and letters)."""
+    import random
+
+    spaces = [chr(c) for c in range(0x3001) if chr(c).isspace()]  # \x1c-\x1f, \x85, \xa0, \u2000-\u200a, ...
+    pieces = ["<br />", "<br/>", "<BR>", "<br   >", "<br", "/>", ">", "<", "br", " ", "\n", "x", "é", *spaces]
+    rng = random.Random(0)
+    texts = [None, "", " ", "<br /><br />", "a", "<br />a", "<bR\t/>\u3000", "<br <br/>"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(5000)]
+    assert [is_blank(t) for t in texts] == [clean_text(t or "") == "" for t in texts]
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
