@@ -2,6 +2,7 @@
 local paths, table files, .txt trees, the aclImdb layout, text cleaning."""
 
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +29,9 @@ def test_is_blank_is_what_cleaning_empties():
     texts = [None, "", " ", "<br /><br />", "a", "<br />a", "<bR\t/>\u3000", "<br <br/>"]
     texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(5000)]
     assert [is_blank(t) for t in texts] == [clean_text(t or "") == "" for t in texts]
+    # clean_text's split/join is the two-regex definition it replaced
+    texts = [t for t in texts if t is not None] + ["a  b\t\nc<br/>d\u3000e\x1cf ", "\u2003x<BR >\xa0y\x85"]
+    assert [clean_text(t) for t in texts] == [re.sub(r"\s+", " ", re.sub(r"<br\s*/?>", " ", t, flags=re.I)).strip() for t in texts]
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])

@@ -30,7 +30,6 @@ from dapt.core.hub import looks_local
 TABLE_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 ACLIMDB_SPLITS = {"train": ["train/neg", "train/pos"], "test": ["test/neg", "test/pos"], "unsupervised": ["train/unsup"]}
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_SPACE = re.compile(r"\s+")
 _BLANK = re.compile(r"(?:\s|<br\s*/?>)*", re.IGNORECASE)  # what clean_text turns into ""
 
 
@@ -52,8 +51,10 @@ class SourceConfig:
 
 
 def clean_text(text: str) -> str:
-    """IMDb's ``<br />`` line breaks become spaces; runs of whitespace collapse to one space."""
-    return _SPACE.sub(" ", _BREAK.sub(" ", text)).strip()
+    """IMDb's ``<br />`` line breaks become spaces; runs of whitespace collapse to one space, none
+    left at either end. (``str.split()`` splits at what ``\\s`` matches, ``str.isspace``, and is ~3x
+    faster than a second regex: stage 1 cleans every document of the corpus.)"""
+    return " ".join(_BREAK.sub(" ", text).split())
 
 
 def is_blank(text: Optional[str]) -> bool:
