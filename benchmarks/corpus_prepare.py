@@ -3,8 +3,9 @@
 ``torchrun --nproc_per_node 2 -m benchmarks.corpus_prepare`` for two (gloo, ``Accelerator(cpu=True)``).
 
 Times :func:`dapt.data.build_blocks` (read, clean, held-out split, tokenize, pack, into the
-``datasets`` cache at ``HF_DATASETS_CACHE``) from after the imports to the end on every process, and
-writes one JSON line of figures (process 0) to ``--out``.
+``datasets`` cache at ``HF_DATASETS_CACHE``) from after the imports to the end on every process
+(wall clock, and CPU seconds of all processes and their workers), and writes one JSON line of
+figures (process 0) to ``--out``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ def stored_tokens(blocks) -> int:
     import pyarrow.compute as pc
 
     return int(pc.sum(pc.list_value_length(blocks.data.column("input_ids"))).as_py() or 0)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the ``datasets`` workers, reaped)."""
+    import os
+
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def main(argv=None) -> dict:
@@ -48,11 +57,14 @@ def main(argv=None) -> dict:
     data = CorpusConfig(sources=[SourceConfig(path=args.corpus)], heldout=args.heldout, block_size=args.block_size,
                         num_proc=args.num_proc)
     accelerator.wait_for_everyone()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     train, heldout, stats = build_blocks(data, tokenizer, accelerator, seed=args.seed)
+    cpu = cpu_seconds() - cpu
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
-    result = {"seconds": seconds, "processes": accelerator.num_processes, "stats": stats,
+    from accelerate.utils import gather_object
+
+    result = {"seconds": seconds, "cpu_s": sum(gather_object([cpu])), "processes": accelerator.num_processes, "stats": stats,
               "tokens": stored_tokens(train) + stored_tokens(heldout),
               "input_ids_type": str(train.features["input_ids"]), "cache_files": len(train.cache_files)}
     if accelerator.is_main_process:

