@@ -138,15 +138,21 @@ def _physical_rows(dataset: datasets.Dataset, scratch: str) -> Optional[np.ndarr
 
 def _write_indices(path: Path, positions: np.ndarray, rows: Optional[np.ndarray]) -> None:
     """An index mapping as ``datasets`` stores one (an Arrow stream of one ``uint64`` column), written
-    a chunk at a time, then renamed into place (a reader never sees half a file)."""
+    a chunk at a time to a file of its own, then renamed into place: a reader never sees half a
+    file, and two runs sharing a cache each write their own (same) file."""
     schema = pa.schema([pa.field("indices", pa.uint64())])
-    partial = path.with_name(path.name + ".partial")
-    with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for start in range(0, len(positions), CHUNK):
-            chunk = np.asarray(positions[start : start + CHUNK])
-            physical = chunk if rows is None else rows[chunk]
-            writer.write_batch(pa.record_batch([pa.array(physical.astype(np.uint64))], schema=schema))
-    os.replace(partial, path)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix="tmp-split-", suffix=".arrow")
+    os.close(handle)
+    try:
+        with pa.OSFile(partial, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for start in range(0, len(positions), CHUNK):
+                chunk = np.asarray(positions[start : start + CHUNK])
+                physical = chunk if rows is None else rows[chunk]
+                writer.write_batch(pa.record_batch([pa.array(physical.astype(np.uint64))], schema=schema))
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def reading_processes(data: CorpusConfig) -> Optional[int]:
