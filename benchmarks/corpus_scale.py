@@ -129,7 +129,7 @@ def exponent(rows: list[dict], key: str = "seconds") -> float | None:
 
 def table(rows: list[dict]) -> str:
     lines = ["| corpus | processes | documents | tokens | prep s | MB/s | tokens/s | of tokenizer rate (wall / CPU) | "
-             "peak RSS / USS per process (MiB) | cache / corpus bytes | 2nd run s | 2nd run faster |",
+             "peak RSS / anonymous per process (MiB) | cache / corpus bytes | 2nd run s | 2nd run faster |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         memory = r["memory"]
@@ -137,7 +137,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['corpus_bytes'] / 2**20:,.0f} MiB | {r['processes']} | {r['documents']:,} | {r['tokens'] / 1e6:,.1f} M | "
             f"{r['seconds']:,.1f} | {r['bytes_per_s'] / 1e6:.2f} | {r['tokens_per_s'] / 1e3:,.0f} k | "
             f"{100 * r['of_ceiling']:.0f} % / {100 * r['of_ceiling_per_cpu_s']:.0f} % | "
-            f"{memory['peak_rss_mib']:,.0f} / {memory['peak_uss_mib']:,.0f} | {r['cache_per_corpus_byte']:.2f}× | "
+            f"{memory['peak_rss_mib']:,.0f} / {memory['peak_anon_mib']:,.0f} | {r['cache_per_corpus_byte']:.2f}× | "
             f"{r['second']['seconds']:.1f} | {r['second_speedup']:.0f}× |")
     return "\n".join(lines)
 

@@ -2,9 +2,11 @@
 
 :class:`TreeMonitor` polls a root process and all its descendants (``torchrun``'s ranks, the
 ``datasets`` ``num_proc`` workers they fork) every ``interval`` seconds and keeps, per process,
-the peak resident set (RSS) and the peak of its unique set (USS: the pages no other process
-shares, what the process itself costs; the RSS also counts memory-mapped Arrow pages, page cache
-the kernel can drop, and a forked worker's pages still shared with its parent), the peaks of the
+the peak resident set (RSS) and the peak of its anonymous memory (``Pss_Anon`` of
+``/proc/PID/smaps_rollup``: heap, arrays, Python objects, with the pages a forked worker still
+shares with its parent divided among the sharers): what the process needs. The RSS also counts the
+memory-mapped Arrow cache's pages, page cache the kernel drops when memory is short, so it grows
+with the corpus a process has read through without the process needing more; the peaks of the
 sums over all live processes, and the CPU seconds each used.
 """
 
@@ -17,17 +19,30 @@ from dataclasses import dataclass, field
 import psutil
 
 
+def anonymous_pss(process: psutil.Process) -> int:
+    """Bytes of anonymous memory, shared pages divided among their sharers (Linux 5.x+ ``Pss_Anon``;
+    elsewhere psutil's USS, which also counts a process's own file-backed pages)."""
+    try:
+        with open(f"/proc/{process.pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss_Anon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return process.memory_full_info().uss
+
+
 @dataclass
 class ProcessPeak:
     pid: int
     role: str
     rss: int = 0
-    uss: int = 0
+    anon: int = 0
     cpu_s: float = 0.0
 
     def as_dict(self) -> dict:
         return {"pid": self.pid, "role": self.role, "peak_rss_mib": round(self.rss / 2**20, 1),
-                "peak_uss_mib": round(self.uss / 2**20, 1), "cpu_s": round(self.cpu_s, 2)}
+                "peak_anon_mib": round(self.anon / 2**20, 1), "cpu_s": round(self.cpu_s, 2)}
 
 
 @dataclass
@@ -36,7 +51,7 @@ class TreeMonitor:
     interval: float = 0.2
     peaks: dict[int, ProcessPeak] = field(default_factory=dict)
     total_rss: int = 0
-    total_uss: int = 0
+    total_anon: int = 0
     samples: int = 0
 
     def __post_init__(self):
@@ -70,11 +85,12 @@ class TreeMonitor:
         except psutil.Error:
             return
         roles = {pid: peak.role for pid, peak in self.peaks.items()}
-        total_rss = total_uss = 0
+        total_rss = total_anon = 0
         for process in processes:
             try:
                 with process.oneshot():
-                    memory = process.memory_full_info()  # (smaps_rollup: ~1 ms)
+                    rss = process.memory_info().rss
+                    anon = anonymous_pss(process)
                     cpu = process.cpu_times()
                     peak = self.peaks.get(process.pid)
                     if peak is None:
@@ -82,11 +98,11 @@ class TreeMonitor:
                         roles[process.pid] = peak.role
             except psutil.Error:
                 continue
-            peak.rss, peak.uss = max(peak.rss, memory.rss), max(peak.uss, memory.uss)
+            peak.rss, peak.anon = max(peak.rss, rss), max(peak.anon, anon)
             peak.cpu_s = max(peak.cpu_s, cpu.user + cpu.system)
-            total_rss += memory.rss
-            total_uss += memory.uss
-        self.total_rss, self.total_uss = max(self.total_rss, total_rss), max(self.total_uss, total_uss)
+            total_rss += rss
+            total_anon += anon
+        self.total_rss, self.total_anon = max(self.total_rss, total_rss), max(self.total_anon, total_anon)
         self.samples += 1
 
     def _run(self) -> None:
@@ -98,9 +114,9 @@ class TreeMonitor:
         processes = sorted(self.peaks.values(), key=lambda p: (p.role, p.pid))
         return {"processes": [p.as_dict() for p in processes], "samples": self.samples,
                 "peak_rss_mib": round(max((p.rss for p in processes), default=0) / 2**20, 1),
-                "peak_uss_mib": round(max((p.uss for p in processes), default=0) / 2**20, 1),
+                "peak_anon_mib": round(max((p.anon for p in processes), default=0) / 2**20, 1),
                 "peak_total_rss_mib": round(self.total_rss / 2**20, 1),
-                "peak_total_uss_mib": round(self.total_uss / 2**20, 1),
+                "peak_total_anon_mib": round(self.total_anon / 2**20, 1),
                 "cpu_s": round(sum(p.cpu_s for p in processes), 2)}
 
 
