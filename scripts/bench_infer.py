@@ -225,9 +225,12 @@ def measure(texts, classifier, tokenizer, threads: Optional[int], device: str, r
     for name, times in runs.items():
         seconds = statistics.median(times)
         fraction, refused = ceiling_fraction(flops / seconds, best)
+        # the fastest repeat against the ceiling's best sample: both the least-loaded moment of the run
+        fastest, fastest_refused = ceiling_fraction(flops / min(times), best)
         rows[name] = {"seconds": round(seconds, 4), "reviews_per_s": len(texts) / seconds,
                       "ratio_vs_naive": naive_s / seconds, "model_gflops_per_s": flops / seconds / 1e9,
                       "ceiling_fraction": fraction, "ceiling_refused": refused,
+                      "fastest_ceiling_fraction": fastest, "fastest_ceiling_refused": fastest_refused,
                       "same_label_as_naive": float(np.mean([a == b for a, b in zip(labels_of(outputs[name]), naive_labels)])),
                       "runs_s": [round(t, 4) for t in times]}
     return outputs, {"threads": threads, "reviews": len(texts), "mean_tokens": float(np.mean(lengths)),
@@ -290,16 +293,22 @@ def table(report: dict) -> str:
     """The markdown table of docs/benchmarks.md for one report."""
     lines = [f"{report['texts']} ({report['reviews']} reviews, mean {report['runs'][0]['mean_tokens']:.0f} tokens), "
              f"{report['size']} shape, {report['device']}",
-             "", "| threads | variant | reviews/s | × naive | model GFLOP/s | of GEMM ceiling |", "|---|---|---|---|---|---|"]
+             "", "| threads | variant | reviews/s | × naive | model GFLOP/s | of GEMM ceiling (median / fastest repeat) |",
+             "|---|---|---|---|---|---|"]
+
+    def percent(row: dict, key: str) -> str:
+        if row.get(key.replace("fraction", "refused")):
+            return "refused: above the ceiling"
+        return "n/a" if row.get(key) is None else f"{100 * row[key]:.0f} %"
+
     for run in report["runs"]:
         for name, row in run["variants"].items():
-            fraction = ("refused: above the ceiling" if row.get("ceiling_refused") else "n/a" if row["ceiling_fraction"] is None
-                        else f"{100 * row['ceiling_fraction']:.0f} %")
             lines.append(f"| {run['threads']} | {name} | {row['reviews_per_s']:.1f} | {row['ratio_vs_naive']:.2f} | "
-                         f"{row['model_gflops_per_s']:.1f} | {fraction} |")
+                         f"{row['model_gflops_per_s']:.1f} | {percent(row, 'ceiling_fraction')} / "
+                         f"{percent(row, 'fastest_ceiling_fraction')} |")
         lines.append(f"| {run['threads']} | *GEMM ceiling* | | | {run['matmul_ceiling_gflops_per_s'] or 0:.1f} | 100 % |")
-    refused = [f"{run['threads']} thread(s), {name}: {row['ceiling_refused']}"
-               for run in report["runs"] for name, row in run["variants"].items() if row.get("ceiling_refused")]
+    refused = [f"{run['threads']} thread(s), {name}: {row[key]}" for run in report["runs"]
+               for name, row in run["variants"].items() for key in ("ceiling_refused", "fastest_ceiling_refused") if row.get(key)]
     return "\n".join(lines + [f"\nno fraction printed for {line}" for line in refused])
 
 
