@@ -113,3 +113,12 @@ def test_hub_id_or_path_is_one_rule(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "dapt").mkdir(parents=True)  # an existing folder is a path, even if spelled like an id
     assert hub.is_repo_id("runs/dapt") and hub.looks_local("runs/dapt") and not hub.is_hub_id("runs/dapt")
+
+
+def test_max_documents_selects_what_shuffle_then_select_would(tmp_path):
+    """The seeded subset, in the same order, without datasets' shuffle (a Python list of every row)."""
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{t} {i}"}) + "\n" for i, t in enumerate(sentences(200, seed=4))))
+    whole = load_source(SourceConfig(path=str(path)))
+    subset = load_source(SourceConfig(path=str(path), max_documents=30), seed=9)
+    assert subset[:]["text"] == whole.shuffle(seed=9).select(range(30))[:]["text"]

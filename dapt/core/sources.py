@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import datasets
+import numpy as np
 
 from dapt.core.hub import looks_local
 
@@ -89,7 +90,10 @@ def load_source(source: SourceConfig, seed: int = 0, num_proc: Optional[int] = N
     parts = LOADERS[detect_kind(source)](source, num_proc)
     dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if source.max_documents and source.max_documents < len(dataset):
-        dataset = dataset.shuffle(seed=seed).select(range(source.max_documents))
+        # the rows of dataset.shuffle(seed=seed).select(range(max_documents)), in that order, without
+        # shuffle's Python list of every row (its permutation is numpy's, and only the kept part is selected)
+        order = np.random.default_rng(seed).permutation(len(dataset))
+        dataset = dataset.select(order[: source.max_documents])
     return dataset
 
 
