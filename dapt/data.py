@@ -60,7 +60,9 @@ def load_corpus(sources: list[SourceConfig], seed: int = 0, num_proc: Optional[i
         raise DataError("no data sources configured")
     parts = [load_source(source, seed, num_proc=num_proc) for source in sources]
     features = parts[0].features
-    dataset = datasets.concatenate_datasets([p.cast(features) for p in parts]) if len(parts) > 1 else parts[0]
+    # (a cast is a map that copies the text into the cache: only where a source's types differ)
+    parts = [p if p.features == features else p.cast(features) for p in parts]
+    dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     raw = len(dataset)
     dataset = dataset.filter(
         lambda texts: [not is_blank(t) for t in texts], input_columns="text", batched=True, num_proc=num_proc,

@@ -202,6 +202,16 @@ def test_no_step_makes_a_python_list_of_all_rows(tmp_path, cache, tiny_tokenizer
         assert len(train) > 0 and len(heldout) > 0
 
 
+def test_several_sources_are_joined_without_copying_their_text(tmp_path, cache):
+    """concatenate_datasets joins memory-mapped tables; the cast before it (a map writing the whole
+    text again) is left out where the sources' types already agree."""
+    first, second = write_sentences(tmp_path / "a", 300, per_file=100), write_sentences(tmp_path / "b", 200, per_file=100)
+    documents, stats = load_corpus([SourceConfig(path=first), SourceConfig(path=second)])
+    assert stats["documents"] == 500
+    written = [p for p in cache.rglob("cache-*.arrow") if "text" in pa.ipc.open_stream(pa.memory_map(str(p))).schema.names]
+    assert written == [], "a copy of the text was written to the cache"
+
+
 @pytest.mark.parametrize("max_documents", [0, 150])
 def test_the_out_of_core_split_draws_what_train_test_split_draws(tmp_path, cache, max_documents):
     """The same documents in the same order, for a filtered dataset and for a subset (max_documents),
