@@ -59,10 +59,10 @@ def markdown_table(report: dict) -> str:
         if stage == "infer":
             lines.append(f"| infer | reviews/s | {fmt(b['reviews_per_s'], 1)} | {fmt(p['reviews_per_s'], 1)} | {fmt(r['reviews_per_s'], 2, '×')} | {target} |")
             lines.append(f"| infer | model GFLOP/s | {fmt(b.get('model_gflops_per_s'), 1)} | {fmt(p.get('model_gflops_per_s'), 1)} | | |")
-            frac = [None if s.get("ceiling_fraction") is None else 100 * s["ceiling_fraction"] for s in (b, p)]
+            frac = ["refused: above the ceiling" if s.get("ceiling_refused") else
+                    fmt(None if s.get("ceiling_fraction") is None else 100 * s["ceiling_fraction"], 0, " %") for s in (b, p)]
             ceiling = block["inputs"].get("matmul_ceiling_gflops_per_s")
-            lines.append(f"| infer | of the matmul ceiling ({fmt(ceiling, 1)} GFLOP/s, same run) | {fmt(frac[0], 0, ' %')} | "
-                         f"{fmt(frac[1], 0, ' %')} | | |")
+            lines.append(f"| infer | of the GEMM ceiling ({fmt(ceiling, 1)} GFLOP/s, same run) | {frac[0]} | {frac[1]} | | |")
             continue
         name = {"mlm": "MLM (stage 1)", "classify": "classifier (stage 2)"}[stage]
         head = block["headline"]

@@ -1,11 +1,12 @@
 """The layers, checked statically (ast, nothing imported): the arrows point one way.
 
-    dapt/core  <-  dapt (stage 1)  <-  classify (stage 2)  <-  experiments, scripts
+    dapt/core  <-  dapt (stage 1)  <-  classify (stage 2)  <-  experiments, scripts, benchmarks
          ^-------------------------------- model_card (the card renderer)
 
 * nothing in ``dapt/`` imports ``classify``, ``experiments``, ``scripts`` or ``model_card``;
 * nothing in ``dapt/core`` imports the rest of ``dapt`` (stage 1);
 * ``classify`` and ``model_card`` import no experiment or script;
+* ``benchmarks`` sits on top: nothing else imports it;
 * no import cycle among the project's modules, counting imports inside functions too;
 * no project module edits ``sys.path``;
 * no source file is over 600 lines, but for the exceptions listed here; over 400 is a review prompt (a warning).
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("dapt", "classify", "model_card", "experiments", "scripts", "tools")
+PACKAGES = ("dapt", "classify", "model_card", "experiments", "scripts", "tools", "benchmarks")
 MAX_LINES = 400  # a review prompt
 HARD_LIMIT = 600  # a failure
 #: files allowed over HARD_LIMIT, each with its reason
@@ -88,19 +89,25 @@ def test_the_graph_sees_the_project(graph):
 
 
 def test_stage1_never_imports_stage2_or_anything_above(graph):
-    assert _violations(graph, "dapt", ("classify", "experiments", "scripts", "model_card", "tools")) == []
+    assert _violations(graph, "dapt", ("classify", "experiments", "scripts", "model_card", "tools", "benchmarks")) == []
 
 
 def test_the_core_imports_no_stage(graph):
     assert _violations(graph, "dapt.core", ("dapt",), allowed_prefix="dapt.core") == []
-    assert _violations(graph, "dapt.core", ("classify", "experiments", "scripts", "model_card")) == []
+    assert _violations(graph, "dapt.core", ("classify", "experiments", "scripts", "model_card", "benchmarks")) == []
 
 
 def test_the_product_imports_no_experiment_script_or_tool(graph):
     for package in ("classify", "model_card"):
-        assert _violations(graph, package, ("experiments", "scripts", "tools")) == []
-    assert _violations(graph, "experiments", ("scripts", "tools")) == []
+        assert _violations(graph, package, ("experiments", "scripts", "tools", "benchmarks")) == []
+    assert _violations(graph, "experiments", ("scripts", "tools", "benchmarks")) == []
     assert _violations(graph, "model_card", ("classify", "dapt"), allowed_prefix="dapt.core") == []
+
+
+def test_nothing_imports_the_benchmarks(graph):
+    assert "dapt.data" in graph["benchmarks.corpus_prepare"]  # the graph sees the package
+    for package in ("experiments", "scripts"):
+        assert _violations(graph, package, ("benchmarks",)) == []
 
 
 def test_no_import_cycle(graph):
@@ -153,5 +160,5 @@ def test_file_length_is_a_review_prompt_under_a_hard_ceiling():
 
 def test_the_architecture_doc_names_every_package():
     text = (ROOT / "docs" / "architecture.md").read_text()
-    for package in ("dapt/core", "dapt/", "classify/", "experiments/", "scripts/", "model_card/"):
+    for package in ("dapt/core", "dapt/", "classify/", "experiments/", "scripts/", "model_card/", "benchmarks/"):
         assert package in text

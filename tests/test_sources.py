@@ -2,19 +2,36 @@
 local paths, table files, .txt trees, the aclImdb layout, text cleaning."""
 
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from dapt.core import hub, sources
-from dapt.core.sources import LOADERS, DataError, SourceConfig, clean_text, detect_kind, load_source
+from dapt.core.sources import LOADERS, DataError, SourceConfig, clean_text, detect_kind, is_blank, load_source
 from tests.helpers import sentences
 
 
 def test_clean_text_turns_breaks_into_spaces():
     assert clean_text("Great.<br /><br />Loved it<br/>really<BR>  yes\n") == "Great. Loved it really yes"
     assert clean_text("  <br />  ") == ""
+
+
+def test_is_blank_is_what_cleaning_empties():
+    """Stage 1 drops documents with is_blank before the split and cleans the rest as it tokenizes:
+    the two must agree on every text (random strings of tags, Unicode spaces and letters)."""
+    import random
+
+    spaces = [chr(c) for c in range(0x3001) if chr(c).isspace()]  # \x1c-\x1f, \x85, \xa0, \u2000-\u200a, ...
+    pieces = ["<br />", "<br/>", "<BR>", "<br   >", "<br", "/>", ">", "<", "br", " ", "\n", "x", "é", *spaces]
+    rng = random.Random(0)
+    texts = [None, "", " ", "<br /><br />", "a", "<br />a", "<bR\t/>\u3000", "<br <br/>"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(5000)]
+    assert [is_blank(t) for t in texts] == [clean_text(t or "") == "" for t in texts]
+    # clean_text's split/join is the two-regex definition it replaced
+    texts = [t for t in texts if t is not None] + ["a  b\t\nc<br/>d\u3000e\x1cf ", "\u2003x<BR >\xa0y\x85"]
+    assert [clean_text(t) for t in texts] == [re.sub(r"\s+", " ", re.sub(r"<br\s*/?>", " ", t, flags=re.I)).strip() for t in texts]
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
@@ -68,7 +85,7 @@ def test_every_kind_is_in_the_loader_table_and_an_unknown_kind_lists_them(tmp_pa
 def test_a_new_kind_is_one_entry_in_the_table(tmp_path, monkeypatch):
     import datasets
 
-    monkeypatch.setitem(sources.LOADERS, "lines", lambda source: [
+    monkeypatch.setitem(sources.LOADERS, "lines", lambda source, num_proc: [
         datasets.Dataset.from_dict({"text": open(source.path).read().splitlines()})])
     path = tmp_path / "corpus.lines"
     path.write_text("one\ntwo\nthree\n")
@@ -96,3 +113,12 @@ def test_hub_id_or_path_is_one_rule(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "dapt").mkdir(parents=True)  # an existing folder is a path, even if spelled like an id
     assert hub.is_repo_id("runs/dapt") and hub.looks_local("runs/dapt") and not hub.is_hub_id("runs/dapt")
+
+
+def test_max_documents_selects_what_shuffle_then_select_would(tmp_path):
+    """The seeded subset, in the same order, without datasets' shuffle (a Python list of every row)."""
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{t} {i}"}) + "\n" for i, t in enumerate(sentences(200, seed=4))))
+    whole = load_source(SourceConfig(path=str(path)))
+    subset = load_source(SourceConfig(path=str(path), max_documents=30), seed=9)
+    assert subset[:]["text"] == whole.shuffle(seed=9).select(range(30))[:]["text"]

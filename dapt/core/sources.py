@@ -9,7 +9,8 @@ Both stages read their data here: stage 1's corpus (``dapt/data.py``) and stage 
 * ``text_dir`` - a directory tree of ``.txt`` files, one document per file.
 * ``aclimdb``  - the original ``aclImdb/`` release: ``{train,test}/{pos,neg}``, ``train/unsup``.
 
-A new kind is one function ``SourceConfig -> list[datasets.Dataset]`` (one part per split) added
+A new kind is one function ``(SourceConfig, num_proc) -> list[datasets.Dataset]`` (one part per
+split; ``num_proc``: reader processes it may use, or None) added
 to :data:`LOADERS`. Bad input raises :class:`DataError` naming the file, split or column.
 """
 
@@ -23,13 +24,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import datasets
+import numpy as np
 
 from dapt.core.hub import looks_local
 
 TABLE_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 ACLIMDB_SPLITS = {"train": ["train/neg", "train/pos"], "test": ["test/neg", "test/pos"], "unsupervised": ["train/unsup"]}
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_SPACE = re.compile(r"\s+")
+_BLANK = re.compile(r"(?:\s|<br\s*/?>)*", re.IGNORECASE)  # what clean_text turns into ""
 
 
 class DataError(ValueError):
@@ -50,8 +52,16 @@ class SourceConfig:
 
 
 def clean_text(text: str) -> str:
-    """IMDb's ``<br />`` line breaks become spaces; runs of whitespace collapse to one space."""
-    return _SPACE.sub(" ", _BREAK.sub(" ", text)).strip()
+    """IMDb's ``<br />`` line breaks become spaces; runs of whitespace collapse to one space, none
+    left at either end. (``str.split()`` splits at what ``\\s`` matches, ``str.isspace``, and is ~3x
+    faster than a second regex: stage 1 cleans every document of the corpus.)"""
+    return " ".join(_BREAK.sub(" ", text).split())
+
+
+def is_blank(text: Optional[str]) -> bool:
+    """``clean_text(text) == ""`` (``None`` included), without building the cleaned text: only
+    whitespace and ``<br />`` tags. Stage 1 drops such documents before the held-out split."""
+    return text is None or _BLANK.fullmatch(text) is not None
 
 
 def detect_kind(source: SourceConfig) -> str:
@@ -73,13 +83,17 @@ def detect_kind(source: SourceConfig) -> str:
     return "hub"
 
 
-def load_source(source: SourceConfig, seed: int = 0) -> datasets.Dataset:
+def load_source(source: SourceConfig, seed: int = 0, num_proc: Optional[int] = None) -> datasets.Dataset:
     """One source as a Dataset with a ``text`` column (and ``label`` when ``label_column`` is set),
-    texts not yet cleaned."""
-    parts = LOADERS[detect_kind(source)](source)
+    texts not yet cleaned. ``num_proc``: processes converting the files into the ``datasets`` cache
+    (one file or more each: a corpus of many shards reads that much faster; cache hits need none)."""
+    parts = LOADERS[detect_kind(source)](source, num_proc)
     dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if source.max_documents and source.max_documents < len(dataset):
-        dataset = dataset.shuffle(seed=seed).select(range(source.max_documents))
+        # the rows of dataset.shuffle(seed=seed).select(range(max_documents)), in that order, without
+        # shuffle's Python list of every row (its permutation is numpy's, and only the kept part is selected)
+        order = np.random.default_rng(seed).permutation(len(dataset))
+        dataset = dataset.select(order[: source.max_documents])
     return dataset
 
 
@@ -99,9 +113,9 @@ def _select_columns(dataset: datasets.Dataset, source: SourceConfig, where: str)
     return dataset
 
 
-def _from_hub(source: SourceConfig, split: str) -> datasets.Dataset:
+def _from_hub(source: SourceConfig, split: str, num_proc: Optional[int] = None) -> datasets.Dataset:
     try:
-        dataset = datasets.load_dataset(source.path, split=split)
+        dataset = datasets.load_dataset(source.path, split=split, num_proc=num_proc)
     except Exception as error:  # the Hub client raises many types: connection, not found, bad split
         raise DataError(f"cannot load Hub dataset {source.path!r} split {split!r}: {error}") from error
     return _select_columns(dataset, source, f"{source.path} split {split}")
@@ -125,7 +139,7 @@ def _table_files(source: SourceConfig) -> list[list[Path]]:
     return [files]
 
 
-def _from_files(source: SourceConfig, files: list[Path]) -> datasets.Dataset:
+def _from_files(source: SourceConfig, files: list[Path], num_proc: Optional[int] = None) -> datasets.Dataset:
     suffixes = {p.suffix for p in files}
     unknown = suffixes - set(TABLE_FORMATS)
     if unknown or len({TABLE_FORMATS[s] for s in suffixes}) != 1:
@@ -138,7 +152,8 @@ def _from_files(source: SourceConfig, files: list[Path]) -> datasets.Dataset:
             _check_utf8(file)
     where = str(files[0]) if len(files) == 1 else f"{files[0].parent}/{files[0].stem}*"
     try:
-        dataset = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train")
+        dataset = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
+                                        num_proc=_workers(num_proc, files))
     except Exception as error:  # pyarrow / json / csv parse errors: find the file, line and reason
         raise DataError(_read_error(files, error)) from error
     if len(dataset) == 0:
@@ -243,22 +258,28 @@ def _from_aclimdb(source: SourceConfig, split: str) -> datasets.Dataset:
 
 
 
-def _load_hub(source: SourceConfig) -> list[datasets.Dataset]:
-    return [_from_hub(source, split) for split in source.splits]
+def _workers(num_proc: Optional[int], files: list) -> Optional[int]:
+    """``datasets`` gives each reader process whole files: no more processes than files."""
+    return min(num_proc, len(files)) if num_proc and num_proc > 1 and len(files) > 1 else None
 
 
-def _load_files(source: SourceConfig) -> list[datasets.Dataset]:
-    return [_from_files(source, files) for files in _table_files(source)]
+def _load_hub(source: SourceConfig, num_proc: Optional[int] = None) -> list[datasets.Dataset]:
+    return [_from_hub(source, split, num_proc) for split in source.splits]
 
 
-def _load_text_dir(source: SourceConfig) -> list[datasets.Dataset]:
+def _load_files(source: SourceConfig, num_proc: Optional[int] = None) -> list[datasets.Dataset]:
+    return [_from_files(source, files, num_proc) for files in _table_files(source)]
+
+
+def _load_text_dir(source: SourceConfig, num_proc: Optional[int] = None) -> list[datasets.Dataset]:
     """One document per file, through ``datasets``' text builder: the tree is written once to the
     ``datasets`` cache (memory-mapped Arrow), so a corpus of many GB never has to fit in RAM."""
     files = sorted(Path(source.path).rglob("*.txt"))
     if not files:
         raise DataError(f"no .txt files under {source.path}")
     try:
-        dataset = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="document", split="train")
+        dataset = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="document", split="train",
+                                        num_proc=_workers(num_proc, files))
     except Exception as error:  # the builder's decode error names no file: find it (only after a failure)
         for file in files:
             _check_utf8(file)
@@ -266,12 +287,13 @@ def _load_text_dir(source: SourceConfig) -> list[datasets.Dataset]:
     return [dataset]
 
 
-def _load_aclimdb(source: SourceConfig) -> list[datasets.Dataset]:
+def _load_aclimdb(source: SourceConfig, num_proc: Optional[int] = None) -> list[datasets.Dataset]:
+    # (read into memory: the release's 100,000 files, ~130 MB, are what this kind is for)
     return [_from_aclimdb(source, split) for split in source.splits]
 
 
 #: kind -> loader: every source kind the project reads, in one place
-LOADERS: dict[str, Callable[[SourceConfig], list[datasets.Dataset]]] = {
+LOADERS: dict[str, Callable[[SourceConfig, Optional[int]], list[datasets.Dataset]]] = {
     "hub": _load_hub,
     "files": _load_files,
     "text_dir": _load_text_dir,
