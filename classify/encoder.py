@@ -9,7 +9,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from classify.model import DaptClassifierConfig, DistilBERTClassifier, encoder_architecture, encoder_kwargs
+from classify.model import DaptClassifierConfig, DaptClassifier, encoder_architecture, encoder_kwargs
 from dapt.core.loading import without_load_report
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def load_encoder(name_or_path: str, **from_pretrained_kwargs) -> PreTrainedModel
 
 def from_encoder(name_or_path: str | os.PathLike, *, dropout: float = 0.1, max_length: int = 512,
                  truncation: str = "head", head_tokens: int = 128, window_stride: int = 128,
-                 id2label: dict[int, str] | None = None, **from_pretrained_kwargs) -> DistilBERTClassifier:
+                 id2label: dict[int, str] | None = None, **from_pretrained_kwargs) -> DaptClassifier:
     """Pretrained encoder weights (Hub id or local folder) + a fresh, default-initialised head with
     one output per class of ``id2label`` (default: 0 = Negative, 1 = Positive)."""
     encoder = load_encoder(str(name_or_path), **from_pretrained_kwargs)
@@ -54,4 +54,4 @@ def from_encoder(name_or_path: str | os.PathLike, *, dropout: float = 0.1, max_l
         encoder_config=encoder_architecture(encoder.config), classifier_dropout=dropout, max_length=max_length,
         truncation=truncation, head_tokens=head_tokens, window_stride=window_stride, base_model=str(name_or_path), **labels,
     )
-    return DistilBERTClassifier(config, encoder=encoder)
+    return DaptClassifier(config, encoder=encoder)

@@ -15,9 +15,10 @@ Per evaluation set, besides accuracy / F1 / precision / recall / ROC AUC / loss:
 :mod:`classify.calibration`) and ``by_length`` (accuracy per review length: <= 128, 129-512,
 > 512 tokens, special tokens included, before any truncation), plus a reliability diagram.
 
-The prediction rule is the inference one: the classifier's forward returns raw logits divided by
-its temperature; in ``windows`` mode a review's logits are the mean of its windows' (scaled)
-logits. Raw logits are recovered as ``logits * temperature``. Under several processes every
+The prediction rule is the inference one (softmax of the logits divided by the temperature; in
+``windows`` mode a review's logits are the mean of its windows'), with the temperature applied
+once: the forward is asked for raw logits (``raw_logits=True``) and :func:`from_logits` divides
+them by the classifier's temperature. Under several processes every
 process predicts its share of the batches; the rows are gathered with ``gather_for_metrics``
 (which drops the rows accelerate repeats to even out the last batches) and put back in dataset
 order by row index before windows are averaged, so the metrics are those of one process.
@@ -106,7 +107,7 @@ def predict(model, loader, accelerator) -> Predictions:
     parts = []
     for batch in loader:
         with accelerator.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], raw_logits=True).logits
         rows = (batch["index"], logits.float(), batch["labels"])
         parts.append(accelerator.gather_for_metrics(rows))  # kept on the device: no sync per batch
     model.train(was_training)
@@ -115,8 +116,7 @@ def predict(model, loader, accelerator) -> Predictions:
     order = np.argsort(index, kind="stable")
     if len(index) != expected or not np.array_equal(index[order], np.arange(expected)):
         raise RuntimeError(f"gathered {len(index)} predictions for {expected} rows ({len(np.unique(index))} distinct)")
-    temperature = get_temperature(accelerator.unwrap_model(model))
-    raw, label = logits[order].astype(np.float64) * temperature, label[order]
+    raw, label = logits[order].astype(np.float64), label[order]
     review_of = getattr(loader.dataset, "review_of", None)
     if review_of is not None:  # one row per window (one per review outside windows mode): average them
         reviews = loader.dataset.num_reviews
@@ -124,7 +124,7 @@ def predict(model, loader, accelerator) -> Predictions:
         np.add.at(summed, review_of, raw)
         raw = summed / np.bincount(review_of, minlength=reviews)[:, None]
         label = label[np.searchsorted(review_of, np.arange(reviews))]  # each review's first window
-    return from_logits(raw, label, temperature)
+    return from_logits(raw, label, get_temperature(accelerator.unwrap_model(model)))
 
 
 def evaluate_set(model, tokenizer, labelled: LabelledSet, settings: dict, accelerator, batch_size: int,

@@ -1,5 +1,5 @@
-"""A linear sentiment head on the first-token ([CLS]) state of a Transformer encoder: network
-(:class:`DistilBERTClassifier`, whose logits are divided by ``config.temperature`` on every path),
+"""A linear classification head on the first-token ([CLS]) state of a Transformer encoder: network
+(:class:`DaptClassifier`, whose logits are divided by ``config.temperature`` unless asked raw),
 tokenization shared by training, evaluation and inference, and length-sorted inference in
 token-budget batches. Published verbatim as ``model.py`` (the run's config written into
 ``EMBEDDED_CONFIG``); imports only torch, transformers and the standard library.
@@ -33,7 +33,7 @@ TRUNCATION_STRATEGIES = ("head", "head+tail", "windows")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 AUTO_MAP = {"AutoConfig": "model.DaptClassifierConfig",
-            "AutoModelForSequenceClassification": "model.DistilBERTClassifier"}
+            "AutoModelForSequenceClassification": "model.DaptClassifier"}
 # Padded tokens per inference batch (scripts/bench_infer.py measures the choice; docs/benchmarks.md).
 DEFAULT_BATCH_TOKENS = 1024
 # Keys of an encoder config that say where/how it was saved, not what it is; labels live one level up.
@@ -86,7 +86,7 @@ class DaptClassifierConfig(PretrainedConfig):
 
 
 def default_config() -> DaptClassifierConfig:
-    """What ``DistilBERTClassifier()`` builds: the embedded config > config.json beside this file >
+    """What ``DaptClassifier()`` builds: the embedded config > config.json beside this file >
     the DistilBERT-base-uncased shape."""
     if EMBEDDED_CONFIG is not None:
         return DaptClassifierConfig.from_dict(EMBEDDED_CONFIG)
@@ -116,9 +116,11 @@ def build_encoder(architecture: dict) -> PreTrainedModel:
         return AutoModel.from_config(config, **{**kwargs, "attn_implementation": "eager"})  # not a pop: the failed attempt left "sdpa" in the config
 
 
-class DistilBERTClassifier(PreTrainedModel):
-    """Encoder (``config.encoder_config``, or an already loaded ``encoder``) + dropout +
-    ``nn.Linear(hidden, num_labels)`` on the first-token hidden state."""
+class DaptClassifier(PreTrainedModel):
+    """Encoder (``config.encoder_config``, or an already loaded ``encoder``: DistilBERT, BERT,
+    RoBERTa, DeBERTa, ModernBERT, ...) + dropout + ``nn.Linear(hidden, num_labels)`` on the
+    first-token hidden state. ``DistilBERTClassifier`` is the same class under the name the first
+    published cards import (kept for them and for every repository published before)."""
 
     config_class = DaptClassifierConfig
     base_model_prefix = "encoder"
@@ -147,13 +149,19 @@ class DistilBERTClassifier(PreTrainedModel):
         return {key: getattr(self.config, key) for key in keys}
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                return_dict=None, **kwargs) -> SequenceClassifierOutput | tuple:
-        """``logits`` ``[B, num_labels]`` (float32) = head(hidden state at position 0) / temperature."""
+                return_dict=None, raw_logits: bool = False, **kwargs) -> SequenceClassifierOutput | tuple:
+        """``logits`` ``[B, num_labels]`` (float32) = head(hidden state at position 0) / temperature.
+
+        ``raw_logits=True`` returns them before the temperature: what evaluation and the
+        temperature fit read (they apply a temperature themselves, once). The temperature is set in
+        one place, :func:`classify.calibration.set_temperature` (``config.temperature``)."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._takes_token_type_ids:
             inputs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**inputs)[0]
-        logits = self.classifier(self.dropout(hidden[:, 0])).float() / float(self.config.temperature)
+        logits = self.classifier(self.dropout(hidden[:, 0])).float()
+        if not raw_logits:
+            logits = logits / float(self.config.temperature)
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels.to(logits.device).view(-1))
         if return_dict is False:
             return (logits,) if loss is None else (loss, logits)
@@ -527,19 +535,19 @@ def to_config_json(config: DaptClassifierConfig | dict, *, auto_map: bool = Fals
     if not isinstance(config, DaptClassifierConfig):
         config = DaptClassifierConfig.from_dict({k: v for k, v in config.items() if k != "auto_map"})
     out = {k: v for k, v in config.to_dict().items() if k != "auto_map"}
-    out["architectures"] = [DistilBERTClassifier.__name__]
+    out["architectures"] = [DaptClassifier.__name__]
     return {**out, "auto_map": dict(AUTO_MAP)} if auto_map else out
 
 
 def load_classifier(name_or_path, revision: str | None = None, device=None):
     """(classifier in eval mode, tokenizer) from a model folder, a stage-2 run folder (its ``model/``)
-    or a Hub repository, through ``DistilBERTClassifier.from_pretrained``; every tensor must match."""
+    or a Hub repository, through ``DaptClassifier.from_pretrained``; every tensor must match."""
     path = Path(name_or_path).expanduser()
     if path.is_dir() and not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
         path = path / "model"  # a stage-2 run folder
     source = str(path) if path.is_dir() else str(name_or_path)
     try:
-        classifier, info = DistilBERTClassifier.from_pretrained(
+        classifier, info = DaptClassifier.from_pretrained(
             source, revision=revision, output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as error:  # safetensors' own error type is neither an OSError nor a ValueError
         if type(error).__name__ != "SafetensorError":
@@ -572,9 +580,13 @@ def load_tokenizer(name_or_path, revision: str | None = None, **kwargs):
 # AutoTokenizer.from_pretrained): loading the repo's config or tokenizer then never asks whether to run
 # its code, and pipeline("text-classification") takes the class as one of its own.
 AutoConfig.register(MODEL_TYPE, DaptClassifierConfig, exist_ok=True)
-AutoModelForSequenceClassification.register(DaptClassifierConfig, DistilBERTClassifier, exist_ok=True)
+AutoModelForSequenceClassification.register(DaptClassifierConfig, DaptClassifier, exist_ok=True)
 
-__all__ = ["EMBEDDED_CONFIG", "DaptClassifierConfig", "DistilBERTClassifier", "clean_text", "encode_reviews",
-           "encode_windows", "review_problem", "truncate_ids", "pad_batch", "token_budget_batches", "infer_reviews",
+#: The name the first cards' snippet imports (``from model import DistilBERTClassifier, infer_reviews``)
+#: and earlier repositories' config.json name: the same class, whatever the encoder.
+DistilBERTClassifier = DaptClassifier
+
+__all__ = ["EMBEDDED_CONFIG", "DaptClassifierConfig", "DaptClassifier", "DistilBERTClassifier", "clean_text",
+           "encode_reviews", "encode_windows", "review_problem", "truncate_ids", "pad_batch", "token_budget_batches", "infer_reviews",
            "predict_proba", "iter_predictions", "Prediction", "ReviewError", "load_classifier", "load_tokenizer",
            "to_config_json", "default_config"]

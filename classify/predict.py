@@ -5,7 +5,7 @@
     cat texts.txt | dapt-predict --model user/name --probs -       # stdin, every class's probability
     dapt-predict --model runs/demo --file big.parquet --text-column review --output scored.parquet
 
-``--model`` is a Hub repository, a folder written by ``DistilBERTClassifier.save_pretrained`` or
+``--model`` is a Hub repository, a folder written by ``DaptClassifier.save_pretrained`` or
 ``dapt-publish``, or a stage-2 run directory (its ``model/`` is used). Each text gets the model's
 label name and its confidence; ``--probs`` adds every class's probability (in class-index order),
 and ``--jsonl`` writes one object per text: ``text``, ``label``, ``label_class``, ``confidence``,

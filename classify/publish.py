@@ -108,7 +108,7 @@ def verify_folder(folder: Path) -> None:
     module = _import_standalone(folder / "model.py")
     if module.EMBEDDED_CONFIG is None:
         raise PublishError("model.py was written without an embedded config")
-    classifier = module.DistilBERTClassifier()
+    classifier = module.DaptClassifier()
     state = load_state_dict(str(folder / "model.safetensors"))
     check_finite(state)
     try:

@@ -152,7 +152,7 @@ highlighted, which part of a long review the model read: reviews longer than the
 saw are greyed out.
 
 The app loads the model as its card tells you to: `hf_hub_download` of `model.py` and
-`model.safetensors`, then `DistilBERTClassifier()` and `infer_reviews`.
+`model.safetensors`, then `DistilBERTClassifier()` (the alias every model.py has) and `infer_reviews`.
 """
     else:
         what = ("a sentiment classifier (Negative / Positive)" if task.sentiment else
@@ -169,7 +169,7 @@ highlighted, which part of a long text the model read: texts longer than the mod
 are truncated (head, or head+tail), and the words it never saw are greyed out.
 
 The app loads the model as its card tells you to: `hf_hub_download` of `model.py` and
-`model.safetensors`, then `DistilBERTClassifier()`, `predict_proba` and `infer_reviews`.
+`model.safetensors`, then `DistilBERTClassifier()` (the alias every model.py has), `predict_proba` and `infer_reviews`.
 """
     return header + "\n" + body
 

@@ -55,7 +55,7 @@ from classify.metrics import macro_f1
 from classify.results import EXAMPLES, run_results, select_examples, write_examples
 from classify.encoder import from_encoder
 from classify.leakage import check_pretraining_overlap
-from classify.model import DistilBERTClassifier
+from classify.model import DaptClassifier
 from dapt.core.config import parse_cli, to_dict
 from dapt.core.hub import looks_local
 from dapt.core.lineage import read_summary
@@ -140,7 +140,7 @@ def check_trainable(train, where: str, dropped: int, batch_size: int, processes:
         logger.warning(f"{where}: {len(train)} training rows fill less than one global batch of {batch_size * processes}")
 
 
-def classifier_parameter_groups(model: DistilBERTClassifier, config: TrainConfig) -> list[dict]:
+def classifier_parameter_groups(model: DaptClassifier, config: TrainConfig) -> list[dict]:
     """Encoder and head each at their own LR, each split into decay / no-decay (bias, LayerNorm)."""
     groups = []
     for name, module, lr in (("encoder", model.encoder, config.encoder_lr), ("head", model.classifier, config.head_lr)):

@@ -22,7 +22,7 @@ Stages (``--stages mlm,classify,infer``):
   ``torch.compile``; DataLoader workers and pinned memory on CUDA.
 * ``classify`` - baseline: ``Trainer`` + ``DataCollatorWithPadding`` (dynamic padding), random
   order, batch 64, ``AutoModelForSequenceClassification`` of the same encoder shape. Project: the
-  stage-2 step of ``classify/train.py`` - :class:`classify.model.DistilBERTClassifier`, separate
+  stage-2 step of ``classify/train.py`` - :class:`classify.model.DaptClassifier`, separate
   encoder/head learning rates, the same ``OptimizerStep``, :class:`classify.data.LengthBucketBatchSampler` (shuffled,
   length-bucketed batches) and :class:`classify.data.Collator` (padding to a multiple of 8).
 * ``infer`` - :func:`classify.model.infer_reviews` against a naive loop (tokenize one review,

@@ -246,13 +246,13 @@ def run_infer(args, tokenizer, config, texts: list[str]) -> dict:
     """The ``infer`` stage of scripts/bench.py: the naive loop against ``infer_reviews`` at its
     defaults (token-budget batches), ``--infer-sweep`` token budgets as diagnostics."""
     from classify.encoder import from_encoder
-    from classify.model import DaptClassifierConfig, DistilBERTClassifier
+    from classify.model import DaptClassifierConfig, DaptClassifier
 
     torch.manual_seed(args.seed)
     if args.infer_encoder:
         classifier = from_encoder(args.infer_encoder)
     else:
-        classifier = DistilBERTClassifier(DaptClassifierConfig(encoder_config=config.to_dict()))
+        classifier = DaptClassifier(DaptClassifierConfig(encoder_config=config.to_dict()))
     classifier.eval().to(args.device)
     threads = args.infer_threads if args.device == "cpu" else None
     outputs, result = measure(texts, classifier, tokenizer, threads, args.device, args.repeats, budgets=args.infer_sweep)
@@ -316,7 +316,7 @@ def main(argv=None) -> dict:
     from transformers import AutoTokenizer
 
     from scripts.bench_workload import encoder_config
-    from classify.model import DaptClassifierConfig, DistilBERTClassifier
+    from classify.model import DaptClassifierConfig, DaptClassifier
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--texts", choices=("imdb", "sst2"), default="imdb")
@@ -336,7 +336,7 @@ def main(argv=None) -> dict:
     texts = load_texts(args.texts, args.reviews, args.seed)
     torch.manual_seed(args.seed)
     config = encoder_config(args.size, len(tokenizer))
-    classifier = DistilBERTClassifier(DaptClassifierConfig(encoder_config=config.to_dict())).eval()
+    classifier = DaptClassifier(DaptClassifierConfig(encoder_config=config.to_dict())).eval()
     split = lambda s: [int(v) for v in s.split(",") if v.strip()]  # noqa: E731
     report = {"texts": args.texts, "reviews": len(texts), "size": args.size, "device": "cpu",
               "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}

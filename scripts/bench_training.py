@@ -1,7 +1,7 @@
 """The training sides of ``scripts/bench.py``: the baseline, the stock Hugging Face ``Trainer``
 (only counting the tokens of each batch), and the project's side, built from the product's own
 pieces - stage 1's ``MaskedLMObjective``, ``MLMCollator``, ``TrainConfig``, optimizer and schedule;
-stage 2's ``DistilBERTClassifier``, parameter groups, sampler and collator - and stepped by the
+stage 2's ``DaptClassifier``, parameter groups, sampler and collator - and stepped by the
 product's own optimizer step, ``dapt.core.step.OptimizerStep``, set up by :func:`product_step` as
 ``dapt/pretrain.py`` and ``classify/train.py`` set it up; then each stage's two sides, one timed
 run each.
@@ -222,14 +222,14 @@ def classify_project(args, tokenizer, config, reviews: list[list[int]], labels: 
     from torch.utils.data import DataLoader
 
     from classify.data import Collator, LengthBucketBatchSampler
-    from classify.model import DaptClassifierConfig, DistilBERTClassifier
+    from classify.model import DaptClassifierConfig, DaptClassifier
     from classify.config import TrainConfig
     from classify.train import classifier_parameter_groups
     from dapt.core.runtime import make_optimizer
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = DistilBERTClassifier(DaptClassifierConfig(encoder_config=config.to_dict())).to(device)
+    model = DaptClassifier(DaptClassifierConfig(encoder_config=config.to_dict())).to(device)
     training = TrainConfig(batch_size=args.classify_batch)
     optimizer = make_optimizer(classifier_parameter_groups(model, training), fused=args.fused_adamw)
     forward = torch.compile(model) if args.compile else model  # compiled before prepare, as classify/train.py does

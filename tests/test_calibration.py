@@ -149,9 +149,9 @@ def test_fit_on_an_overconfident_classifier_stores_t_and_leaves_rankings_alone(o
         t = block["temperature"]
         assert t > 1 and classifier.config.temperature == t == get_temperature(classifier)
         assert block["n"] == half and block["after"]["ece"] < block["before"]["ece"]
-        # the forward now divides by T: evaluation recovers the same raw logits
+        # the forward now divides by T; evaluation asks for the raw logits (no divide-then-multiply)
         metrics, scaled = evaluate_set(classifier, tokenizer, test_set, settings, accelerator, batch_size=16)
-        np.testing.assert_allclose(scaled.logits, raw.logits, rtol=1e-5, atol=1e-4)
+        assert np.array_equal(scaled.logits, raw.logits)
         for key in ("accuracy", "f1", "precision", "recall", "roc_auc", "n", "by_length"):
             assert metrics[key] == raw_metrics[key], key
         assert np.array_equal(scaled.pred, raw.pred)
@@ -187,6 +187,7 @@ def test_temperature_is_saved_and_an_old_folder_without_one_loads_with_1(overcon
     with torch.no_grad():
         assert torch.equal(old(input_ids=ids).logits, classifier(input_ids=ids).logits)
         assert torch.allclose(loaded(input_ids=ids).logits * 2.5, classifier(input_ids=ids).logits, atol=1e-5)
+        assert torch.equal(loaded(input_ids=ids, raw_logits=True).logits, classifier(input_ids=ids).logits)
     with pytest.raises(ValueError, match="positive"):
         set_temperature(old, 0.0)
 

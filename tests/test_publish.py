@@ -62,9 +62,9 @@ def test_folder_contents(run):
     assert (folder / "model.safetensors").read_bytes() == (run_dir / "model" / "model.safetensors").read_bytes()
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {"AutoConfig": "model.DaptClassifierConfig",
-                                  "AutoModelForSequenceClassification": "model.DistilBERTClassifier"}
+                                  "AutoModelForSequenceClassification": "model.DaptClassifier"}
     assert config["model_type"] == "dapt-encoder-classifier"
-    assert config["architectures"] == ["DistilBERTClassifier"]
+    assert config["architectures"] == ["DaptClassifier"]
     assert config["encoder_config"]["hidden_size"] == classifier.encoder.config.hidden_size
     assert (config["max_length"], config["truncation"], config["head_tokens"]) == (64, "head+tail", 16)
     assert config["id2label"] == {"0": "Negative", "1": "Positive"}
@@ -101,6 +101,7 @@ def test_model_py_works_standalone_in_a_subprocess(run, tmp_path):
         import model
         assert model.__file__.startswith({str(tmp_path)!r}), model.__file__
         assert "classify" not in sys.modules
+        assert model.DistilBERTClassifier is model.DaptClassifier  # the first cards' name, an alias
         classifier = model.DistilBERTClassifier()
         classifier.load_state_dict(load_file({str(folder / "model.safetensors")!r}), strict=True)
         classifier.eval()
@@ -256,7 +257,7 @@ def test_trust_remote_code_and_pipeline_match_infer_reviews(run):
     expected = predict_proba(short, classifier, tokenizer)
 
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=True).eval()
-    assert type(model).__name__ == "DistilBERTClassifier"
+    assert type(model).__name__ == "DaptClassifier"
     assert model.config.id2label == {0: "Negative", 1: "Positive"}
     hf_tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
     batch = hf_tokenizer(short, padding=True, return_tensors="pt")
@@ -272,6 +273,32 @@ def test_trust_remote_code_and_pipeline_match_infer_reviews(run):
         assert by_label["Positive"] == pytest.approx(p, abs=1e-5)
     top = classify(short, truncation=True)
     assert [t["label"] for t in top] == ["Positive" if p > 0.5 else "Negative" for p in expected]
+
+
+def test_a_repo_published_before_the_generic_name_still_loads(run, tmp_path):
+    """Repositories published earlier name ``DistilBERTClassifier`` in config.json (architectures,
+    auto_map): they load through the Auto classes with today's model.py and through dapt's loader."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    from classify.model import load_classifier
+
+    _, folder, classifier, tokenizer = run
+    old = tmp_path / "old-repo"
+    shutil.copytree(folder, old)
+    config = json.loads((old / "config.json").read_text())
+    config["architectures"] = ["DistilBERTClassifier"]
+    config["auto_map"]["AutoModelForSequenceClassification"] = "model.DistilBERTClassifier"
+    (old / "config.json").write_text(json.dumps(config))
+    expected = predict_proba(TEXTS, classifier, tokenizer)
+    auto = AutoModelForSequenceClassification.from_pretrained(str(old), trust_remote_code=True).eval()
+    assert type(auto).__name__ == "DaptClassifier"
+    loaded, loaded_tokenizer = load_classifier(old)
+    assert predict_proba(TEXTS, loaded, loaded_tokenizer) == pytest.approx(expected, abs=1e-6)
+    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(auto(**batch).logits, loaded(**batch).logits)
 
 
 # --------------------------------------------------------------------------------------------

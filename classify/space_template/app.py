@@ -61,7 +61,7 @@ def load_model(model_ref: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules["model"] = module
     spec.loader.exec_module(module)
-    classifier = module.DistilBERTClassifier()
+    classifier = module.DistilBERTClassifier()  # the name every model.py has had (now an alias of DaptClassifier)
     classifier.load_state_dict(safe_load_file(_fetch(model_ref, "model.safetensors")))
     classifier.eval()
     # config.json names the repo's own classes; an empty config lets AutoTokenizer read only the
