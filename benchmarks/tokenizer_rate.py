@@ -25,7 +25,7 @@ def main(argv=None) -> dict:
     from transformers import AutoTokenizer
 
     from benchmarks.corpus_gen import read_texts
-    from dapt.core.sources import clean_text
+    from dapt.core.text import clean_text
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     raw = read_texts(Path(args.folder), args.max_bytes, args.part, args.parts)

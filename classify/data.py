@@ -31,7 +31,8 @@ from sklearn.model_selection import train_test_split
 
 from classify.model import encode_reviews, encode_windows, pad_batch
 from classify.labels import LabelSpace, carried_names, encode_labels, resolve_label_space
-from dapt.core.sources import DataError, SourceConfig, clean_text, detect_kind, load_source
+from dapt.core.sources import DataError, SourceConfig, detect_kind, load_source
+from dapt.core.text import is_blank
 
 __all__ = [
     "DataError",
@@ -198,7 +199,7 @@ class ReviewDataset(torch.utils.data.Dataset):
 
 def drop_empty(labelled: LabelledSet) -> tuple[LabelledSet, int]:
     """Training rows whose text is empty after cleaning carry no signal: drop and count them."""
-    keep = [i for i, text in enumerate(labelled.texts) if clean_text(text)]
+    keep = [i for i, text in enumerate(labelled.texts) if not is_blank(text)]  # cleaned once, when encoded
     return (labelled.select(keep) if len(keep) < len(labelled) else labelled), len(labelled) - len(keep)
 
 

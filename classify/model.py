@@ -11,7 +11,6 @@ import inspect
 import itertools
 import logging
 import math
-import re
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -22,6 +21,8 @@ from torch import nn
 from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig,
                           PreTrainedModel)
 from transformers.modeling_outputs import SequenceClassifierOutput
+
+from dapt.core.text import clean_text  # dapt-publish writes that module's code here: the published file imports no dapt
 
 logger = logging.getLogger(__name__)
 
@@ -176,15 +177,6 @@ class DaptClassifier(PreTrainedModel):
 
 
 # --- Tokenization shared by training, evaluation and inference ----------------------------------
-
-_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_WS = re.compile(r"\s+")
-
-
-def clean_text(text: str) -> str:
-    """IMDb markup ``<br />`` (any case/spacing) -> a space; collapse whitespace; strip."""
-    return _WS.sub(" ", _BR.sub(" ", text)).strip()
-
 
 def _special_layout(tokenizer) -> tuple[list[int], list[int]]:
     """The special tokens a tokenizer puts before and after one sequence (e.g. [CLS] / [SEP])."""

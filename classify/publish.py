@@ -22,6 +22,7 @@ import argparse
 import ast
 import fnmatch
 import importlib.util
+import inspect
 import json
 import logging
 import pprint
@@ -32,6 +33,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from dapt.core import text as text_rules
 from classify.hub_io import check_repo_id, explain_hub_error, format_listing, list_folder, push_folder, resolve_token  # noqa: F401 - part of this module's interface
 from classify.publish_guard import (  # noqa: F401 - PublishError is part of this module's interface
     PublishError,
@@ -50,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_SOURCE = Path(__file__).resolve().parent / "model.py"
 EMBED_LINE = re.compile(r"^EMBEDDED_CONFIG = None$", re.MULTILINE)
+TEXT_IMPORT_LINE = re.compile(r"^from dapt\.core\.text import clean_text\b.*$", re.MULTILINE)
 TOKENIZER_PATTERNS = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -72,6 +75,24 @@ _BUILT_MARKERS = ("model.py", "config.json", "README.md")
 # --------------------------------------------------------------------------------------------
 # Building the folder
 # --------------------------------------------------------------------------------------------
+
+
+def inline_text_rules(source: str) -> str:
+    """``model.py`` source with its ``from dapt.core.text import clean_text`` line replaced by that
+    module's code (the one cleaning rule, standard library only): the published file imports no dapt."""
+    if len(TEXT_IMPORT_LINE.findall(source)) != 1:
+        raise PublishError("model.py must contain exactly one line 'from dapt.core.text import clean_text ...'")
+    text = inspect.getsource(text_rules)
+    first = next(node for node in ast.parse(text).body[1:]  # the docstring and `from __future__` stay behind
+                 if not (isinstance(node, ast.ImportFrom) and node.module == "__future__"))
+    code = "".join(text.splitlines(keepends=True)[first.lineno - 1:]).strip()
+    block = f"# --- dapt/core/text.py, written here by dapt-publish ---\n{code}\n# --- end of dapt/core/text.py ---"
+    return TEXT_IMPORT_LINE.sub(lambda _: block, source, count=1)
+
+
+def published_model_source(config: dict) -> str:
+    """The published ``model.py``: :data:`MODEL_SOURCE` standing alone, ``config`` embedded."""
+    return embed_config(inline_text_rules(MODEL_SOURCE.read_text(encoding="utf-8")), config)
 
 
 def embed_config(source: str, config: dict) -> str:
@@ -201,7 +222,7 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
     (folder / "config.json").write_text(json.dumps(repo_config, indent=2) + "\n", encoding="utf-8")
     embedded = to_config_json(config, auto_map=False)
     embedded.pop("transformers_version", None)
-    (folder / "model.py").write_text(embed_config(MODEL_SOURCE.read_text(encoding="utf-8"), embedded), encoding="utf-8")
+    (folder / "model.py").write_text(published_model_source(embedded), encoding="utf-8")
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
     card = render_card(results, repo_id, plots=plots, config=config)

@@ -1,7 +1,7 @@
 """Stage 1's corpus: text from the sources of :mod:`dapt.core.sources`, split, then cleaned,
 tokenized and packed in one pass.
 
-Every document goes through :func:`~dapt.core.sources.clean_text` (IMDb's ``<br />`` tags become
+Every document goes through :func:`~dapt.core.text.clean_text` (IMDb's ``<br />`` tags become
 whitespace); documents left empty are dropped and counted. Cleaning is fused into tokenization
 (:func:`dapt.packing.pack_blocks`), so the ``datasets`` cache holds the text once, as read, and
 the blocks. Bad input raises :class:`DataError` naming the file, split or column.
@@ -26,7 +26,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from dapt.core.sources import DataError, SourceConfig, is_blank, load_source
+from dapt.core.sources import DataError, SourceConfig, load_source
+from dapt.core.text import is_blank
 from dapt.packing import counting_cache_reads, pack_blocks, pack_shared, special_layout  # noqa: F401 (the stage's API)
 
 

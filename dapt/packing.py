@@ -1,6 +1,6 @@
 """Documents to blocks: cleaned, tokenized and packed in one ``datasets`` map, stored compactly.
 
-One pass per batch of documents: :func:`~dapt.core.sources.clean_text`, the tokenizer, then the
+One pass per batch of documents: :func:`~dapt.core.text.clean_text`, the tokenizer, then the
 token stream cut into blocks with numpy. Only the blocks reach the ``datasets`` cache (no cleaned
 or tokenized copy of the text), their token ids in the smallest integer type that holds the
 vocabulary (:func:`token_dtype`: ``uint16`` up to 65,536 entries, else ``int32``; 2 bytes a token
@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 from accelerate.utils import gather_object
 
-from dapt.core.sources import DataError, clean_text
+from dapt.core.sources import DataError
+from dapt.core.text import clean_text
 
 #: part of every packing map's fingerprint (a closure value): bump it when the blocks' layout
 #: changes, so that caches written by an older layout are not read as this one

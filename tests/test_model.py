@@ -15,6 +15,7 @@ import torch
 
 from classify import model as M
 from classify.encoder import from_encoder
+from classify.publish import inline_text_rules
 from classify.model import (
     DaptClassifierConfig,
     DistilBERTClassifier,
@@ -216,7 +217,7 @@ def test_masked_padding_does_not_change_logits(tiny):
 
 
 def test_no_arg_construction_defaults_to_distilbert_shape(tmp_path):
-    shutil.copyfile(MODEL_PY, tmp_path / "model.py")
+    (tmp_path / "model.py").write_text(inline_text_rules(MODEL_PY.read_text()))  # as published, standing alone
     module = import_model_file(tmp_path / "model.py")
     classifier = module.DistilBERTClassifier()
     config = classifier.encoder.config
@@ -228,7 +229,7 @@ def test_no_arg_construction_defaults_to_distilbert_shape(tmp_path):
 
 def test_no_arg_construction_from_config_json_beside_file(tmp_path, tiny):
     trained, _ = tiny
-    shutil.copyfile(MODEL_PY, tmp_path / "model.py")
+    (tmp_path / "model.py").write_text(inline_text_rules(MODEL_PY.read_text()))  # as published, standing alone
     (tmp_path / "config.json").write_text(json.dumps(to_config_json(trained.config)))
     module = import_model_file(tmp_path / "model.py")
     classifier = module.DistilBERTClassifier()
@@ -242,7 +243,7 @@ def test_no_arg_construction_prefers_embedded_config(tmp_path, tiny):
 
     trained, _ = tiny
     settings = dict(to_config_json(trained.config), truncation="head+tail", head_tokens=7, max_length=48)
-    (tmp_path / "model.py").write_text(embed_config(MODEL_PY.read_text(), settings))
+    (tmp_path / "model.py").write_text(embed_config(inline_text_rules(MODEL_PY.read_text()), settings))
     # A conflicting config.json beside the file must lose against the embedded one.
     other = dict(settings, encoder_config=dict(settings["encoder_config"], hidden_size=64, intermediate_size=32))
     (tmp_path / "config.json").write_text(json.dumps(other))

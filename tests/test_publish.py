@@ -90,6 +90,28 @@ def test_model_py_has_config_embedded_and_only_allowed_imports(run):
     assert third_party == {"torch", "transformers"}
 
 
+def test_the_published_model_py_carries_the_one_cleaning_rule(run):
+    """model.py in the repo imports dapt.core.text; the published one holds that module's code instead,
+    and cleans exactly as stage 1 and stage 2 do (random strings of tags, spaces and words)."""
+    import random
+
+    from dapt.core import text as text_rules
+
+    _, folder, _, _ = run
+    source = (folder / "model.py").read_text()
+    assert "import dapt" not in source and "from dapt" not in source
+    namespace: dict = {}
+    exec(compile(source[source.index("# --- dapt/core/text.py"):source.index("# --- end of dapt/core/text.py")],
+                 "model.py", "exec"), namespace)
+    pieces = ["<br />", "<BR/>", "<br>", " ", "\t", "\n", "\u00a0", "\u2003", "word", "ok.", ""]
+    rng = random.Random(0)
+    for _ in range(300):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 12)))
+        assert namespace["clean_text"](text) == text_rules.clean_text(text), repr(text)
+    with pytest.raises(publish.PublishError, match="exactly one line"):
+        publish.inline_text_rules("x = 1\n")
+
+
 def test_model_py_works_standalone_in_a_subprocess(run, tmp_path):
     """Only model.py in a clean cwd, the repo not importable: no-arg build + strict load + inference."""
     _, folder, classifier, tokenizer = run

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dapt.core import hub, sources
-from dapt.core.sources import LOADERS, DataError, SourceConfig, clean_text, detect_kind, is_blank, load_source
+from dapt.core.sources import LOADERS, DataError, SourceConfig, detect_kind, load_source
+from dapt.core.text import clean_text, is_blank
 from tests.helpers import sentences
 
 

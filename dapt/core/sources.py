@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import glob
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,8 +29,6 @@ from dapt.core.hub import looks_local
 
 TABLE_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 ACLIMDB_SPLITS = {"train": ["train/neg", "train/pos"], "test": ["test/neg", "test/pos"], "unsupervised": ["train/unsup"]}
-_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_BLANK = re.compile(r"(?:\s|<br\s*/?>)*", re.IGNORECASE)  # what clean_text turns into ""
 
 
 class DataError(ValueError):
@@ -49,19 +46,6 @@ class SourceConfig:
 
     def describe(self) -> str:
         return f"{self.path} [{', '.join(self.splits)}]"
-
-
-def clean_text(text: str) -> str:
-    """IMDb's ``<br />`` line breaks become spaces; runs of whitespace collapse to one space, none
-    left at either end. (``str.split()`` splits at what ``\\s`` matches, ``str.isspace``, and is ~3x
-    faster than a second regex: stage 1 cleans every document of the corpus.)"""
-    return " ".join(_BREAK.sub(" ", text).split())
-
-
-def is_blank(text: Optional[str]) -> bool:
-    """``clean_text(text) == ""`` (``None`` included), without building the cleaned text: only
-    whitespace and ``<br />`` tags. Stage 1 drops such documents before the held-out split."""
-    return text is None or _BLANK.fullmatch(text) is not None
 
 
 def detect_kind(source: SourceConfig) -> str:
