@@ -35,7 +35,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 AUTO_MAP = {"AutoConfig": "model.DaptClassifierConfig",
             "AutoModelForSequenceClassification": "model.DaptClassifier"}
-# Padded tokens per inference batch (scripts/bench_infer.py measures the choice; docs/benchmarks.md).
+# Padded tokens per inference batch (benchmarks/bench_infer.py measures the choice; docs/benchmarks.md).
 DEFAULT_BATCH_TOKENS = 1024
 # Keys of an encoder config that say where/how it was saved, not what it is; labels live one level up.
 _NOT_ARCHITECTURE = ("transformers_version", "_name_or_path", "name_or_path", "dtype", "torch_dtype",

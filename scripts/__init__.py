@@ -1,1 +1,1 @@
-"""Scripts a user runs from the repository root: the benchmark (``python -m scripts.bench``), demo helpers."""
+"""Scripts a user runs from the repository root: the benchmark (``python -m benchmarks.bench``), demo helpers."""

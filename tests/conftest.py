@@ -7,13 +7,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.helpers import SHARED_DATA, build_tiny_encoder, build_tiny_tokenizer, fresh_accelerate_state  # noqa: E402
+from dapt.core.runtime import forget_accelerate_state  # noqa: E402
+from tests.helpers import SHARED_DATA, build_tiny_encoder, build_tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """Every test starts as a new process would: no accelerate state left by an earlier test's run."""
-    fresh_accelerate_state()
+    forget_accelerate_state()
 
 
 @pytest.fixture(scope="session")

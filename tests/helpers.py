@@ -81,15 +81,6 @@ def sentences(n, seed=0, words=(5, 40)):
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(*words))) for _ in range(n)]
 
 
-def fresh_accelerate_state() -> None:
-    """Forget accelerate's process-wide state, as a new process would. A stage builds it once per
-    process (each command-line run is a process); tests call several runs in one pytest process."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def rank_errors(stderr: str) -> str:
     """What a failed ``accelerate launch`` says about why a process failed: the lines of our error
     reports and the exceptions, which the launcher's long report of its own would push out of view."""

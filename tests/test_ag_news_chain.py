@@ -50,11 +50,11 @@ def tapt(encoder_dir, data_dir, output_dir) -> dict:
 @pytest.fixture(scope="module")
 def trained(tiny_headless_encoder_dir, shared_data, tmp_path_factory):
     from classify.train import train_classifier
-    from tests.helpers import fresh_accelerate_state
+    from dapt.core.runtime import forget_accelerate_state
 
     adapted = tmp_path_factory.mktemp("ag_news_tapt") / "tapt"
     summary = tapt(tiny_headless_encoder_dir, shared_data, adapted)
-    fresh_accelerate_state()
+    forget_accelerate_state()
     out = tmp_path_factory.mktemp("ag_news_e2e")
     results = train_classifier(_ag_news_config(adapted, shared_data, out))
     folder = tmp_path_factory.mktemp("ag_news_hub") / "repo"

@@ -131,7 +131,7 @@ def test_no_import_cycle(graph):
 
 #: the device-run tools, launched as files on a bare GPU machine (issue 11): they put the project they
 #: travel in on sys.path themselves, and gpu_observe.py runs a module as `python -m` would
-SYS_PATH_TOOLS = {"scripts/gpu_check.py", "scripts/gpu_observe.py"}
+SYS_PATH_TOOLS = {"tools/gpu/gpu_check.py", "tools/gpu/gpu_observe.py"}
 
 
 def test_no_project_module_edits_sys_path():

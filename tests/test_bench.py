@@ -1,4 +1,4 @@
-"""scripts/bench.py and its scripts/bench_*.py modules: the CPU smoke run and its JSON, and the
+"""benchmarks/bench.py and its benchmarks/bench_*.py modules: the CPU smoke run and its JSON, and the
 equivalences behind every speed lever (masked-only MLM logits under bf16 autocast, length-bucketed
 padded batches, batched inference)."""
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripts.bench_infer import naive_infer
-from scripts.bench_measure import StepTimer
-from scripts.bench_report import TARGETS
-from scripts.bench_workload import (
+from benchmarks.bench_infer import naive_infer
+from benchmarks.bench_measure import StepTimer
+from benchmarks.bench_report import TARGETS
+from benchmarks.bench_workload import (
     FIRST_WORD_ID,
     build_mlm_model,
     encoder_config,
@@ -59,7 +59,7 @@ def smoke_report(tmp_path_factory):
     """The tiny CPU benchmark, all three stages, in a fresh process (the Trainer's Accelerator
     state and the thread settings stay out of the test process)."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    command = [sys.executable, "-m", "scripts.bench", "--device", "cpu", "--size", "tiny", "--synthetic",
+    command = [sys.executable, "-m", "benchmarks.bench", "--device", "cpu", "--size", "tiny", "--synthetic",
                "--steps", "2", "--warmup", "1", "--threads", "1", "--infer-threads", "1", "--json", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

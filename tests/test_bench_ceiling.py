@@ -1,12 +1,12 @@
-"""The inference bench's GEMM ceiling (scripts/bench_infer.py, issue 21 section 3): measured at the
+"""The inference bench's GEMM ceiling (benchmarks/bench_infer.py, issue 21 section 3): measured at the
 model's own batch shapes, between the variants' repeats, and never printed as more than 100 %."""
 
 import numpy as np
 import pytest
 import torch
 
-from scripts.bench_infer import GemmCeiling, batch_token_counts, ceiling_fraction, inference_variants, measure, table
-from scripts.bench_workload import FIRST_WORD_ID, encoder_config, shape_of, synthetic_tokenizer
+from benchmarks.bench_infer import GemmCeiling, batch_token_counts, ceiling_fraction, inference_variants, measure, table
+from benchmarks.bench_workload import FIRST_WORD_ID, encoder_config, shape_of, synthetic_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""scripts/bench_masked_logits.py: a smoke run on tiny widths (the real vocabularies) - both sides
+"""benchmarks/bench_masked_logits.py: a smoke run on tiny widths (the real vocabularies) - both sides
 run the product's stage-1 step, each architecture splits its head, and the two losses agree."""
 
 import json
 
 import pytest
 
-from scripts.bench_masked_logits import main
+from benchmarks.bench_masked_logits import main
 
 
 def test_smoke_run_reports_a_ratio_per_architecture_with_equal_losses(tmp_path):

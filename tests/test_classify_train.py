@@ -13,7 +13,7 @@ from classify import train as train_module
 from classify.config import ClassifyConfig
 from classify.train import format_epoch_line, train_classifier
 from dapt.core.config import ConfigError, load_config
-from tests.helpers import fresh_accelerate_state
+from dapt.core.runtime import forget_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,7 +228,7 @@ def test_repeated_runs_in_one_process_and_evaluate_cli(baseline_run, tiny_headle
     assert second["hyperparameters"]["mixed_precision"] == "bf16"
     from classify.evaluate import main as evaluate_main
 
-    fresh_accelerate_state()  # evaluation in fp32 after a bf16 run: as a new process would start
+    forget_accelerate_state()  # evaluation in fp32 after a bf16 run: as a new process would start
 
     overrides = [f"data.eval.imdb_test.path={shared_data}/imdb", "data.eval.imdb_test.max_samples=40",
                  f"data.eval.sst2_validation.path={shared_data}/sst2", "data.eval.sst2_validation.max_samples=24",

@@ -43,7 +43,7 @@ def test_a_stage_runs_as_a_file(path, usage, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module, usage", [("experiments.ablation", "The DAPT ablation"), ("scripts.bench", "--device")])
+@pytest.mark.parametrize("module, usage", [("experiments.ablation", "The DAPT ablation"), ("benchmarks.bench", "--device")])
 def test_experiments_and_scripts_run_as_modules(module, usage):
     done = _run("-m", module, "--help", cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]

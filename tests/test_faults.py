@@ -157,9 +157,9 @@ def shared_step(scaler=None, grad_accum: int = 1, max_nonfinite: int = 0):
     from dapt.core.state import TrainState
     from dapt.core.step import OptimizerStep
     from dapt.core.runtime import linear_warmup_decay
-    from tests.helpers import fresh_accelerate_state
+    from dapt.core.runtime import forget_accelerate_state
 
-    fresh_accelerate_state()
+    forget_accelerate_state()
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=grad_accum)
     accelerator.scaler = scaler  # what accelerate builds for fp16 on a GPU; the CPU gets none
     torch.manual_seed(0)

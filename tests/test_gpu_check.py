@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py (the GPU acceptance run) and its packing (scripts/gpu_pack.sh, scripts/gpu_carry.py).
+"""tools/gpu/gpu_check.py (the GPU acceptance run) and its packing (tools/gpu/pack.sh, tools/gpu/gpu_carry.py).
 
 The script can only be measured on a GPU, so these tests keep it from rotting before one is lent:
 the whole run on a CPU (``--dry-run``: tiny model, data slices, every part and every path a CPU
@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "scripts"
+HARNESS = REPO / "tools" / "gpu"
 
 
 @pytest.fixture
 def scripts_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))  # the gpu_*.py modules import each other by name, as when run as files
+    monkeypatch.syspath_prepend(str(HARNESS))  # the gpu_*.py modules import each other by name, as when run as files
 
 
 def _env() -> dict:
@@ -62,7 +62,7 @@ def test_budget_option_errors_name_the_value(scripts_path, shared_data, standin_
 def test_weights_travel_losslessly_in_two_pieces(tmp_path, tiny_headless_encoder_dir):
     call1, call2, root = tmp_path / "call1", tmp_path / "call2", tmp_path / "staged"
     call2.mkdir()
-    run = lambda *a: subprocess.run([sys.executable, str(SCRIPTS / "gpu_carry.py"), *map(str, a)], env=_env(),  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, str(HARNESS / "gpu_carry.py"), *map(str, a)], env=_env(),  # noqa: E731
                                     capture_output=True, text=True)
     assert run("pack-encoder", tiny_headless_encoder_dir, call1 / "encoder").returncode == 0
     split = run("split", call1, call2, "--tree-bytes", 1000)
@@ -84,7 +84,7 @@ def test_pack_plan_stays_under_the_carry_limit(standin_encoder_dir, shared_data)
     """The two device calls (carried folder + working tree) each fit 64 MiB with a 2 MiB margin;
     estimated from samples compressed with the packer's own codec, nothing downloaded."""
     env = {**_env(), "DAPT_DATA_DIR": str(shared_data), "ENCODER_DIR": str(standin_encoder_dir), "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(SCRIPTS / "gpu_pack.sh"), "--plan"], cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(["bash", str(HARNESS / "pack.sh"), "--plan"], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     estimate = json.loads(done.stdout.strip().splitlines()[-1])
     per_call = float(estimate["per_call"].split()[0])
@@ -94,7 +94,7 @@ def test_pack_plan_stays_under_the_carry_limit(standin_encoder_dir, shared_data)
 @pytest.mark.slow
 def test_dry_run_runs_every_part_on_cpu(tmp_path, shared_data, standin_encoder_dir):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "--out", str(out), "--dry-run", "--work-dir",
+    done = subprocess.run([sys.executable, str(HARNESS / "gpu_check.py"), "--out", str(out), "--dry-run", "--work-dir",
                            str(tmp_path / "work"), "--data-dir", str(shared_data), "--encoder-dir", str(standin_encoder_dir)],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]

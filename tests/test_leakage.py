@@ -146,18 +146,18 @@ def test_an_allowed_overlap_is_recorded_in_results_and_checked_again_by_evaluate
     from classify.evaluate import run_evaluation
     from classify.train import train_classifier
     from dapt.core.config import load_config
-    from tests.helpers import fresh_accelerate_state
+    from dapt.core.runtime import forget_accelerate_state
 
     small = ["train.epochs=1", "data.train.max_samples=32", "data.eval.sst2_validation=null", "data.eval.imdb_test.max_samples=16"]
     results = train_classifier(tiny_config(leaky_encoder, shared_data, tmp_path / "run", *small, "data.allow_pretraining_overlap=true"))
     assert results["leakage"]["allowed"] is True and [o["eval_set"] for o in results["leakage"]["overlaps"]] == ["imdb_test"]
     assert results["dapt"]["adaptation"][0]["sources"][0]["splits"] == ["train", "test"]
-    fresh_accelerate_state()
+    forget_accelerate_state()
     strict = load_config(ClassifyConfig, None, [f"data.eval.imdb_test.path={shared_data}/imdb", "data.eval.imdb_test.max_samples=16",
                                                  "data.eval.sst2_validation=null", "impl.dataloader_workers=0"])
     with pytest.raises(PretrainingOverlapError, match="data.eval.imdb_test"):
         run_evaluation(strict, str(tmp_path / "run"), tmp_path / "eval")
-    fresh_accelerate_state()
+    forget_accelerate_state()
     strict.data.allow_pretraining_overlap = True
     evaluated = run_evaluation(strict, str(tmp_path / "run"), tmp_path / "eval")
     assert evaluated["leakage"]["allowed"] and evaluated["leakage"]["encoder_summary"] == "found"

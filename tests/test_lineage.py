@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from dapt.core.lineage import chain_of, read_units, shared_units, source_reads, source_record, split_names
 from dapt.core.sources import SourceConfig
-from tests.helpers import fresh_accelerate_state
+from dapt.core.runtime import forget_accelerate_state
 from tests.test_pretrain import run, tiny_overrides, write_corpus
 
 
@@ -24,12 +24,12 @@ from tests.test_pretrain import run, tiny_overrides, write_corpus
 def two_phases(tiny_headless_encoder_dir, tmp_path_factory):
     """Phase 1: stage 1 from a headless encoder (fresh head, warmed up); phase 2: stage 1 from
     phase 1's output on the same corpus and config. Returns (root, summary 1, summary 2, log of phase 2)."""
-    fresh_accelerate_state()  # a module fixture is set up before the per-test reset: start clean here
+    forget_accelerate_state()  # a module fixture is set up before the per-test reset: start clean here
     root = tmp_path_factory.mktemp("phases")
     corpus = write_corpus(root / "corpus.jsonl", 60)
     common = {"train.max_steps": 4, "train.head_warmup_steps": 5}
     first = run(tiny_overrides(tiny_headless_encoder_dir, corpus, root / "phase1", **common))
-    fresh_accelerate_state()
+    forget_accelerate_state()
     records = []
 
     class Keep(logging.Handler):

@@ -124,7 +124,7 @@ def make_accelerator(
         # kept as asked (tests run bf16 code paths on such CPUs), but say what it costs
         logging.getLogger(__name__).warning(
             "this CPU has no native bf16: bf16 autocast is emulated (measured 3-4x slower than fp32 by "
-            "scripts/bench.py); set impl.mixed_precision=no for speed"
+            "benchmarks/bench.py); set impl.mixed_precision=no for speed"
         )
     accelerator = Accelerator(
         cpu=cpu,
@@ -157,6 +157,17 @@ def end_run(accelerator: Accelerator) -> None:
         tracker.finish()
     if not getattr(accelerator.state, "fork_launched", False):  # a notebook launcher owns its process group
         release_process_group()
+
+
+def forget_accelerate_state() -> None:
+    """Forget accelerate's process-wide state, as a new process would. A stage builds it once per
+    process (each command-line run is one); only code that runs several runs in one process - the
+    tests, the benchmarks comparing against the Trainer - needs this between them (a shared state
+    otherwise refuses an Accelerator with another mixed precision)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def release_process_group(group=None, *, barrier: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""What travels to the device machine, and how it is unpacked there (``scripts/gpu_pack.sh``, docs/gpu.md).
+"""What travels to the device machine, and how it is unpacked there (``tools/gpu/pack.sh``, docs/gpu.md).
 
 A device call carries at most 64 MiB (working tree + carried folders). The stand-in's weights
 (91 MB of fp32) plus IMDb (56 MB) do not fit one call, so everything is packed **losslessly** and
@@ -9,14 +9,14 @@ split over two calls; a warm machine keeps ``/tmp`` between them:
 * encoder: ``model.safetensors`` as four byte planes (byte k of every 4-byte word; the sign and
   exponent plane compresses about 3x), zstd-compressed, in one blob whose two pieces go in the two
   calls; unpacking rebuilds the file byte for byte and checks its SHA-256;
-* wheels: the packages the device's image lacks (``gpu_pack.sh`` downloads them).
+* wheels: the packages the device's image lacks (``tools/gpu/pack.sh`` downloads them).
 
-    python scripts/gpu_carry.py pack-data SRC_DATA DEST_DATA
-    python scripts/gpu_carry.py pack-encoder ENCODER_DIR BLOB_DIR      # -> encoder.json + encoder.blob
-    python scripts/gpu_carry.py split CALL1 CALL2 [--tree-bytes N]    # balance the blob over the calls, check the limit
-    python scripts/gpu_carry.py stage CARRIED_DIR /tmp/dapt-gpu        # on the device: unpack what this call carried
-    python scripts/gpu_carry.py plan SRC_DATA ENCODER_DIR             # estimated sizes, nothing written
-    python scripts/gpu_carry.py wheels                                 # name==version of the wheels to carry
+    python tools/gpu/gpu_carry.py pack-data SRC_DATA DEST_DATA
+    python tools/gpu/gpu_carry.py pack-encoder ENCODER_DIR BLOB_DIR      # -> encoder.json + encoder.blob
+    python tools/gpu/gpu_carry.py split CALL1 CALL2 [--tree-bytes N]    # balance the blob over the calls, check the limit
+    python tools/gpu/gpu_carry.py stage CARRIED_DIR /tmp/dapt-gpu        # on the device: unpack what this call carried
+    python tools/gpu/gpu_carry.py plan SRC_DATA ENCODER_DIR             # estimated sizes, nothing written
+    python tools/gpu/gpu_carry.py wheels                                 # name==version of the wheels to carry
 """
 
 from __future__ import annotations

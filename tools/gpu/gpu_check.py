@@ -1,8 +1,8 @@
 """The GPU acceptance run: every GPU claim of the project measured in one prepared device session.
 
-    python scripts/gpu_check.py --out $OUT --data-dir /tmp/dapt-gpu/data --encoder-dir /tmp/dapt-gpu/encoder
-    python scripts/gpu_check.py --out DIR --parts throughput,smoke --budget-min 4
-    python scripts/gpu_check.py --out DIR --dry-run              # CPU: tiny model, data slices, every part
+    python tools/gpu/gpu_check.py --out $OUT --data-dir /tmp/dapt-gpu/data --encoder-dir /tmp/dapt-gpu/encoder
+    python tools/gpu/gpu_check.py --out DIR --parts throughput,smoke --budget-min 4
+    python tools/gpu/gpu_check.py --out DIR --dry-run              # CPU: tiny model, data slices, every part
 
 Parts run in the order given (default: priority order), each within its own wall-clock budget
 (``--budget-min``, default 9 minutes), and each writes ``OUT/PART.json`` and appends to
@@ -10,16 +10,16 @@ Parts run in the order given (default: priority order), each within its own wall
 done. ``OUT`` gets nothing else (the device tool returns at most 8 files); runs, logs and caches go
 to ``--work-dir``.
 
-* ``quality`` (scripts/gpu_quality.py): the stand-in recipe end to end - stage 1, stage 2 on the
+* ``quality`` (tools/gpu/gpu_quality.py): the stand-in recipe end to end - stage 1, stage 2 on the
   DAPT and on the plain encoder with the same seed, full IMDb test and SST-2 validation, the DAPT -
   plain differences with the ablation's paired bootstrap, the quality bar.
-* ``throughput`` (scripts/gpu_throughput.py): ``scripts/bench.py`` on the DistilBERT shape against
+* ``throughput`` (tools/gpu/gpu_throughput.py): ``benchmarks/bench.py`` on the DistilBERT shape against
   the same-run ``Trainer``, with and without ``torch.compile``.
-* ``smoke`` (scripts/gpu_smoke.py): bf16, fp16 + GradScaler, fused AdamW, compile, loader workers
+* ``smoke`` (tools/gpu/gpu_smoke.py): bf16, fp16 + GradScaler, fused AdamW, compile, loader workers
   with pinned memory, ``infer_reviews`` on CUDA, a few steps each.
 
 Every stage runs as a subprocess of the product's own CLIs (``python -m dapt.pretrain``,
-``classify.train``, ``classify.predict``, ``scripts/bench.py``) with ``key=value`` overrides.
+``classify.train``, ``classify.predict``, ``benchmarks/bench.py``) with ``key=value`` overrides.
 docs/gpu.md gives the device procedure (what to carry, the exact commands) and how to read the output.
 """
 

@@ -1,6 +1,6 @@
 """Inference speed of the ONNX export against PyTorch, in one process, as ratios.
 
-    python scripts/bench_onnx.py RUN_DIR [--export DIR] [--reviews 256] [--threads 1 2] [--repeats 3]
+    python benchmarks/bench_onnx.py RUN_DIR [--export DIR] [--reviews 256] [--threads 1 2] [--repeats 3]
 
 Scores the same seeded subset of IMDb test reviews with ``infer_reviews`` on the PyTorch classifier
 and on the fp32 / graph-optimised int8 ONNX Runtime graphs of ``dapt-export RUN_DIR --onnx --int8``

@@ -1,4 +1,4 @@
-"""The workload of ``scripts/bench.py``, the same for the baseline and the project: the encoder
+"""The workload of ``benchmarks/bench.py``, the same for the baseline and the project: the encoder
 shapes (``SIZES``), the tokenizer, one token stream (IMDb text, or synthetic ids with IMDb's length
 distribution) packed into MLM blocks or cut into reviews, the random-init models, and the parameter
 counts the FLOPs formula uses.

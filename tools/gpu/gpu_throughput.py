@@ -1,4 +1,4 @@
-"""The throughput part of ``scripts/gpu_check.py``: ``scripts/bench.py`` on the DistilBERT shape,
+"""The throughput part of ``tools/gpu/gpu_check.py``: ``benchmarks/bench.py`` on the DistilBERT shape,
 with and without ``torch.compile``, each a same-run comparison against the Hugging Face ``Trainer``.
 
 Run 1 (``compile``) is the product's GPU default and also times inference; run 2 (``no-compile``)
@@ -52,7 +52,7 @@ def run_throughput(ctx: Context, fixtures: dict) -> dict:
         path = work / f"bench-{name}.json"
         path.unlink(missing_ok=True)
         run = run_command(ctx, f"throughput-{name}", bench_argv(ctx, compile_, path, fixtures), deadline,
-                          observe_module="scripts.bench")
+                          observe_module="benchmarks.bench")
         result["runs"][name] = run
         report = read_json(path)
         if ok(run) and report:

@@ -1,4 +1,4 @@
-"""What the parts of ``scripts/gpu_check.py`` share: the run's settings, running a product CLI as a
+"""What the parts of ``tools/gpu/gpu_check.py`` share: the run's settings, running a product CLI as a
 subprocess within a deadline, writing a part's JSON and its summary lines, and the small fixtures
 (data slices, a small random encoder) that the smoke part and the CPU dry run train on.
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
+HARNESS = Path(__file__).resolve().parent  # tools/gpu
+REPO = HARNESS.parents[1]
 
 
 @dataclass
@@ -53,7 +53,7 @@ def subprocess_env(ctx: Context) -> dict:
     if ctx.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     if ctx.dry_run:
-        env["GPU_CHECK_COMPILE_BACKEND"] = "aot_eager"  # see scripts/gpu_observe.py
+        env["GPU_CHECK_COMPILE_BACKEND"] = "aot_eager"  # see tools/gpu/gpu_observe.py
     return env
 
 
@@ -65,7 +65,7 @@ def tail(path: Path, lines: int = 25) -> str:
 
 
 def run_command(ctx: Context, name: str, argv: list, deadline: Deadline, *, observe_module: Optional[str] = None) -> dict:
-    """Run ``argv`` (or, with ``observe_module``, ``python -m MODULE argv`` under scripts/gpu_observe.py)
+    """Run ``argv`` (or, with ``observe_module``, ``python -m MODULE argv`` under tools/gpu/gpu_observe.py)
     from the repository root, its output in WORK/logs/NAME.log, killed at the deadline. Returns
     ``name, command, exit_code, wall_s, timed_out, log`` (+ ``observed``: gpu_observe's report)."""
     logs = ctx.work / "logs"
@@ -74,7 +74,7 @@ def run_command(ctx: Context, name: str, argv: list, deadline: Deadline, *, obse
     report = logs / f"{name}.observed.json"
     report.unlink(missing_ok=True)
     if observe_module:
-        argv = [ctx.python, str(SCRIPTS / "gpu_observe.py"), str(report), observe_module, *argv]
+        argv = [ctx.python, str(HARNESS / "gpu_observe.py"), str(report), observe_module, *argv]
     result = {"name": name, "command": " ".join(str(a) for a in argv), "exit_code": None, "wall_s": 0.0, "timed_out": False,
               "log": str(log)}
     timeout = deadline.left()

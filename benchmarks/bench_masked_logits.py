@@ -1,8 +1,8 @@
 """Masked-only MLM logits against full-vocabulary logits, per architecture, in one process.
 
-    python -m scripts.bench_masked_logits --device cpu --json masked-logits.json          # base shapes
-    python -m scripts.bench_masked_logits --device cuda --batch 32 --block 512 --steps 20
-    python -m scripts.bench_masked_logits --tiny --steps 1 --warmup 1                      # smoke test
+    python -m benchmarks.bench_masked_logits --device cpu --json masked-logits.json          # base shapes
+    python -m benchmarks.bench_masked_logits --device cuda --batch 32 --block 512 --steps 20
+    python -m benchmarks.bench_masked_logits --tiny --steps 1 --warmup 1                      # smoke test
 
 For each architecture (BERT-base, RoBERTa-base and ModernBERT-base shapes, random init; ``--arch``
 picks), the stage-1 training step of ``dapt/pretrain.py`` - :class:`dapt.modeling.MaskedLMObjective`

@@ -1,4 +1,4 @@
-"""The training sides of ``scripts/bench.py``: the baseline, the stock Hugging Face ``Trainer``
+"""The training sides of ``benchmarks/bench.py``: the baseline, the stock Hugging Face ``Trainer``
 (only counting the tokens of each batch), and the project's side, built from the product's own
 pieces - stage 1's ``MaskedLMObjective``, ``MLMCollator``, ``TrainConfig``, optimizer and schedule;
 stage 2's ``DaptClassifier``, parameter groups, sampler and collator - and stepped by the
@@ -14,8 +14,9 @@ import tempfile
 
 import torch
 
-from scripts.bench_measure import StepTimer, peak_memory_gib
-from scripts.bench_workload import build_mlm_model
+from dapt.core.runtime import forget_accelerate_state
+from benchmarks.bench_measure import StepTimer, peak_memory_gib
+from benchmarks.bench_workload import build_mlm_model
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,20 +62,11 @@ def training_arguments(args, batch_size: int, output_dir: str):
     )
 
 
-def fresh_accelerate_state() -> None:
-    """Forget the process-wide Accelerate state: the Trainer's Accelerator and the project's may
-    differ in mixed precision, which one process's shared state otherwise refuses."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def run_trainer(args, model, dataset, collator, tokenizer, batch_size: int, params: dict, mlm: bool) -> dict:
     """One baseline run: the stock ``Trainer.train()`` for ``warmup + steps`` optimizer steps."""
     from transformers.trainer_callback import PrinterCallback
 
-    fresh_accelerate_state()
+    forget_accelerate_state()
     TimingCallback, CountingTrainer = make_trainer_classes()
     timer = StepTimer(args.device, args.warmup, args.warmup + args.steps)
     with tempfile.TemporaryDirectory() as output_dir:
@@ -111,7 +103,7 @@ def product_step(args, model, optimizer, training):
     from dapt.core.state import TrainState
     from dapt.core.step import OptimizerStep
 
-    fresh_accelerate_state()
+    forget_accelerate_state()
     impl = ImplConfig(mixed_precision="bf16" if args.precision == "bf16" else "no", cpu=args.device == "cpu",
                       tf32=args.device == "cuda")
     accelerator = make_accelerator(impl, tempfile.gettempdir())  # no tracker: nothing is written there

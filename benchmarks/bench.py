@@ -1,9 +1,9 @@
 """Same-run benchmark: the Hugging Face ``Trainer`` baseline against this project's training steps,
 and batched ``infer_reviews`` against a one-review-at-a-time loop.
 
-    python -m scripts.bench --device cpu --size tiny --synthetic --json bench.json      # CI smoke, seconds
-    python -m scripts.bench --device cuda --size distilbert --json bench-h100.json      # the real shape
-    python -m scripts.bench --device cpu --size minilm --stages infer                   # the 2-thread CPU target
+    python -m benchmarks.bench --device cpu --size tiny --synthetic --json bench.json      # CI smoke, seconds
+    python -m benchmarks.bench --device cuda --size distilbert --json bench-h100.json      # the real shape
+    python -m benchmarks.bench --device cpu --size minilm --stages infer                   # the 2-thread CPU target
 
 Everything runs in one process, on the same token stream (IMDb text tokenized with the uncased
 30,522 WordPiece vocabulary, or ``--synthetic`` token ids with IMDb's length distribution), with
@@ -65,11 +65,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch
 
 from dapt.core.runtime import cpu_has_native_bf16
-from scripts.bench_infer import run_infer
-from scripts.bench_measure import device_info, free, thread_sync_latency_ms, versions
-from scripts.bench_report import compare, markdown_table, summarize
-from scripts.bench_training import classify_baseline, classify_project, mlm_baseline, mlm_project
-from scripts.bench_workload import SIZES, build_corpus, encoder_config, flops_params, load_tokenizer, pack, review_ids, shape_of
+from benchmarks.bench_infer import run_infer
+from benchmarks.bench_measure import device_info, free, thread_sync_latency_ms, versions
+from benchmarks.bench_report import compare, markdown_table, summarize
+from benchmarks.bench_training import classify_baseline, classify_project, mlm_baseline, mlm_project
+from benchmarks.bench_workload import SIZES, build_corpus, encoder_config, flops_params, load_tokenizer, pack, review_ids, shape_of
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imdb"
@@ -185,7 +185,7 @@ def run(args) -> dict:
     if not cuda and args.threads:
         torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
-        "benchmark": "dapt scripts/bench.py",
+        "benchmark": "dapt benchmarks/bench.py",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": device_info(args.device),
         "versions": versions(),

@@ -1,4 +1,4 @@
-"""The quality part of ``scripts/gpu_check.py``: the stand-in recipe end to end, from local files.
+"""The quality part of ``tools/gpu/gpu_check.py``: the stand-in recipe end to end, from local files.
 
 1. Stage 2 (``configs/classify-minilm.yaml``, full IMDb train) on the **plain** encoder: it does not
    need stage 1, so it runs first and its wall time sizes the DAPT arm's.

@@ -3,8 +3,8 @@ and the Hugging Face ``pipeline``, on the same cleaned reviews and classifier, r
 
 Two entry points:
 
-* :func:`run_infer` - the ``infer`` stage of ``scripts/bench.py`` (one thread count, its corpus).
-* ``python -m scripts.bench_infer --texts imdb --threads 1,2`` - the table of docs/benchmarks.md:
+* :func:`run_infer` - the ``infer`` stage of ``benchmarks/bench.py`` (one thread count, its corpus).
+* ``python -m benchmarks.bench_infer --texts imdb --threads 1,2`` - the table of docs/benchmarks.md:
   per thread count, the naive loop, ``infer_reviews`` at its defaults, at other token budgets and
   at count-based batches, and ``pipeline``; reviews/s, the ratio to the naive loop, model GFLOP/s
   and their fraction of a same-run GEMM ceiling (below).
@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from scripts.bench_measure import sync, thread_sync_latency_ms
+from benchmarks.bench_measure import sync, thread_sync_latency_ms
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -206,7 +206,7 @@ def inference_variants(texts, classifier, tokenizer, device, budgets=(), batches
 def measure(texts, classifier, tokenizer, threads: Optional[int], device: str, repeats: int, **variant_kwargs):
     """(each variant's last output, the figures): every variant's median reviews/s, ratio to the naive loop, model GFLOP/s, ceiling fraction, agreement."""
     from classify.model import encode_reviews
-    from scripts.bench_workload import shape_of
+    from benchmarks.bench_workload import shape_of
 
     shape = shape_of(classifier.encoder.config)
     lengths = [len(ids) for ids in encode_reviews(tokenizer, texts, 512)]
@@ -243,7 +243,7 @@ def measure(texts, classifier, tokenizer, threads: Optional[int], device: str, r
 
 
 def run_infer(args, tokenizer, config, texts: list[str]) -> dict:
-    """The ``infer`` stage of scripts/bench.py: the naive loop against ``infer_reviews`` at its
+    """The ``infer`` stage of benchmarks/bench.py: the naive loop against ``infer_reviews`` at its
     defaults (token-budget batches), ``--infer-sweep`` token budgets as diagnostics."""
     from classify.encoder import from_encoder
     from classify.model import DaptClassifierConfig, DaptClassifier
@@ -315,7 +315,7 @@ def table(report: dict) -> str:
 def main(argv=None) -> dict:
     from transformers import AutoTokenizer
 
-    from scripts.bench_workload import encoder_config
+    from benchmarks.bench_workload import encoder_config
     from classify.model import DaptClassifierConfig, DaptClassifier
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
