@@ -1,7 +1,7 @@
 """Which MatMuls make dynamic int8 change a classifier's labels, and what keeping them fp32 costs.
 
-    python -m scripts.int8_sensitivity RUN [--export DIR] [--calibration 600] [--check 1000]
-                                           [--threads 1 2] [--timing-reviews 128] [--repeats 5] [--json OUT]
+    nice -n 10 python -m benchmarks.int8_sensitivity RUN [--export DIR] [--calibration 600] [--check 1000]
+        [--threads 1 2] [--timing-reviews 128] [--repeats 5] [--json OUT]
 
 Issue 21, section 4. In one process:
 
@@ -20,7 +20,8 @@ Issue 21, section 4. In one process:
    selective int8 graph.
 5. **Speed**: PyTorch, fp32 ONNX, full and selective int8 on the same ``--timing-reviews`` texts
    through ``infer_reviews``, 1 and 2 threads, rounds interleaved (every variant once per round);
-   the ratio to PyTorch is the median over rounds of PyTorch's time / the variant's in that round.
+   the ratio to PyTorch (and to fp32 ONNX) is the median over rounds of PyTorch's (fp32 ONNX's)
+   time / the variant's in that round.
 
 Numbers on a shared machine move with its load (printed with the results); only ratios measured in
 this one run are meant to be read.
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +43,11 @@ import torch
 
 from classify.export import FP32_FILE, OnnxClassifier, encoder_shape, export_onnx, imdb_test_reviews
 from classify.export_check import compare
-from classify.export_int8 import calibration_slice, choose_fp32_matmuls, optimize, quantize
+from classify.export_int8 import calibration_slice, choose_fp32_matmuls, optimize, quantize, weight_matmuls
 from classify.model import infer_reviews, load_classifier, predict_proba
+
+
+FP32_VARIANT = "onnx fp32"
 
 
 def served(export_dir: Path, graph: Path, threads: int) -> OnnxClassifier:
@@ -72,9 +77,12 @@ def timing(classifier, tokenizer, variants: dict, texts, threads: list[int], rep
                 seconds[name].append(time.perf_counter() - started)
         for name, times in seconds.items():
             speedups = [base / own for base, own in zip(seconds["pytorch"], times)]
-            rows.append({"threads": count, "variant": name, "median_s": statistics.median(times),
-                         "reviews_per_s": len(texts) / statistics.median(times),
-                         "vs_pytorch": statistics.median(speedups), "vs_pytorch_range": [min(speedups), max(speedups)]})
+            row = {"threads": count, "variant": name, "median_s": statistics.median(times),
+                   "reviews_per_s": len(texts) / statistics.median(times),
+                   "vs_pytorch": statistics.median(speedups), "vs_pytorch_range": [min(speedups), max(speedups)]}
+            if FP32_VARIANT in seconds:
+                row["vs_onnx_fp32"] = statistics.median(f / own for f, own in zip(seconds[FP32_VARIANT], times))
+            rows.append(row)
     return rows
 
 
@@ -91,7 +99,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    report = {"load_before": os.getloadavg()}
+    report = {"arguments": [str(arg) for arg in (sys.argv[1:] if argv is None else argv)], "load_before": os.getloadavg()}
     classifier, tokenizer = load_classifier(args.run_dir)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -103,7 +111,8 @@ def main(argv=None) -> int:
         optimize(export_dir / FP32_FILE, optimized, *encoder_shape(classifier))
         texts, labels, described = calibration_slice(args.run_dir, args.calibration)
         report["calibration"] = described
-        print(f"calibration: {described}", flush=True)
+        report["weight_matmuls"] = len(weight_matmuls(optimized))
+        print(f"calibration: {described}; {report['weight_matmuls']} weight MatMuls", flush=True)
         reference = np.asarray(predict_proba(texts, classifier, tokenizer, batch_size=32, all_classes=True))
         full = quantize(optimized, work / "full.onnx")
         result = compare(reference, probabilities(served(export_dir, full, args.eval_threads), texts), labels)
@@ -122,7 +131,7 @@ def main(argv=None) -> int:
         # IMDb's test split repeats a few training reviews verbatim: say how many the two sets share
         report["calibration_texts_also_in_check_set"] = len(set(texts) & set(check_texts))
         check_reference = np.asarray(predict_proba(check_texts, classifier, tokenizer, batch_size=32, all_classes=True))
-        graphs = {"onnx fp32": export_dir / FP32_FILE, "onnx int8 (all MatMuls)": full,
+        graphs = {FP32_VARIANT: export_dir / FP32_FILE, "onnx int8 (all MatMuls)": full,
                   f"onnx int8 ({len(excluded)} MatMuls fp32)": selective}
         report["check"] = {"n": len(check_texts), "texts": "IMDb test reviews, seeded stratified subset (dapt-export --check)"}
         for name, graph in graphs.items():
@@ -139,7 +148,8 @@ def main(argv=None) -> int:
         report["load_after"] = os.getloadavg()
     for row in report["timing"]:
         print(f"{row['threads']} thread(s)  {row['variant']:<28} {row['reviews_per_s']:7.1f} reviews/s  "
-              f"{row['vs_pytorch']:.2f}x PyTorch (rounds {row['vs_pytorch_range'][0]:.2f}-{row['vs_pytorch_range'][1]:.2f})")
+              f"{row['vs_pytorch']:.2f}x PyTorch (rounds {row['vs_pytorch_range'][0]:.2f}-{row['vs_pytorch_range'][1]:.2f})"
+              + (f", {row['vs_onnx_fp32']:.2f}x fp32 ONNX" if "vs_onnx_fp32" in row else ""))
     print(f"load average before / before timing / after: {report['load_before']} / {report['load_before_timing']} / "
           f"{report['load_after']}")
     if args.json:
