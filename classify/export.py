@@ -1,17 +1,20 @@
 """A CPU serving export: the trained classifier as an ONNX Runtime graph (fp32, optionally int8).
 
-    dapt-export RUN --onnx [--int8] [--out DIR] [--check N]
+    dapt-export RUN --onnx [--int8 | --int8-calibrate N] [--out DIR] [--check N]
 
 ``RUN`` is a stage-2 run directory, a classifier folder or a published repository folder. The
 export folder holds ``model.onnx`` (fp32; its one output, ``logits``, is ``[batch, K]`` for the
 model's K classes), with ``--int8`` also ``model_int8.onnx`` (the BERT graph fusions of
 ``onnxruntime.transformers.optimizer``, then ``quantize_dynamic``: int8 weights, activations
-quantised per batch), plus ``config.json`` and the tokenizer files, so :class:`OnnxClassifier` needs
-nothing else. ``export.json`` records what was exported (the labels and the output shape
-included) and, with ``--check N``, the measured agreement with PyTorch on N labelled texts
-(``check.json``): every class's probability compared (max |dP| over texts and classes) and the
-predicted labels, with the SHA-256 of each graph scored and of the fp32 graph int8 came from; the
-int8 graph is served only under a check of those very bytes (:func:`~classify.export_check.require_checked`).
+quantised per batch; with ``--int8-calibrate N`` the MatMuls whose quantisation moves the answers
+most stay fp32, chosen on N reviews of the run's training split: :mod:`classify.export_int8`),
+plus ``config.json`` and the tokenizer files, so :class:`OnnxClassifier` needs nothing else.
+``export.json`` records what was exported (the labels and the output shape included; for int8,
+which MatMuls stayed fp32 and the calibration that chose them) and, with ``--check N``, the
+measured agreement with PyTorch on N labelled texts (``check.json``): every class's probability
+compared (max |dP| over texts and classes) and the predicted labels, with the SHA-256 of each graph
+scored and of the fp32 graph int8 came from; the int8 graph is served only under a check of those
+very bytes (:func:`~classify.export_check.require_checked`), calibrated or not.
 
 The ``--check`` texts: ``--check-data PATH`` (a labelled file, a folder of ``{split}.*`` files or
 a Hub dataset; ``--check-split``, ``--check-text-column``, ``--check-label-column``) when given;
@@ -34,7 +37,6 @@ import fnmatch
 import json
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -54,6 +56,7 @@ from classify.export_check import (  # noqa: F401 - imdb_test_reviews, format_ch
     require_checked,
     verdict,
 )
+from classify.export_int8 import calibration_slice, quantize_int8
 from classify.publish import TOKENIZER_PATTERNS  # the files a model folder's tokenizer consists of
 
 logger = logging.getLogger(__name__)
@@ -114,44 +117,35 @@ def export_fp32(classifier, path: Path) -> Path:
     return path
 
 
-def _encoder_shape(classifier) -> tuple[int, int]:
+def encoder_shape(classifier) -> tuple[int, int]:
     config = classifier.encoder.config
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None) or 0
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or 0
     return int(heads), int(hidden)
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, num_heads: int, hidden_size: int) -> dict:
-    """BERT graph fusions (attention, LayerNorm, GELU) on the fp32 graph, then dynamic int8 weights."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    optimized = optimize_model(str(fp32_path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
-    fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
-    with tempfile.TemporaryDirectory() as tmp:
-        optimized_path = Path(tmp) / "optimized.onnx"
-        optimized.save_model_to_file(str(optimized_path))
-        # Per-channel weight scales and MatMuls only (embeddings stay fp32): measured on a trained
-        # MiniLM over 400 IMDb test reviews, label agreement 97.0 % (defaults) -> 99.0 % (this).
-        quantize_dynamic(optimized_path, int8_path, weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"])
-    return fused
-
-
-def export_onnx(source, out_dir, *, int8: bool = False) -> dict:
-    """Write the export folder for ``source`` (run dir / classifier folder); returns export.json's dict."""
+def export_onnx(source, out_dir, *, int8: bool = False, calibrate: int = 0, progress=lambda line: None) -> dict:
+    """Write the export folder for ``source`` (run dir / classifier folder); returns export.json's dict.
+    ``calibrate``: keep in fp32 the MatMuls int8 hurts most, chosen on that many reviews of the run's
+    training split (:mod:`classify.export_int8`; implies ``int8``)."""
     _require_onnx()
     import onnxruntime
 
-    from classify.model import load_classifier
+    from classify.model import load_classifier, predict_proba
 
     model_dir = _model_dir(source)
     if not (model_dir / "config.json").is_file():
         raise ExportError(f"{source}: no config.json (nor model/config.json): not a stage-2 run or classifier folder")
-    classifier, _ = load_classifier(model_dir)
+    classifier, tokenizer = load_classifier(model_dir)
     out_dir = Path(out_dir)
     if out_dir.resolve() == model_dir.resolve():
         raise ExportError("--out must not be the model folder itself")
+    calibration = None
+    if calibrate:  # read (and refuse) the calibration data before anything is written
+        run_dir = next((d for d in (Path(source), model_dir.parent) if (d / "config.yaml").is_file()), Path(source))
+        texts, labels, described = calibration_slice(run_dir, calibrate)
+        calibration = {"texts": texts, "labels": labels, "described": described,
+                       "reference": predict_proba(texts, classifier, tokenizer, batch_size=32, all_classes=True)}
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (FP32_FILE, INT8_FILE, CHECK_FILE):  # never leave a previous export's files beside new ones
         (out_dir / stale).unlink(missing_ok=True)
@@ -175,9 +169,17 @@ def export_onnx(source, out_dir, *, int8: bool = False) -> dict:
         "onnxruntime": onnxruntime.__version__,
         "export_seconds": round(time.perf_counter() - started, 1),
     }
-    if int8:
-        heads, hidden = _encoder_shape(classifier)
-        info["int8_fused_operators"] = quantize_int8(out_dir / FP32_FILE, out_dir / INT8_FILE, heads, hidden)
+    if int8 or calibrate:
+        heads, hidden = encoder_shape(classifier)
+
+        def score(graph, texts):
+            served = OnnxClassifier(out_dir, graph=graph, allow_unverified=True)
+            return served.predict_proba(texts, batch_size=32, all_classes=True)
+
+        int8_info = quantize_int8(out_dir / FP32_FILE, out_dir / INT8_FILE, heads, hidden, calibration=calibration,
+                                  score=score, progress=progress)
+        info["int8_fused_operators"] = int8_info.pop("fused_operators")
+        info["int8"] = int8_info  # which MatMuls stayed fp32, and why
         info["files"]["int8"] = INT8_FILE
     (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
@@ -218,14 +220,17 @@ class OnnxClassifier:
     A calibration temperature needs nothing here: the exported forward already divides by it.
     """
 
-    def __init__(self, folder, *, int8: bool = False, threads: int | None = None, allow_unverified: bool = False):
+    def __init__(self, folder, *, int8: bool = False, threads: int | None = None, allow_unverified: bool = False,
+                 graph=None):
         _require_onnx()
         import onnxruntime
 
         from classify.model import load_tokenizer
 
         folder = Path(folder)
-        graph = folder / (INT8_FILE if int8 else FP32_FILE)
+        if graph is not None and not allow_unverified:  # another graph file: a measurement, never verified
+            raise ValueError("OnnxClassifier(graph=...) answers with an unchecked graph: pass allow_unverified=True")
+        graph = Path(graph) if graph is not None else folder / (INT8_FILE if int8 else FP32_FILE)
         if not graph.is_file():
             hint = " (export with --int8)" if int8 else ""
             raise ExportError(f"{graph} not found: not an ONNX export folder{hint}")
@@ -322,6 +327,10 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="stage-2 output directory or classifier folder")
     parser.add_argument("--onnx", action="store_true", required=True, help="export to ONNX Runtime (the only format)")
     parser.add_argument("--int8", action="store_true", help="also write a graph-optimised dynamic-int8 graph")
+    parser.add_argument("--int8-calibrate", type=int, default=0, metavar="N",
+                        help="int8, but keep in fp32 the MatMuls whose quantisation moves the answers most, chosen on N "
+                             "reviews of the run's training split it never trained on (validation first; never test) "
+                             "until 99.5%% of their labels agree with PyTorch; needs RUN/config.yaml")
     parser.add_argument("--out", help="export folder (default RUN_DIR/onnx)")
     parser.add_argument("--check", type=int, default=0, metavar="N",
                         help="measure agreement with PyTorch on N labelled texts (default: IMDb test for a two-class "
@@ -335,8 +344,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", help="folder holding imdb/test.parquet (default $DAPT_DATA_DIR or ../shared/data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    if args.check < 0:
-        raise SystemExit("dapt-export: error: --check must be >= 0")
+    if args.check < 0 or args.int8_calibrate < 0:
+        raise SystemExit(f"dapt-export: error: {'--check' if args.check < 0 else '--int8-calibrate'} must be >= 0")
     if args.check_data and not args.check:
         raise SystemExit("dapt-export: error: --check-data needs --check N")
     check_data = None
@@ -347,8 +356,14 @@ def main(argv=None) -> int:
                                        label_column=args.check_label_column)
     out = Path(args.out) if args.out else Path(args.run_dir) / "onnx"
     try:
-        info = export_onnx(args.run_dir, out, int8=args.int8)
+        if args.int8_calibrate:
+            print(f"choosing the MatMuls int8 keeps fp32 on {args.int8_calibrate} calibration reviews", flush=True)
+        info = export_onnx(args.run_dir, out, int8=args.int8, calibrate=args.int8_calibrate,
+                           progress=lambda line: print(line, flush=True))
         print(f"exported to {out}: " + ", ".join(info["files"].values()))
+        if args.int8_calibrate:
+            kept = info["int8"]["fp32_matmuls"]
+            print(f"int8 keeps {len(kept)} MatMuls fp32: {', '.join(kept) or 'none'} ({info['int8']['calibration']['texts']})")
         if args.check:
             print(format_check(check_export(args.run_dir, out, args.check, args.data_dir, check_data=check_data)))
             print(f"written: {out / CHECK_FILE}")

@@ -32,7 +32,7 @@ INT8_MIN_AGREEMENT = 0.995
 # fp32 is the same computation in another runtime: probabilities may differ by float rounding only.
 FP32_MAX_PROB_DIFF = 1e-4
 RUN_CONFIG = "config.yaml"
-RECHECK = "re-run dapt-export RUN --onnx --int8 --check N"
+RECHECK = "re-run dapt-export RUN --onnx --int8 --check N (or --int8-calibrate M --check N)"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
