@@ -23,7 +23,7 @@ CALIBRATION_METRICS = ("ece", "brier", "nll")
 LENGTH_BUCKETS = ("<=128", "129-512", ">512")
 DATASETS = ("imdb_test", "sst2_validation")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# What the GPU recipe reaches, as measured and documented in README.md ("The real recipe"):
+# What the GPU recipe reaches, as measured and documented in docs/recipes.md ("The learning rates"):
 # configs/classify-minilm.yaml's settings in a reference loop on one H100.
 GPU_REFERENCE = ("IMDb test accuracy 0.926 (plain stand-in) / 0.931 (after DAPT), a reference loop on one H100 "
                  "(full IMDb train, 512 tokens, 3 epochs)")
@@ -144,7 +144,7 @@ def report(out: Path, found: dict, times: dict[str, str]) -> str:
         lines.append(
             f"budget   this CPU run: {found.get('train_reviews') or '?'} training reviews, {hp['max_length']} tokens, "
             f"{hp['epochs']} epoch(s) -> IMDb accuracy {results['evaluation']['imdb_test']['accuracy']:.3f}\n"
-            f"         the GPU recipe: {GPU_REFERENCE} (README.md: 'The real recipe', 'Results')"
+            f"         the GPU recipe: {GPU_REFERENCE} (docs/recipes.md: 'The learning rates')"
         )
     if times:
         lines.append("time     " + ", ".join(f"{k} {int(v) // 60}m{int(v) % 60:02d}s" for k, v in times.items()))

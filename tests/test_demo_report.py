@@ -73,7 +73,7 @@ def test_summary_counts_expected_labels_and_shows_ece_before_after(tmp_path, cap
     assert "1 of 2 sample reviews right, 1 wrong" in text
     imdb = results["evaluation"]["imdb_test"]["calibration"]
     assert f"imdb_test {imdb['before']['ece']:.3f} -> {imdb['after']['ece']:.3f}" in text
-    assert "this CPU run: 1,600 training reviews" in text and "the GPU recipe:" in text and "README.md" in text
+    assert "this CPU run: 1,600 training reviews" in text and "the GPU recipe:" in text and "docs/recipes.md" in text
 
 
 def test_missing_calibration_and_reliability_diagrams_are_reported(tmp_path, capsys):
