@@ -100,4 +100,6 @@ def test_memory_stays_flat_from_20k_to_200k_lines(run, tmp_path):
     after_small, after_large = (int(line) for line in result.stdout.split())
     assert len(read_output(Path(f"{large}.jsonl"))) == 200_000
     growth_mb = (after_large - after_small) / 1024
+    print(f"\npeak RSS after the 20k-line file {after_small / 1024:.0f} MB, after the 200k-line one {after_large / 1024:.0f} MB "
+          f"(+{growth_mb:.1f} MB)")  # read with -s for docs/benchmarks.md
     assert growth_mb < 50, f"peak RSS grew by {growth_mb:.0f} MB from 20k to 200k lines"
