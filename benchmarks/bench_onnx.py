@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from classify.export import INT8_FILE, OnnxClassifier, imdb_test_reviews
+from classify.release.export import INT8_FILE, OnnxClassifier, imdb_test_reviews
 from classify.model import infer_reviews, load_classifier
 
 

@@ -8,9 +8,9 @@ Issue 21, section 4. In one process:
 1. **Calibration slice, never test**: the run's validation reviews (stage 2's stratified split of
    its training split, reproduced from ``RUN/config.yaml``: seed, ``validation_size``), topped up to
    ``--calibration`` with other reviews of that split the model never trained on
-   (:func:`classify.export_int8.calibration_slice`).
+   (:func:`classify.release.export_int8.calibration_slice`).
 2. **Per-node sensitivity and greedy exclusion**, the code ``dapt-export --int8-calibrate N`` runs
-   (:func:`classify.export_int8.choose_fp32_matmuls`): each weight MatMul of the graph-optimised
+   (:func:`classify.release.export_int8.choose_fp32_matmuls`): each weight MatMul of the graph-optimised
    fp32 graph quantised alone, ranked by mean |dP| against PyTorch on the first 200 calibration
    reviews; then all quantised but the top k, k = 0, 1, ... until label agreement with PyTorch on
    the whole slice reaches 99.5 %.
@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classify.export import FP32_FILE, OnnxClassifier, encoder_shape, export_onnx, imdb_test_reviews
-from classify.export_check import compare
-from classify.export_int8 import calibration_slice, choose_fp32_matmuls, optimize, quantize, weight_matmuls
+from classify.release.export import FP32_FILE, OnnxClassifier, encoder_shape, export_onnx, imdb_test_reviews
+from classify.release.export_check import compare
+from classify.release.export_int8 import calibration_slice, choose_fp32_matmuls, optimize, quantize, weight_matmuls
 from classify.model import infer_reviews, load_classifier, predict_proba
 
 

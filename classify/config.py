@@ -97,7 +97,7 @@ class ClassifyCheckpointConfig(CheckpointConfig):
 class ClassifyConfig(RunConfig):
     output_dir: str = "runs/classify"
     run_name: str = "classify"
-    push_to_hub: bool = False  # after training: build the Hub folder and upload it (classify.publish)
+    push_to_hub: bool = False  # after training: build the Hub folder and upload it (classify.release.publish)
     hub_repo_id: Optional[str] = None  # USER/NAME
     hub_private: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -16,6 +16,7 @@ runs each training as a command of its own).
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -48,19 +49,20 @@ from classify.data import (
     stratified_subset,
     training_truncation,
 )
-from classify.evaluate import (compute_metrics, evaluate_all, fit_temperature_on, format_metrics, load_eval_sets, make_eval_loader,
+from classify.evaluate import (compute_metrics, evaluate_all, fit_temperature_on, load_eval_sets, make_eval_loader,
                                predict, ranking_score)
 from classify.labels import check_every_class_trained
 from classify.metrics import macro_f1
+from classify.plots import training_curves_png
 from classify.results import EXAMPLES, run_results, select_examples, write_examples
 from classify.encoder import from_encoder
 from classify.leakage import check_pretraining_overlap
 from classify.model import DaptClassifier
-from dapt.core.config import parse_cli, to_dict
+from dapt.core.config import to_dict
 from dapt.core.hub import looks_local
 from dapt.core.lineage import read_summary
 from dapt.core.checkpoint import CheckpointManager, refuse_sharded
-from dapt.core.guard import guarded_run, run_command
+from dapt.core.guard import guarded_run
 from dapt.core.loop import epoch_batches
 from dapt.core.rundir import final_artifacts, open_run
 from dapt.core.signals import Preempted
@@ -252,8 +254,6 @@ def _train_classifier(config: ClassifyConfig, accelerator) -> dict:
         if accelerator.is_main_process:
             unwrapped.save_pretrained(staging / "model", tokenizer)
             write_examples(staging / EXAMPLES, select_examples(validation.texts, validated, space.names))
-            from classify.plots import training_curves_png
-
             curves = training_curves_png(state.history, output_dir / "metrics.jsonl", staging / "plots" / "training_curves.png",
                                          config.run_name)
             plots += [curves] if curves else []
@@ -261,12 +261,7 @@ def _train_classifier(config: ClassifyConfig, accelerator) -> dict:
                               plots=[p.relative_to(staging).as_posix() for p in plots], leakage=leakage)
         write_json(accelerator, staging / RESULTS, results)
     metrics.log({"event": "final", **{f"{k}_{m}": v[m] for k, v in evaluation.items() for m in ("accuracy", "loss")}}, step=state.step)
-    if config.push_to_hub and accelerator.is_main_process:
-        from classify.publish import publish_run
-
-        pushed = publish_run(output_dir, config.hub_repo_id, private=config.hub_private)
-        logger.info(f"pushed {config.hub_repo_id} at commit {pushed['commit']}")
-    end_run(accelerator)  # a barrier first: the main process's push is done
+    end_run(accelerator)  # the command publishes afterwards (push_to_hub: classify.release.command)
     return results
 
 
@@ -372,11 +367,9 @@ def end_of_epoch(config: ClassifyConfig, accelerator, model, val_loader, state: 
 
 
 def main(argv=None) -> None:
-    config = parse_cli(ClassifyConfig, argv, "Stage 2: train and evaluate a classifier", default_config=None)
-    results = run_command(train_classifier, config)  # a refusal: one line and exit 1; a preemption: EXIT_PREEMPTED
-    for name, block in results["evaluation"].items():
-        print(f"{name}: {format_metrics(block)}")
-    print(f"results: {Path(config.output_dir) / 'results.json'}")
+    """The stage-2 command: :func:`classify.release.command.main`, which may publish at the end and
+    so lives with distribution; reached by name (training never imports distribution)."""
+    importlib.import_module("classify.release.command").main(argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from classify import export, predict, publish, space
+from classify.release import export, predict, publish, space
 from classify.model import load_classifier, predict_proba
 from model_card import validate_card
 from tests.test_multiclass import AG_NEWS, _ag_news_config

@@ -1,11 +1,16 @@
 """The layers, checked statically (ast, nothing imported): the arrows point one way.
 
-    dapt/core  <-  dapt (stage 1)  <-  classify (stage 2)  <-  experiments, scripts, benchmarks
-         ^-------------------------------- model_card (the card renderer)
+    dapt/core  <-  dapt (stage 1)  <-  classify (stage 2: training)  <-  classify.release (distribution)
+         ^-------------------------------- model_card (the card renderer) <---------'
+    ... and experiments, scripts, benchmarks, tools on top of everything
 
 * nothing in ``dapt/`` imports ``classify``, ``experiments``, ``scripts`` or ``model_card``;
 * nothing in ``dapt/core`` imports the rest of ``dapt`` (stage 1);
 * ``classify`` and ``model_card`` import no experiment or script;
+* stage 2's training side (``classify`` outside ``classify.release``) never imports distribution
+  (``classify.release``) nor the card renderer, at any depth of a function; the one way from
+  training to distribution is ``classify.train.main`` handing the command to
+  ``classify.release.command`` by name;
 * ``benchmarks`` sits on top: nothing else imports it;
 * no import cycle among the project's modules, counting imports inside functions too;
 * no project module edits ``sys.path``;
@@ -90,6 +95,13 @@ def test_the_graph_sees_the_project(graph):
 
 def test_stage1_never_imports_stage2_or_anything_above(graph):
     assert _violations(graph, "dapt", ("classify", "experiments", "scripts", "model_card", "tools", "benchmarks")) == []
+
+
+def test_training_never_imports_distribution(graph):
+    training = [module for module in graph if module.startswith("classify.") and not module.startswith("classify.release")]
+    assert "classify.train" in training and "classify.release.publish" in graph
+    assert [v for module in training for v in _violations(graph, module, ("classify.release", "model_card"))] == []
+    assert "classify.train" in graph["classify.release.command"]  # distribution imports training
 
 
 def test_the_core_imports_no_stage(graph):

@@ -17,7 +17,7 @@ import io
 import pytest
 import torch
 
-from classify import predict
+from classify.release import predict
 from classify.model import DaptClassifierConfig, DistilBERTClassifier, infer_reviews, predict_proba
 from tests.encoder_matrix import BY_NAME, imdb_texts, tiny_config, train_tokenizer
 from tests.test_model import train_toy_classifier

@@ -265,7 +265,7 @@ def corpus(texts, tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipeline_run(saved_models, corpus, shared_data, tmp_path_factory):
     """``run(name) -> (stage-1 summary, stage-2 results, published folder)``, each architecture run once."""
-    from classify import publish
+    from classify.release import publish
     from classify.config import ClassifyConfig
     from classify.train import train_classifier
     from dapt.core.config import load_config
@@ -345,7 +345,7 @@ def test_user_snippet_from_the_hub_for_every_architecture(pipeline_run, hub_env,
     import sys
     import textwrap
 
-    from classify import publish
+    from classify.release import publish
     from classify.model import infer_reviews, load_classifier
     from tests.test_hub_roundtrip import user_script
 

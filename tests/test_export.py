@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from classify import export
+from classify.release import export
 from classify import model
 from classify.model import infer_reviews, load_classifier, predict_proba
 from tests.test_model import make_run_dir

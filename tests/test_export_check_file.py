@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
 
-from classify import export, export_check  # noqa: E402
+from classify.release import export, export_check  # noqa: E402
 
 FP32_BYTES, INT8_BYTES = b"fp32 graph of export A", b"int8 graph of export A"
 

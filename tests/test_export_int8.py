@@ -1,4 +1,4 @@
-"""dapt-export --int8-calibrate N (classify/export_int8.py, issue 21 section 4): the calibration
+"""dapt-export --int8-calibrate N (classify/release/export_int8.py, issue 21 section 4): the calibration
 slice is the run's validation reviews plus training-split reviews the model never trained on (never
 test); the int8 graph keeps the chosen MatMuls in fp32 and quantises the rest; the choice is recorded
 in export.json and the graph is checked and served like any int8 graph.
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from accelerate import Accelerator
 
-from classify import export_int8
+from classify.release import export_int8
 from classify.config import ClassifyConfig
 from classify.model import encode_reviews, load_tokenizer
 from classify.train import get_dataloaders
@@ -60,7 +60,7 @@ def calibrated(tmp_path_factory, shared_data, tiny_headless_encoder_dir):
     import contextlib
     import io
 
-    from classify import export
+    from classify.release import export
 
     tmp_path = tmp_path_factory.mktemp("calibrated")
     run_dir = _run_with_config(tmp_path, shared_data, tiny_headless_encoder_dir)
@@ -74,8 +74,8 @@ def calibrated(tmp_path_factory, shared_data, tiny_headless_encoder_dir):
 def test_int8_calibrate_keeps_the_chosen_matmuls_fp32_and_is_checked_like_int8(calibrated):
     import onnx
 
-    from classify import export
-    from classify.export_check import INT8_MIN_AGREEMENT
+    from classify.release import export
+    from classify.release.export_check import INT8_MIN_AGREEMENT
 
     _, out, printed = calibrated
     info = json.loads((out / export.EXPORT_INFO).read_text())
@@ -107,7 +107,7 @@ def test_int8_calibrate_keeps_the_chosen_matmuls_fp32_and_is_checked_like_int8(c
 def test_int8_calibrate_needs_the_runs_training_data_and_says_so_before_writing(calibrated, tmp_path):
     import shutil
 
-    from classify import export
+    from classify.release import export
 
     run_dir, _, _ = calibrated
     model_only = shutil.copytree(run_dir / "model", tmp_path / "classifier")  # a classifier folder: no config.yaml

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from classify import export, export_check
+from classify.release import export, export_check
 from classify.data import LabelledSetConfig
 from classify.model import infer_reviews, load_classifier, predict_proba
 from tests.k_class_fixtures import AG_LABELS, TOY_TEXTS, make_k_run_dir

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from classify import publish
+from classify.release import publish
 from classify.model import infer_reviews, load_classifier, predict_proba
 from model_card.render import USER_SNIPPET
 from tests.hub_fixtures import hub_env, hub_server  # noqa: F401  (fixtures)

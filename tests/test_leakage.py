@@ -12,7 +12,7 @@ import pytest
 
 from classify.data import LabelledSetConfig
 from classify.leakage import PretrainingOverlapError, check_pretraining_overlap, encoder_summary, find_overlaps
-from classify.publish_guard import scrub_paths
+from classify.release.publish_guard import scrub_paths
 from dapt.core.lineage import new_phase, source_record
 from dapt.core.sources import SourceConfig
 from tests.test_classify_train import tiny_config

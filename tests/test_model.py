@@ -15,7 +15,7 @@ import torch
 
 from classify import model as M
 from classify.encoder import from_encoder
-from classify.publish import inline_text_rules
+from classify.release.publish import inline_text_rules
 from classify.model import (
     DaptClassifierConfig,
     DistilBERTClassifier,
@@ -239,7 +239,7 @@ def test_no_arg_construction_from_config_json_beside_file(tmp_path, tiny):
 
 
 def test_no_arg_construction_prefers_embedded_config(tmp_path, tiny):
-    from classify.publish import embed_config
+    from classify.release.publish import embed_config
 
     trained, _ = tiny
     settings = dict(to_config_json(trained.config), truncation="head+tail", head_tokens=7, max_length=48)

@@ -1,4 +1,4 @@
-"""classify/predict.py: the dapt-predict command line on a tiny stage-2 run directory."""
+"""classify/release/predict.py: the dapt-predict command line on a tiny stage-2 run directory."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 import pytest
 
-from classify import predict
+from classify.release import predict
 from classify.model import infer_reviews, predict_proba
 from tests.test_model import make_run_dir
 

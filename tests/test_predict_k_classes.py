@@ -65,7 +65,7 @@ def test_binary_jsonl_keeps_p_positive_and_gains_probs(run):
 
 
 def test_help_is_not_about_movie_reviews(capsys):
-    from classify import predict
+    from classify.release import predict
 
     with pytest.raises(SystemExit):
         predict.main(["--help"])

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from classify import predict, predict_stream
+from classify.release import predict, predict_stream
 from classify.model import predict_proba
 from tests.helpers import sentences
 from tests.test_predict import run  # noqa: F401  (the binary run directory fixture)

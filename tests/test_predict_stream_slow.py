@@ -28,7 +28,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZER
 
 
 def dapt_predict(*argv, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "classify.predict", *map(str, argv)], env=ENV, cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "classify.release.predict", *map(str, argv)], env=ENV, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -79,7 +79,7 @@ def _numbers(report: str) -> tuple[str, str]:
 
 PEAK_RSS = """
 import io, resource, sys
-from classify import predict
+from classify.release import predict
 model, *files = sys.argv[1:]
 for name in files:
     predict.main(["--model", model, "--file", name, "--output", name + ".jsonl", "--batch-tokens", "16384"],

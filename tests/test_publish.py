@@ -1,4 +1,4 @@
-"""classify/publish.py and model_card/: the Hub folder, the standalone model.py, the card, the CLI."""
+"""classify/release/publish.py and model_card/: the Hub folder, the standalone model.py, the card, the CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from classify import publish
+from classify.release import publish
 from classify.model import predict_proba
 from model_card import render_card, validate_card
 from model_card.render import USER_SNIPPET

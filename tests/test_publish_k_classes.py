@@ -14,7 +14,7 @@ import re
 import pytest
 import torch
 
-from classify import publish
+from classify.release import publish
 from classify.model import infer_reviews, predict_proba
 from model_card import render_card, validate_card
 from model_card.render import USER_SNIPPET

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from classify import publish
-from classify.publish_guard import public_name, scrub_paths
+from classify.release import publish
+from classify.release.publish_guard import public_name, scrub_paths
 from tests.hub_fixtures import hub_env, hub_server  # noqa: F401  (fixtures)
 from tests.test_model import fake_results, make_run_dir
 
@@ -259,7 +259,7 @@ def test_find_leaks_looks_where_a_path_can_start_and_in_weight_headers_only(tmp_
     from safetensors.torch import save_file
     import torch
 
-    from classify.publish_guard import find_leaks
+    from classify.release.publish_guard import find_leaks
 
     (tmp_path / "card.md").write_text("see https://example.org/w/page")
     assert find_leaks(tmp_path, ["/w/"]) == []  # a URL's path is not a local path
@@ -329,7 +329,7 @@ def test_relative_paths_are_kept_whatever_the_working_directory(run_dir, tmp_pat
 def test_a_file_swapped_for_a_link_after_the_check_is_refused(tmp_path):
     import os
 
-    from classify import publish_guard
+    from classify.release import publish_guard
 
     real = tmp_path / "real.png"
     real.write_bytes(publish.PNG_SIGNATURE)

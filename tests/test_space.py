@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from classify import publish, space
+from classify.release import publish, space
 from classify.model import clean_text, encode_reviews, infer_reviews, load_classifier
 from tests.hub_fixtures import hub_env, hub_server  # noqa: F401  (fixtures)
 from tests.test_model import make_run_dir
@@ -92,7 +92,7 @@ def test_space_flags_reject_bad_input_before_writing(built, tmp_path, capsys):
 
 @pytest.mark.slow  # a fresh interpreter importing torch + transformers
 def test_the_core_never_imports_gradio():
-    code = ("import sys, classify.publish, classify.space, classify.model, classify.predict, classify.train, "
+    code = ("import sys, classify.release.publish, classify.release.space, classify.model, classify.release.predict, classify.train, "
             "classify.evaluate; assert 'gradio' not in sys.modules, 'gradio imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
 

@@ -13,7 +13,7 @@ import types
 
 import pytest
 
-from classify import publish, space
+from classify.release import publish, space
 from classify.model import infer_reviews, load_classifier, predict_proba
 from tests.k_class_fixtures import AG_LABELS, TOY_TEXTS, k_examples, make_k_run_dir
 from tests.test_space import _import_app, _metadata, serve_app

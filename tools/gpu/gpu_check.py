@@ -19,7 +19,7 @@ to ``--work-dir``.
   with pinned memory, ``infer_reviews`` on CUDA, a few steps each.
 
 Every stage runs as a subprocess of the product's own CLIs (``python -m dapt.pretrain``,
-``classify.train``, ``classify.predict``, ``benchmarks/bench.py``) with ``key=value`` overrides.
+``classify.train``, ``classify.release.predict``, ``benchmarks/bench.py``) with ``key=value`` overrides.
 docs/gpu.md gives the device procedure (what to carry, the exact commands) and how to read the output.
 """
 

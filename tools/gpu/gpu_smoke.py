@@ -65,7 +65,7 @@ def _write_reviews(data_dir: Path, path: Path, count: int = 16) -> list[str]:
 
 def _predict(ctx: Context, name: str, model_dir: Path, reviews: Path, device: str, deadline: Deadline) -> tuple[dict, list]:
     out = ctx.work / "smoke" / f"{name}.jsonl"
-    run = run_command(ctx, name, [ctx.python, "-m", "classify.predict", "--model", str(model_dir), "--file", str(reviews),
+    run = run_command(ctx, name, [ctx.python, "-m", "classify.release.predict", "--model", str(model_dir), "--file", str(reviews),
                                   "--jsonl", "--device", device], deadline)
     # dapt-predict writes to stdout: the run's log holds the JSON lines (and maybe warnings)
     log = Path(run["log"]).read_text(errors="replace").splitlines() if Path(run["log"]).is_file() else []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from classify.publish_guard import PublishError, ensure_repo, find_leaks, local_prefixes
+from classify.release.publish_guard import PublishError, ensure_repo, find_leaks, local_prefixes
 from dapt.core.hub import repo_id_problem
 
 
@@ -78,7 +78,7 @@ def check_repo_id(repo_id, what: str = "--repo-id") -> str:
 def push_folder(folder, repo_id: str, *, private: bool = False, token: str | None = None, commit_message: str | None = None,
                 repo_type: str = "model", delete_patterns: list[str] | None = None) -> str:
     """Create the repository (a model, or a Gradio Space with ``repo_type="space"``; see
-    :func:`~classify.publish_guard.ensure_repo` for visibility) and ``upload_folder``; returns the
+    :func:`~classify.release.publish_guard.ensure_repo` for visibility) and ``upload_folder``; returns the
     new commit's id. A folder holding the token or a local path is refused first."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError

@@ -7,14 +7,14 @@ export folder holds ``model.onnx`` (fp32; its one output, ``logits``, is ``[batc
 model's K classes), with ``--int8`` also ``model_int8.onnx`` (the BERT graph fusions of
 ``onnxruntime.transformers.optimizer``, then ``quantize_dynamic``: int8 weights, activations
 quantised per batch; with ``--int8-calibrate N`` the MatMuls whose quantisation moves the answers
-most stay fp32, chosen on N reviews of the run's training split: :mod:`classify.export_int8`),
+most stay fp32, chosen on N reviews of the run's training split: :mod:`classify.release.export_int8`),
 plus ``config.json`` and the tokenizer files, so :class:`OnnxClassifier` needs nothing else.
 ``export.json`` records what was exported (the labels and the output shape included; for int8,
 which MatMuls stayed fp32 and the calibration that chose them) and, with ``--check N``, the
 measured agreement with PyTorch on N labelled texts (``check.json``): every class's probability
 compared (max |dP| over texts and classes) and the predicted labels, with the SHA-256 of each graph
 scored and of the fp32 graph int8 came from; the int8 graph is served only under a check of those
-very bytes (:func:`~classify.export_check.require_checked`), calibrated or not.
+very bytes (:func:`~classify.release.export_check.require_checked`), calibrated or not.
 
 The ``--check`` texts: ``--check-data PATH`` (a labelled file, a folder of ``{split}.*`` files or
 a Hub dataset; ``--check-split``, ``--check-text-column``, ``--check-label-column``) when given;
@@ -44,7 +44,7 @@ from types import SimpleNamespace
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from classify.export_check import (  # noqa: F401 - imdb_test_reviews, format_check: part of this module's interface
+from classify.release.export_check import (  # noqa: F401 - imdb_test_reviews, format_check: part of this module's interface
     FP32_MAX_PROB_DIFF,
     INT8_MIN_AGREEMENT,
     ExportError,
@@ -56,8 +56,10 @@ from classify.export_check import (  # noqa: F401 - imdb_test_reviews, format_ch
     require_checked,
     verdict,
 )
-from classify.export_int8 import calibration_slice, quantize_int8
-from classify.publish import TOKENIZER_PATTERNS  # the files a model folder's tokenizer consists of
+from classify.data import LabelledSetConfig
+from classify.model import infer_reviews, load_classifier, load_tokenizer, predict_proba
+from classify.release.export_int8 import calibration_slice, quantize_int8
+from classify.release.publish import TOKENIZER_PATTERNS  # the files a model folder's tokenizer consists of
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +129,10 @@ def encoder_shape(classifier) -> tuple[int, int]:
 def export_onnx(source, out_dir, *, int8: bool = False, calibrate: int = 0, progress=lambda line: None) -> dict:
     """Write the export folder for ``source`` (run dir / classifier folder); returns export.json's dict.
     ``calibrate``: keep in fp32 the MatMuls int8 hurts most, chosen on that many reviews of the run's
-    training split (:mod:`classify.export_int8`; implies ``int8``)."""
+    training split (:mod:`classify.release.export_int8`; implies ``int8``)."""
     _require_onnx()
     import onnxruntime
 
-    from classify.model import load_classifier, predict_proba
 
     model_dir = _model_dir(source)
     if not (model_dir / "config.json").is_file():
@@ -225,7 +226,6 @@ class OnnxClassifier:
         _require_onnx()
         import onnxruntime
 
-        from classify.model import load_tokenizer
 
         folder = Path(folder)
         if graph is not None and not allow_unverified:  # another graph file: a measurement, never verified
@@ -272,27 +272,24 @@ class OnnxClassifier:
 
     # the one entry point, and its probability form
     def infer_reviews(self, reviews, batch_size: int = 32, **settings):
-        from classify.model import infer_reviews
 
         return infer_reviews(reviews, self, self.tokenizer, batch_size=batch_size, **settings)
 
     predict = infer_reviews
 
     def predict_proba(self, reviews, batch_size: int = 32, **settings):
-        from classify.model import predict_proba
 
         return predict_proba(reviews, self, self.tokenizer, batch_size=batch_size, **settings)
 
 
 # --------------------------------------------------------------------------------------------
-# Measured agreement with PyTorch (what is measured, on which texts: classify.export_check)
+# Measured agreement with PyTorch (what is measured, on which texts: classify.release.export_check)
 # --------------------------------------------------------------------------------------------
 
 
 def check_export(source, out_dir, count: int, data_dir=None, batch_size: int = 32, *, check_data=None) -> dict:
-    """Score ``count`` labelled texts (:func:`~classify.export_check.check_texts`; ``check_data``: a
+    """Score ``count`` labelled texts (:func:`~classify.release.export_check.check_texts`; ``check_data``: a
     ``LabelledSetConfig``) with PyTorch and each exported graph, every class's probability; write check.json."""
-    from classify.model import load_classifier, predict_proba
 
     out_dir = Path(out_dir)
     info = json.loads((out_dir / EXPORT_INFO).read_text(encoding="utf-8"))
@@ -350,7 +347,6 @@ def main(argv=None) -> int:
         raise SystemExit("dapt-export: error: --check-data needs --check N")
     check_data = None
     if args.check_data:
-        from classify.data import LabelledSetConfig
 
         check_data = LabelledSetConfig(path=args.check_data, split=args.check_split, text_column=args.check_text_column,
                                        label_column=args.check_label_column)

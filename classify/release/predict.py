@@ -16,7 +16,7 @@ is an error naming its argument or line, as in :func:`classify.model.infer_revie
 one line naming the file, line or argument.
 
 With ``--output`` a file of any size (.txt, .jsonl, .csv, .parquet) is scored as a stream into a
-.jsonl, .csv or .parquet file, resumable with ``--resume``: :mod:`classify.predict_stream`.
+.jsonl, .csv or .parquet file, resumable with ``--resume``: :mod:`classify.release.predict_stream`.
 """
 
 from __future__ import annotations
@@ -206,11 +206,11 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
 
 
 def score_to_file(args, stdin, stderr) -> int:
-    """``--file IN --output OUT``: :func:`classify.predict_stream.score_file`, errors as one line."""
+    """``--file IN --output OUT``: :func:`classify.release.predict_stream.score_file`, errors as one line."""
     from classify.model import DEFAULT_CHUNK_SIZE
-    from classify.prediction_files import OutputError
-    from classify.predict_stream import StreamError, StreamJob, check_output, score_file
-    from classify.text_rows import RowsError, TextRows
+    from classify.release.prediction_files import OutputError
+    from classify.release.predict_stream import StreamError, StreamJob, check_output, score_file
+    from classify.release.text_rows import RowsError, TextRows
 
     settings = _inference_settings(args)
     try:

@@ -1,9 +1,9 @@
 """``dapt-predict --file IN --output OUT``: score a file of any size as a stream, resumably.
 
-The input is read a chunk of rows at a time (:mod:`classify.text_rows`), each chunk scored by
+The input is read a chunk of rows at a time (:mod:`classify.release.text_rows`), each chunk scored by
 :func:`classify.model.iter_predictions` (sorted by length, token-budget batches: the same results as
 ``infer_reviews`` on the whole list, within float noise) and written with one flushed write
-(:mod:`classify.prediction_files`), so memory stays bounded by the chunk whatever the file's size.
+(:mod:`classify.release.prediction_files`), so memory stays bounded by the chunk whatever the file's size.
 A row that cannot be classified (unreadable, empty, no content token) stops the run naming its line
 before anything of its chunk is written, or with ``--bad-rows skip`` is reported on stderr and
 written with its ``error`` instead of a label. ``--resume`` continues a stopped run where its output
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Iterator
 
 from classify.model import iter_predictions
-from classify.prediction_files import Columns, OutputError, ResumeRecord, open_output
-from classify.text_rows import Row, RowHash, TextRows
+from classify.release.prediction_files import Columns, OutputError, ResumeRecord, open_output
+from classify.release.text_rows import Row, RowHash, TextRows
 
 #: Bad rows named one by one on stderr before the rest are only counted.
 SHOWN_BAD_ROWS = 10

@@ -9,7 +9,7 @@ optionally keeping in fp32 the MatMuls whose quantisation moves the answers most
   stage 2 never trained on; never a test split), each weight MatMul is quantised alone and ranked by
   how far it moves the probabilities from PyTorch's (mean |dP| over the first
   :data:`SENSITIVITY_REVIEWS`); then all are quantised but the top k, k = 0, 1, ... until at least
-  :data:`~classify.export_check.INT8_MIN_AGREEMENT` of the slice's labels agree with PyTorch (at most
+  :data:`~classify.release.export_check.INT8_MIN_AGREEMENT` of the slice's labels agree with PyTorch (at most
   half of them kept fp32). ``--check`` then measures the result on its own texts, as for any int8 graph.
 
 Measured on the demo classifier (docs/benchmarks.md, "int8 ONNX (issue 21, section 4)"): the FFN
@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from classify.export_check import INT8_MIN_AGREEMENT, RUN_CONFIG, ExportError, compare
+from classify.release.export_check import INT8_MIN_AGREEMENT, RUN_CONFIG, ExportError, compare
 
 #: calibration reviews each single-MatMul graph is scored on (the ranking); the greedy choice uses all
 SENSITIVITY_REVIEWS = 200

@@ -2,7 +2,7 @@
 
     dapt-publish RUN --repo-id USER/MODEL --space USER/SPACE [--space-dry-run]
 
-The folder holds ``app.py`` (``classify/space_template/app.py`` with the model repository and what
+The folder holds ``app.py`` (``classify/release/space_template/app.py`` with the model repository and what
 the model does written in), ``requirements.txt``, ``README.md`` whose YAML header is the Space's
 configuration (``sdk: gradio``, ``sdk_version``, ``app_file``, ``models``) and, when the run has
 one, ``examples.json``: the short validation texts stage 2 picked (``RUN/examples.json``), which the
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from classify.hub_io import check_repo_id, format_listing, push_folder
-from classify.publish_guard import PublishError, read_run_json
+from classify.release.hub_io import check_repo_id, format_listing, push_folder
+from classify.release.publish_guard import PublishError, read_run_json
 from model_card.task import describe, is_sentiment
 
 TEMPLATE = Path(__file__).resolve().parent / "space_template" / "app.py"
@@ -209,7 +209,7 @@ def build_space_folder(model_repo_id: str, space_id: str, folder, *, run_dir=Non
 
 def push_space(folder, space_id: str, private: bool = False, token: str | None = None) -> str:
     """Push the Space folder as the model repository is pushed (the same leak check, visibility
-    rule and error messages: :func:`~classify.hub_io.push_folder`); the commit id."""
+    rule and error messages: :func:`~classify.release.hub_io.push_folder`); the commit id."""
     return push_folder(folder, space_id, private=private, token=token, repo_type="space",
                        commit_message="Upload the Space with dapt-publish --space")
 

@@ -1,4 +1,4 @@
-"""What may leave this machine when a run is published (used by :mod:`classify.publish`).
+"""What may leave this machine when a run is published (used by :mod:`classify.release.publish`).
 
 * **Regular files only.** A symbolic link in a run folder (``plots/x.png`` or ``model/vocab.txt``
   pointing at ``~/.ssh/id_rsa``) would upload the target's bytes; :func:`check_regular` refuses
@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterable
 
-logger = logging.getLogger("classify.publish")
+logger = logging.getLogger("classify.release.publish")
 
 # An absolute (or ~) POSIX path inside a longer string; not the path part of a URL (":" or "/" or a
 # word character before the slash), not the "/" of "pos/neg".

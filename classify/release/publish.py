@@ -10,7 +10,7 @@ written into ``EMBEDDED_CONFIG``), ``README.md`` (the model card, metrics from `
 ``HfApi.upload_folder``. The token comes from the argument, ``HF_TOKEN`` or the saved login and is
 never printed, logged or written.
 
-Safety (:mod:`classify.publish_guard`): only regular files are read (a symbolic link is refused by
+Safety (:mod:`classify.release.publish_guard`): only regular files are read (a symbolic link is refused by
 name), local paths are written as path-free names, a folder holding the token or a local path is
 never uploaded, and visibility is never weakened: ``--private`` makes an existing public repository
 private before uploading; without it an existing private repository stays private.
@@ -34,8 +34,11 @@ import uuid
 from pathlib import Path
 
 from dapt.core import text as text_rules
-from classify.hub_io import check_repo_id, explain_hub_error, format_listing, list_folder, push_folder, resolve_token  # noqa: F401 - part of this module's interface
-from classify.publish_guard import (  # noqa: F401 - PublishError is part of this module's interface
+from model_card.render import render_card, validate_card
+from classify.model import WEIGHTS_NAME, to_config_json
+from classify.release import space
+from classify.release.hub_io import check_repo_id, explain_hub_error, format_listing, list_folder, push_folder, resolve_token  # noqa: F401 - part of this module's interface
+from classify.release.publish_guard import (  # noqa: F401 - PublishError is part of this module's interface
     PublishError,
     check_finite,
     check_regular,
@@ -50,7 +53,7 @@ from classify.publish_guard import (  # noqa: F401 - PublishError is part of thi
 
 logger = logging.getLogger(__name__)
 
-MODEL_SOURCE = Path(__file__).resolve().parent / "model.py"
+MODEL_SOURCE = Path(__file__).resolve().parents[1] / "model.py"  # classify/model.py
 EMBED_LINE = re.compile(r"^EMBEDDED_CONFIG = None$", re.MULTILINE)
 TEXT_IMPORT_LINE = re.compile(r"^from dapt\.core\.text import clean_text\b.*$", re.MULTILINE)
 TOKENIZER_PATTERNS = (
@@ -160,8 +163,6 @@ def _is_our_folder(folder: Path) -> bool:
 def _sources(run_dir: Path) -> dict[str, Path]:
     """Repository path -> run file for every file copied as is, all checked to be regular files
     (not links) before anything is written."""
-    from classify.model import WEIGHTS_NAME
-
     model_dir = run_dir / "model"
     weights = model_dir / WEIGHTS_NAME
     if not weights.exists() and not weights.is_symlink():
@@ -187,10 +188,8 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
 
     An existing ``folder`` is replaced only if it is empty or was built by this function. Only
     regular files are read (a link is refused by name), and local paths in ``results.json`` and the
-    config are written as path-free names (:mod:`classify.publish_guard`).
+    config are written as path-free names (:mod:`classify.release.publish_guard`).
     """
-    from classify.model import to_config_json
-    from model_card.render import render_card, validate_card
 
     run_dir, folder = Path(run_dir), Path(folder)
     model_dir = run_dir / "model"
@@ -237,7 +236,7 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
 
 
 def push(folder, repo_id: str, private: bool = False, token: str | None = None, commit_message: str | None = None) -> str:
-    """Upload a built model repository folder (:func:`~classify.hub_io.push_folder`: leak check,
+    """Upload a built model repository folder (:func:`~classify.release.hub_io.push_folder`: leak check,
     visibility, errors); an earlier run's plots and tokenizer files not in this one are deleted."""
     return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
                        repo_type="model", delete_patterns=REPLACED_PATTERNS)
@@ -296,8 +295,6 @@ def main(argv=None) -> int:
     try:
         result = publish_run(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run, folder=args.folder)
         if args.space:
-            from classify import space
-
             space_result = space.publish_space(args.run_dir, args.repo_id, args.space, private=args.private,
                                                dry_run=args.dry_run or args.space_dry_run)
     except PublishError as error:
