@@ -27,11 +27,11 @@ RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "report_to", "overwri
 @dataclass
 class ModelConfig:
     encoder: str = "runs/dapt-distilbert"  # stage-1 output dir, or any Hub encoder id
-    revision: Optional[str] = None
+    revision: Optional[str] = None  # Hub branch, tag or commit of encoder; null: the default branch
     dropout: float = 0.1  # on the [CLS] state, before the linear head
     max_length: int = 512  # tokens, special tokens included
     truncation: str = "head"  # head | head+tail (the first head_tokens + the last ones) | windows
-    head_tokens: int = 128
+    head_tokens: int = 128  # head+tail (and windows' training): tokens kept from the start, the rest from the end
     window_stride: int = 128  # windows: tokens shared by consecutive windows of max_length
 
 
@@ -48,7 +48,8 @@ def _eval_sets() -> dict:
 
 @dataclass
 class DataConfig:
-    train: LabelledSetConfig = field(default_factory=_imdb_train)  # max_samples: subset of the training part
+    # validation_size is split off it first; max_samples then subsets the rest
+    train: LabelledSetConfig = field(default_factory=_imdb_train)
     # the class names in class-index order; null: the names the training data carries, else its
     # sorted label strings, else Negative/Positive for 0/1 (classify.labels)
     labels: Optional[List[str]] = None
@@ -67,11 +68,11 @@ class DataConfig:
 class TrainConfig(LoopConfig):
     """The keys both stages share (:class:`~dapt.core.loop.LoopConfig`, defaults changed here), plus stage 2's own."""
 
-    epochs: int = 3
+    epochs: int = 3  # passes over the training split, validated after each; the best epoch's weights are kept
     batch_size: int = 64  # per process; the global batch is batch_size x processes x grad_accum
     eval_batch_size: int = 128  # per process
-    encoder_lr: float = 1e-5
-    head_lr: float = 5e-5
+    encoder_lr: float = 1e-5  # peak AdamW learning rate of the encoder (after warmup; linear decay to min_lr)
+    head_lr: float = 5e-5  # peak AdamW learning rate of the linear head, same schedule
     min_lr: float = 1e-8  # where the linear decay ends
     warmup_ratio: float = 0.1  # of all optimizer steps
     best_metric: str = "val_acc"  # val_acc | val_macro_f1 | val_f1 (binary) | val_roc_auc | val_loss (minimised)
@@ -99,7 +100,7 @@ class ClassifyConfig(RunConfig):
     run_name: str = "classify"
     push_to_hub: bool = False  # after training: build the Hub folder and upload it (classify.release.publish)
     hub_repo_id: Optional[str] = None  # USER/NAME
-    hub_private: bool = False
+    hub_private: bool = False  # push_to_hub: make the repo private (false never makes a private repo public)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

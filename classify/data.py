@@ -52,11 +52,11 @@ __all__ = [
 class LabelledSetConfig:
     """One labelled split: ``path`` is a Hub dataset id, a file, or a directory of ``{split}.*``."""
 
-    path: str = "stanfordnlp/imdb"
-    split: str = "train"
+    path: str = "stanfordnlp/imdb"  # Hub dataset id, a .parquet/.jsonl/.csv file, a folder of {split}.* files, aclImdb/
+    split: str = "train"  # the Hub split, or which {split}.* file of a folder (aclImdb: train | test)
     kind: str = "auto"  # auto | hub | files | aclimdb
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = "text"  # the column holding the text (tables and Hub datasets)
+    label_column: str = "label"  # the column holding the labels: integers 0..K-1 or class names (data.labels)
     max_samples: int = 0  # 0: all rows; else a seeded, stratified subset of this many
     name: Optional[str] = None  # the dataset name results.json reports (default: path)
 

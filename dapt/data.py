@@ -35,14 +35,17 @@ from dapt.packing import counting_cache_reads, pack_blocks, pack_shared, special
 class CorpusConfig:
     """Stage 1's ``data`` group: where the text comes from and how it is held out, packed and masked."""
 
+    # the corpus: the documents of every source, concatenated
     sources: list[SourceConfig] = field(
         default_factory=lambda: [SourceConfig(path="stanfordnlp/imdb", splits=["train", "unsupervised"])]
     )
     heldout: float = 0.01  # held-out documents: a fraction (< 1) or a count (>= 1)
     block_size: int = 512  # packed block length, the special tokens ([CLS]/[SEP], <s>/</s>) included
-    mlm_probability: float = 0.15
+    mlm_probability: float = 0.15  # fraction of the tokens (special tokens never) selected for prediction
     mask_replace_prob: float = 0.8  # of the selected tokens: [MASK]
     random_replace_prob: float = 0.1  # of the selected tokens: a random token (the rest unchanged)
+    # select whole words (as the tokenizer pre-tokenizes them); every selected word then becomes [MASK]
+    # (mask_replace_prob and random_replace_prob are ignored: transformers' whole-word collator has no other)
     whole_word_mask: bool = False
     # worker processes for reading, dropping empty documents and tokenizing, per training process;
     # None: none, except that the main process reads with one worker per local training process

@@ -22,22 +22,26 @@ RESUMABLE_KEYS = ("output_dir", "run_name", "tensorboard", "report_to", "overwri
 
 @dataclass
 class ModelConfig:
+    # the encoder to adapt (it needs a mask token): a Hub id, a local folder, or a stage-1 output (this run
+    # is then its next phase)
     name_or_path: str = "distilbert/distilbert-base-uncased"
-    revision: Optional[str] = None
+    revision: Optional[str] = None  # Hub branch, tag or commit of name_or_path; null: the default branch
 
 
 @dataclass
 class TrainConfig(LoopConfig):
     """The keys both stages share (:class:`~dapt.core.loop.LoopConfig`), plus stage 1's own."""
 
-    lr: float = 1e-4
+    lr: float = 1e-4  # peak AdamW learning rate, reached after warmup, then linear decay to min_lr
     warmup_steps: int = 0  # > 0 overrides warmup_ratio
-    epochs: float = 1.0
+    epochs: float = 1.0  # passes over the training blocks; a fraction is allowed (0.5: half an epoch)
     max_steps: int = 0  # > 0 overrides epochs
-    eval_every: int = 500  # 0: only before and after
+    eval_every: int = 500  # optimizer steps between held-out evaluations; 0: only before and after
     head_warmup_steps: int = 0  # head-only steps (encoder frozen) when the checkpoint has no MLM head
-    head_warmup_lr: float = 1e-3
-    time_budget_minutes: float = 0.0  # 0: no wall-clock limit
+    head_warmup_lr: float = 1e-3  # peak learning rate of the head warm-up (no weight decay, linear decay to 0)
+    # training minutes (resumed runs included), checked every log_every steps; when spent, the run evaluates
+    # and saves as if finished (dapt_summary.json: stopped_by_time_budget); 0: no wall-clock limit
+    time_budget_minutes: float = 0.0
 
     def validate(self, prefix: str = "train") -> None:
         super().validate(prefix)

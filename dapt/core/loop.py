@@ -12,10 +12,10 @@ from dapt.core.runtime import check_range, raise_config
 class LoopConfig:
     """The ``train`` keys of both stages (each stage's ``TrainConfig`` adds its own and may change defaults)."""
 
-    seed: int = 42
+    seed: int = 42  # the run's randomness: init, dropout, data order, subsets, held-out splits, (stage 1) masks
     batch_size: int = 32  # per device; the global batch is batch_size x processes x grad_accum
     eval_batch_size: int = 64  # per device
-    grad_accum: int = 1
+    grad_accum: int = 1  # batches whose gradients are summed into one optimizer step
     min_lr: float = 0.0  # where the linear decay ends
     weight_decay: float = 0.01  # not on biases and norm weights
     warmup_ratio: float = 0.06  # of all optimizer steps
@@ -40,10 +40,10 @@ class RunConfig:
     ``output_dir`` and ``run_name`` with its own defaults) and adds its ``train``
     (a :class:`LoopConfig`), ``impl`` and ``checkpoint`` groups, which :meth:`validate` checks first."""
 
-    output_dir: str = "runs/run"
+    output_dir: str = "runs/run"  # the run folder: config.yaml, metrics.jsonl, checkpoints/ and the outputs
     overwrite: bool = False  # replace a previous run in output_dir (its results stay until this one finishes)
-    run_name: str = "run"
-    tensorboard: bool = False
+    run_name: str = "run"  # the trackers' run name; recorded in dapt_summary.json / results.json
+    tensorboard: bool = False  # also report to TensorBoard (logs in OUTPUT/tb), as report_to: [tensorboard]
     report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow, ... (Accelerate's)
     break_lock: bool = False  # take over output_dir's lock held by a run on another host: only when that run is gone
 

@@ -50,8 +50,8 @@ class ImplConfig:
     fused_adamw: bool = True  # use the fused AdamW kernel when all parameters are on CUDA
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
     tf32: bool = True  # TF32 matmuls on Ampere+ GPUs
-    dataloader_workers: int = 2
-    pin_memory: bool = True
+    dataloader_workers: int = 2  # DataLoader worker processes per training process; 0: load in that process
+    pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (only with CUDA)
     cpu: bool = False  # force the CPU even when a GPU is present
     # how long a process waits for the others at a collective (torch.distributed's timeout) before
     # the run fails; long enough for the main process to read and clean a corpus of many GB
@@ -72,8 +72,8 @@ class ImplConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 0  # 0: no intermediate checkpoints
-    keep: int = 2  # how many step_* folders to keep
+    every_steps: int = 0  # optimizer steps between checkpoints; 0: no intermediate checkpoints
+    keep: int = 2  # how many step_* folders to keep (>= 1: the newest is always kept)
     resume: Optional[str] = None  # latest | PATH to a step_* folder
 
     def validate(self, prefix: str = "checkpoint") -> None:

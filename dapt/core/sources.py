@@ -39,8 +39,10 @@ class DataError(ValueError):
 class SourceConfig:
     path: str = "stanfordnlp/imdb"  # Hub dataset id, file, glob, or directory
     kind: str = "auto"  # auto, or a key of LOADERS: hub | files | text_dir | aclimdb
+    # Hub splits, or the {split}.* / {split}-* files of a directory, or aclimdb train | test |
+    # unsupervised (concatenated); ignored for a single file, a glob or a text_dir
     splits: list[str] = field(default_factory=lambda: ["train"])
-    text_column: str = "text"
+    text_column: str = "text"  # the column holding the text (tables and Hub datasets)
     label_column: Optional[str] = None  # set by stage 2; stage 1 reads text only
     max_documents: int = 0  # 0: all; else a seeded random subset of this many
 

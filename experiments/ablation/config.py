@@ -60,7 +60,7 @@ class ArmConfig:
 @dataclass
 class BootstrapConfig:
     samples: int = 1000  # resamples of the test examples; 0: no bootstrap
-    seed: int = 0
+    seed: int = 0  # of the resamples, which are the same for every arm
 
 
 def _default_arms() -> list:
@@ -73,7 +73,7 @@ def _default_arms() -> list:
 
 @dataclass
 class AblationConfig:
-    output_dir: str = "runs/ablate"
+    output_dir: str = "runs/ablate"  # holds runs/ARM/seed_S, dapt/ (stage 1), ablation.md/.json/.png
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # stage-2 train.seed, the same for every arm
     # where the plain arm and stage 1 both start; null: stage 1's model.name_or_path
     base_encoder: Optional[str] = None
@@ -87,13 +87,16 @@ class AblationConfig:
     # one process. Several processes: [accelerate, launch, --config_file, configs/accelerate/multi_gpu.yaml]
     # or [torchrun, --standalone, --nproc_per_node, "2"]
     launcher: List[str] = field(default_factory=list)
+    # the dapt recipe: stage 1 from the base encoder, for arms with encoder: dapt (or dapt in their chain)
     dapt: DaptStageConfig = field(default_factory=lambda: DaptStageConfig(config="configs/pretrain.yaml"))
     # further stage-1 recipes, by name (tapt: {config: configs/tasks/ag_news/tapt.yaml}); arms name them
     # in `chain`. reuse_dir applies where a recipe runs from the base encoder (the first phase of a chain)
     stage1: Dict[str, DaptStageConfig] = field(default_factory=dict)
+    # stage 2, for every arm and seed (the seed and the arm's overrides applied after these)
     classify: StageConfig = field(default_factory=lambda: StageConfig(config="configs/classify.yaml"))
+    # the encoders compared, each trained once per seed (default: plain, dapt, dapt-head+tail)
     arms: List[ArmConfig] = field(default_factory=_default_arms)
-    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # the paired bootstrap over test examples
 
     def validate(self) -> None:
         if not self.seeds:
