@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from classify.data import LabelledSetConfig
-from classify.model import TRUNCATION_STRATEGIES
+from classify.model import TRUNCATION_STRATEGIES, default_span
 from dapt.core.hub import repo_id_problem
 from dapt.core.loop import LoopConfig, RunConfig
 from dapt.core.runtime import CheckpointConfig, ImplConfig, check_range, raise_config
@@ -31,8 +31,10 @@ class ModelConfig:
     dropout: float = 0.1  # on the [CLS] state, before the linear head
     max_length: int = 512  # tokens, special tokens included
     truncation: str = "head"  # head | head+tail (the first head_tokens + the last ones) | windows
-    head_tokens: int = 128  # head+tail (and windows' training): tokens kept from the start, the rest from the end
-    window_stride: int = 128  # windows: tokens shared by consecutive windows of max_length
+    # head+tail (and windows' training): tokens kept from the start, the rest from the end;
+    # null: min(128, max_length // 4), valid for every max_length
+    head_tokens: Optional[int] = None
+    window_stride: Optional[int] = None  # windows: tokens shared by consecutive windows; null: min(128, max_length // 4)
 
 
 def _imdb_train() -> LabelledSetConfig:
@@ -74,7 +76,7 @@ class TrainConfig(LoopConfig):
     encoder_lr: float = 1e-5  # peak AdamW learning rate of the encoder (after warmup; linear decay to min_lr)
     head_lr: float = 5e-5  # peak AdamW learning rate of the linear head, same schedule
     min_lr: float = 1e-8  # where the linear decay ends
-    warmup_ratio: float = 0.1  # of all optimizer steps
+    warmup_ratio: float = 0.1  # of all optimizer steps W; step k < W uses LR (k+1)/(W+1), step W the full LR
     best_metric: str = "val_acc"  # val_acc | val_macro_f1 | val_f1 (binary) | val_roc_auc | val_loss (minimised)
     early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0: never
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
@@ -113,6 +115,9 @@ class ClassifyConfig(RunConfig):
             raise_config("model.truncation", self.model.truncation, "head, head+tail or windows")
         if self.model.max_length < 8:
             raise_config("model.max_length", self.model.max_length, "an integer >= 8")
+        for key in ("head_tokens", "window_stride"):  # the defaults follow max_length; a value given stays checked
+            if getattr(self.model, key) is None:
+                setattr(self.model, key, default_span(self.model.max_length))
         if self.model.truncation in ("head+tail", "windows") and not 0 < self.model.head_tokens < self.model.max_length - 2:
             raise_config("model.head_tokens", self.model.head_tokens, f"between 1 and max_length - 3 ({self.model.max_length - 3})")
         if self.model.truncation == "windows" and not 0 <= self.model.window_stride < self.model.max_length - 2:

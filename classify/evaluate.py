@@ -52,7 +52,7 @@ from classify.data import Collator, LabelledSet, LabelledSetConfig, LengthBucket
 from classify.labels import LabelSpace
 from classify.leakage import check_pretraining_overlap, encoder_summary
 from classify.metrics import BINARY_KEYS, LENGTH_BUCKETS, accuracy_by_length, compute_metrics, headline_keys, ranking_score  # noqa: F401
-from classify.model import encode_windows, load_classifier
+from classify.model import default_span, encode_windows, load_classifier
 from classify.plots import confusion_matrix_png, reliability_diagram_png, roc_curve_png
 from dapt.core.config import ConfigError, parse_cli
 from dapt.core.runtime import end_run, logger, make_accelerator, release_process_group, write_json
@@ -133,7 +133,7 @@ def evaluate_set(model, tokenizer, labelled: LabelledSet, settings: dict, accele
     (max_length, truncation, head_tokens, window_stride, id2label): the headline metrics
     (:mod:`classify.metrics`), ``calibration`` and ``by_length``."""
     dataset = ReviewDataset(labelled.texts, labelled.labels, tokenizer, settings["max_length"],
-                            settings["truncation"], settings["head_tokens"], settings.get("window_stride", 128))
+                            settings["truncation"], settings["head_tokens"], settings["window_stride"])
     loader = accelerator.prepare(make_eval_loader(dataset, tokenizer, batch_size, group_by_length, workers))
     predictions = predict(model, loader, accelerator)
     predictions.row = np.asarray(labelled.rows, dtype=np.int64)
@@ -245,8 +245,13 @@ def run_evaluation(config, model_name_or_path: str, output_dir: str | Path, revi
     set_seed(config.train.seed)
     classifier, tokenizer = load_classifier(model_name_or_path, revision=revision)
     settings = {**classifier.settings, **{k: v for k, v in (("truncation", truncation), ("window_stride", window_stride)) if v is not None}}
+    stride_fits = settings["window_stride"] < settings["max_length"] - 2
+    if truncation == "windows" and window_stride is None and not stride_fits:  # a stride stored for another mode
+        settings["window_stride"] = default_span(settings["max_length"])
+        logger.info(f"the model's window_stride {classifier.settings['window_stride']} does not fit its "
+                    f"{settings['max_length']}-token windows: reading them with stride {settings['window_stride']}")
     if settings["truncation"] == "windows":  # a stride that does not fit: the error now, before any output
-        encode_windows(tokenizer, [""], settings["max_length"], settings.get("window_stride", 128))
+        encode_windows(tokenizer, [""], settings["max_length"], settings["window_stride"])
     model = classifier.to(accelerator.device)  # inference only: no DDP wrapper needed
     logger.info(f"evaluating {model_name_or_path} ({settings['truncation']}, max_length {settings['max_length']}) "
                 f"on {accelerator.num_processes} process(es)")

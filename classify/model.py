@@ -51,6 +51,12 @@ def encoder_architecture(config: PretrainedConfig | dict) -> dict:
     return {k: v for k, v in values.items() if k not in _NOT_ARCHITECTURE}
 
 
+def default_span(max_length: int) -> int:
+    """The default ``head_tokens`` and ``window_stride``: a quarter of the window, at most 128 - valid
+    (below the window's content tokens) for every ``max_length``, and 128 for the usual 512."""
+    return min(128, max_length // 4)
+
+
 class DaptClassifierConfig(PretrainedConfig):
     """config.json of a classifier: the encoder's architecture, the head, and inference settings
     (``truncation``: see :func:`encode_reviews`; ``temperature`` divides the logits, 1.0 = none)."""
@@ -61,8 +67,8 @@ class DaptClassifierConfig(PretrainedConfig):
     classifier_dropout: float | int = 0.1
     max_length: int = 512
     truncation: str = "head"
-    head_tokens: int = 128
-    window_stride: int = 128
+    head_tokens: int | None = None  # None: default_span(max_length)
+    window_stride: int | None = None  # None: default_span(max_length)
     temperature: float | int = 1.0
     base_model: str | None = None
 
@@ -80,6 +86,9 @@ class DaptClassifierConfig(PretrainedConfig):
             raise ValueError(f"truncation must be one of {TRUNCATION_STRATEGIES}, got {self.truncation!r}")
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        for key in ("head_tokens", "window_stride"):  # absent from folders written before they existed
+            if getattr(self, key) is None and isinstance(self.max_length, int):
+                setattr(self, key, default_span(self.max_length))
         for key in ("max_length", "head_tokens", "window_stride"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise ValueError(f"{key} must be an integer >= 0, got {getattr(self, key)!r}")

@@ -182,7 +182,7 @@ def test_temperature_is_saved_and_an_old_folder_without_one_loads_with_1(overcon
         config.pop(key)
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     old, _ = load_classifier(tmp_path / "old")
-    assert old.config.temperature == 1.0 and old.settings["window_stride"] == 128
+    assert old.config.temperature == 1.0 and old.settings["window_stride"] == 8  # min(128, 32 // 4): fits its windows
     ids = torch.tensor([encode_windows(tokenizer, texts[:1], 32, 8)[0][0]])
     with torch.no_grad():
         assert torch.equal(old(input_ids=ids).logits, classifier(input_ids=ids).logits)
@@ -331,6 +331,36 @@ def test_evaluate_cli_reads_reviews_another_way_than_trained(overconfident, shar
                        "--window-stride", "40", f"data.eval.imdb_test.path={shared_data}/imdb", "data.eval.imdb_test.max_samples=12",
                        "data.eval.sst2_validation=null", 'impl.mixed_precision="no"', "impl.dataloader_workers=0"])
     assert not (tmp_path / "bad" / "results.json").exists()
+    # a model folder that stored a stride its windows cannot take (128 for 32-token windows, as
+    # folders written before the default followed max_length did): --truncation windows alone works
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    (tmp_path / "model" / "config.json").write_text(json.dumps({**config, "window_stride": 128}))
+    evaluate_main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "old"), "--truncation", "windows",
+                   f"data.eval.imdb_test.path={shared_data}/imdb", "data.eval.imdb_test.max_samples=12",
+                   "data.eval.sst2_validation=null", 'impl.mixed_precision="no"', "impl.dataloader_workers=0"])
+    assert json.loads((tmp_path / "old" / "results.json").read_text())["settings"]["window_stride"] == 8
+
+
+@pytest.mark.parametrize("max_length", [8, 16, 64, 128, 512, 1024])
+def test_every_truncation_mode_runs_with_only_max_length_set(max_length, tiny_tokenizer):
+    """head_tokens and window_stride default to min(128, max_length // 4): valid for every max_length
+    (128 for 512, as before); a value given explicitly is still checked."""
+    from classify.config import ClassifyConfig
+    from classify.model import DaptClassifierConfig, encode_reviews, encode_windows
+    from dapt.core.config import ConfigError, load_config
+
+    long_text = " ".join(["great"] * 3 * max_length)
+    for truncation in ("head", "head+tail", "windows"):
+        config = load_config(ClassifyConfig, None, [f"model.truncation={truncation}", f"model.max_length={max_length}"])
+        config.validate()
+        assert config.model.head_tokens == config.model.window_stride == min(128, max_length // 4)
+        encode_reviews(tiny_tokenizer, [long_text], max_length, truncation if truncation != "windows" else "head+tail",
+                       config.model.head_tokens)
+        encode_windows(tiny_tokenizer, [long_text], max_length, config.model.window_stride)
+    assert DaptClassifierConfig(max_length=max_length).window_stride == min(128, max_length // 4)
+    with pytest.raises(ConfigError, match="model.head_tokens"):
+        load_config(ClassifyConfig, None, ["model.truncation=head+tail", f"model.max_length={max_length}",
+                                           f"model.head_tokens={max_length}"]).validate()
 
 
 def test_validation_and_evaluation_rank_by_the_logit_margin_not_the_saturated_probability():

@@ -30,3 +30,10 @@ def test_every_key_is_documented():
     for _, schema in SCHEMAS:
         for key, _ in keys(schema):
             assert f"`{key}`" in text, key
+
+
+def test_every_key_says_what_it_means():
+    """A row with an empty meaning column is a field without a comment: write one beside the field."""
+    empty = [line.split("|")[1].strip() for line in render().splitlines()
+             if line.startswith("| `") and line.rstrip().endswith("|  |")]
+    assert empty == []

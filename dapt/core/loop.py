@@ -18,7 +18,7 @@ class LoopConfig:
     grad_accum: int = 1  # batches whose gradients are summed into one optimizer step
     min_lr: float = 0.0  # where the linear decay ends
     weight_decay: float = 0.01  # not on biases and norm weights
-    warmup_ratio: float = 0.06  # of all optimizer steps
+    warmup_ratio: float = 0.06  # of all optimizer steps W; step k < W uses LR (k+1)/(W+1), step W the full LR
     max_grad_norm: float = 1.0  # 0: no clipping
     log_every: int = 20  # optimizer steps between metrics.jsonl lines
     max_nonfinite: int = 20  # skipped non-finite updates in a row before the run stops (it must not end on one)

@@ -6,7 +6,7 @@ Everything a training loop needs besides the model and the data lives here once:
   :func:`end_run` - its end: trackers finished, the process group released without a hang.
 * :func:`parameter_groups` / :func:`make_optimizer` - AdamW with no decay on biases and norms,
   fused when every parameter is on a CUDA device.
-* :func:`linear_warmup_decay` - linear warmup to each group's LR, then linear decay to ``min_lr``;
+* :func:`linear_warmup_decay` - linear warmup to each group's LR (from LR/(W+1)), then linear decay to ``min_lr``;
   it steps once per optimizer step, whatever the number of processes.
 * :class:`CheckpointConfig` - the ``checkpoint`` group (the checkpoints themselves:
   :mod:`dapt.core.checkpoint`; the run folder's contract: :mod:`dapt.core.rundir`).
@@ -255,8 +255,10 @@ def make_optimizer(
 def linear_warmup_decay(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr: float = 0.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Each group: 0 -> its LR over ``warmup_steps``, then linearly down to ``min_lr`` at
-    ``total_steps`` (and held there). Step it once per optimizer step."""
+    """Each group's LR, per optimizer step k (from 0): ``(k + 1) / (W + 1)`` of it while k < W =
+    ``warmup_steps`` (a linear rise that starts at LR/(W+1), not at 0: no step is spent at LR 0), the
+    full LR at k = W, then linearly down to ``min_lr`` at ``total_steps`` (and held there). Step it
+    once per optimizer step."""
     total_steps = max(1, total_steps)
     warmup_steps = min(max(0, warmup_steps), total_steps)
 
