@@ -114,3 +114,12 @@ def test_spans_echo_what_was_read_and_only_an_excerpt_of_the_rest(app):
     text = head + "the story goes on . " * (module.LONG_SKIP // 40) + tail
     _, spans, _ = demo.classify(text)
     assert "".join(span for span, _ in spans) == clean_text(text) and len(spans) == 3
+
+
+def test_the_api_names_every_output(built):
+    """gradio names an unlabelled output value_N in the Space's API page: every output has a label."""
+    _, model_folder, folder = built
+    module = _import_app(folder)
+    info = module.build_demo(str(model_folder)).get_api_info()
+    outputs = {name: [r["label"] for r in endpoint["returns"]] for name, endpoint in info["named_endpoints"].items()}
+    assert outputs == {"/classify": ["Prediction", "What the model read", "Summary"], "/classify_batch": ["Predictions"]}

@@ -276,7 +276,7 @@ def build_demo(model_ref: str) -> gr.Blocks:
             text_box = gr.Textbox(label=item.capitalize(), value=opening_example(examples, module, classifier, tokenizer),
                                   lines=5, info=f"Up to {MAX_CHARS:,} characters.")
             button = gr.Button("Classify", variant="primary")
-            summary = gr.Markdown()
+            summary = gr.Markdown(label="Summary")  # labels name the API's outputs (else value_5, ...)
             scores = gr.Label(label="Prediction", num_top_classes=len(names))
             spans = gr.HighlightedText(label="What the model read", color_map={READ: "green", NOT_READ: "gray"},
                                        show_legend=True)
@@ -288,7 +288,7 @@ def build_demo(model_ref: str) -> gr.Blocks:
             lines = gr.Textbox(label=f"One {item} per line", lines=8, info=f"Up to {MAX_LINES:,} lines, {MAX_CHARS:,} characters in all.",
                                value="\n".join(" ".join(text.split()) for text, _ in examples))
             batch_button = gr.Button("Classify all", variant="primary")
-            table = gr.Dataframe(headers=[item, "label", "confidence", "tokens read"], wrap=True)
+            table = gr.Dataframe(label="Predictions", headers=[item, "label", "confidence", "tokens read"], wrap=True)
             batch_button.click(classify_lines, inputs=lines, outputs=table, api_name="classify_batch")
     return demo
 
