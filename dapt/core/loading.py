@@ -14,7 +14,11 @@ def without_load_report() -> Iterator[None]:
     A filter, not a higher level: transformers runs extra checks, and warns, when that level is raised."""
 
     def drop_report(record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
+        # the missing-keys table, and "This checkpoint seem corrupted ... tie cls.predictions.bias":
+        # what transformers says of a checkpoint without the tied head weights (a sentence encoder
+        # loaded as a masked LM), which the caller reports as "no MLM head: initialised fresh"
+        message = str(record.msg)
+        return "LOAD REPORT" not in message and "This checkpoint seem corrupted" not in message
 
     report = logging.getLogger("transformers.modeling_utils")
     report.addFilter(drop_report)
