@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import pytest
 
@@ -38,9 +39,27 @@ def exported(tmp_path_factory, tiny_headless_encoder_dir, shared_data):
     stored = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**stored, "temperature": 1.7}, indent=2))
     out = tmp_path_factory.mktemp("onnx")
-    assert export.main([str(run_dir), "--onnx", "--int8", "--out", str(out), "--check", "60",
-                        "--data-dir", str(shared_data)]) == 0
+    exporter_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            EXPORTER_LINES.append(record.getMessage())
+
+    collect = Collect(level=logging.DEBUG)
+    exporter_log.addHandler(collect)
+    try:
+        assert export.main([str(run_dir), "--onnx", "--int8", "--out", str(out), "--check", "60",
+                            "--data-dir", str(shared_data)]) == 0
+    finally:
+        exporter_log.removeHandler(collect)
     return folder, out
+
+
+EXPORTER_LINES: list[str] = []  # what the ONNX exporter logged during the fixture's export
+
+
+def test_the_export_does_not_print_a_note_per_torchvision_op(exported):
+    assert not [line for line in EXPORTER_LINES if "torchvision" in line], EXPORTER_LINES[:3]
 
 
 def test_folder_holds_both_graphs_config_and_tokenizer(exported):

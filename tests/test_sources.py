@@ -123,3 +123,14 @@ def test_max_documents_selects_what_shuffle_then_select_would(tmp_path):
     whole = load_source(SourceConfig(path=str(path)))
     subset = load_source(SourceConfig(path=str(path), max_documents=30), seed=9)
     assert subset[:]["text"] == whole.shuffle(seed=9).select(range(30))[:]["text"]
+
+
+def test_the_split_datasets_builds_is_named_as_read(shared_data, tmp_path):
+    """datasets prints "Generating NAME split" while it converts files: a test split is not "train"."""
+    from dapt.core.sources import _from_files, _table_files
+
+    source = SourceConfig(path=str(shared_data / "imdb"), splits=["test"], label_column="label")
+    [files] = _table_files(source)
+    assert str(_from_files(source, files).split) == "test"
+    single = SourceConfig(path=str(shared_data / "sst2" / "validation.parquet"), text_column="sentence", label_column="label")
+    assert str(load_source(single).split) == "validation"

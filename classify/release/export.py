@@ -33,6 +33,7 @@ nothing in the core imports this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import logging
@@ -96,6 +97,22 @@ class _Logits(torch.nn.Module):
         return out.logits if hasattr(out, "logits") else out
 
 
+@contextlib.contextmanager
+def without_torchvision_notes():
+    """Drop the exporter's "torchvision is not installed. Skipping torchvision::nms" lines (one per
+    torchvision op it knows of, printed on every export): a text classifier uses none of them."""
+    exporter_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+    exporter_log.addFilter(keep)
+    try:
+        yield
+    finally:
+        exporter_log.removeFilter(keep)
+
+
 def export_fp32(classifier, path: Path) -> Path:
     """``torch.onnx.export`` (the dynamo exporter) with dynamic batch and sequence axes. Whatever the
     forward does (a calibration temperature included) is in the graph."""
@@ -105,7 +122,7 @@ def export_fp32(classifier, path: Path) -> Path:
     mask[1, 9:] = 0  # a padded row, so the trace keeps the attention-mask path general
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     dims = {0: batch, 1: sequence}
-    with torch.no_grad():
+    with torch.no_grad(), without_torchvision_notes():
         program = torch.onnx.export(
             model,
             (ids, mask),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -125,6 +126,17 @@ def _table_files(source: SourceConfig) -> list[list[Path]]:
     return [files]
 
 
+def _split_name(source: SourceConfig, files: list[Path]) -> str:
+    """The name ``datasets`` gives the split it builds from ``files`` (its progress line says
+    "Generating NAME split"): the configured split they belong to, else a single file's name
+    (``test.parquet``: test), else ``train``."""
+    for split in source.splits:
+        if all(p.name.startswith((f"{split}.", f"{split}-")) for p in files):
+            return split
+    stem = files[0].stem
+    return stem if len(files) == 1 and re.fullmatch(r"[A-Za-z0-9_]+", stem) else "train"
+
+
 def _from_files(source: SourceConfig, files: list[Path], num_proc: Optional[int] = None) -> datasets.Dataset:
     suffixes = {p.suffix for p in files}
     unknown = suffixes - set(TABLE_FORMATS)
@@ -138,7 +150,8 @@ def _from_files(source: SourceConfig, files: list[Path], num_proc: Optional[int]
             _check_utf8(file)
     where = str(files[0]) if len(files) == 1 else f"{files[0].parent}/{files[0].stem}*"
     try:
-        dataset = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
+        name = _split_name(source, files)
+        dataset = datasets.load_dataset(builder, data_files={name: [str(p) for p in files]}, split=name,
                                         num_proc=_workers(num_proc, files))
     except Exception as error:  # pyarrow / json / csv parse errors: find the file, line and reason
         raise DataError(_read_error(files, error)) from error
