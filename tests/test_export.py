@@ -168,7 +168,7 @@ def test_bench_script_reports_same_process_ratios(exported, shared_data, tmp_pat
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_onnx.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_onnx.py"
     spec = importlib.util.spec_from_file_location("bench_onnx", script)
     bench_onnx = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_onnx)
