@@ -221,21 +221,23 @@ def _check_utf8(file: Path) -> None:
     character that starts in it so that no character is judged in halves; only a file it rejects
     is decoded, to name the place. (Decoding every file in Python was the main process's largest
     serial cost of reading a corpus, a third of it at 512 MiB, that no ``num_proc`` shares.)"""
-    carry = b""
-    with file.open("rb") as handle:
-        while chunk := handle.read(UTF8_CHUNK):
-            data = carry + chunk
-            cut = _last_character_start(data)
-            if not _valid_utf8(data[:cut]):
+    buffer = bytearray(UTF8_CHUNK + 4)  # read into, validated in place: no copy of the text
+    view, held = memoryview(buffer), 0
+    with file.open("rb", buffering=0) as handle:
+        while read := handle.readinto(view[held : held + UTF8_CHUNK]):
+            end = held + read
+            cut = _last_character_start(view[:end])
+            if not _valid_utf8(view[:cut]):
                 break
-            carry = data[cut:]
+            buffer[: end - cut] = buffer[cut:end]  # the last character's bytes (at most 4) lead the next chunk
+            held = end - cut
         else:
-            if _valid_utf8(carry):
+            if _valid_utf8(view[:held]):
                 return
     _locate_invalid_utf8(file)
 
 
-def _last_character_start(data: bytes) -> int:
+def _last_character_start(data: memoryview) -> int:
     """Where the last character of ``data`` starts (an ASCII or a lead byte within its last four);
     ``len(data)`` when none does: then the bytes are invalid whatever follows."""
     for back in range(1, min(4, len(data)) + 1):
@@ -244,7 +246,7 @@ def _last_character_start(data: bytes) -> int:
     return len(data)
 
 
-def _valid_utf8(data: bytes) -> bool:
+def _valid_utf8(data: memoryview) -> bool:
     offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
     try:
         pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)]).validate(full=True)
