@@ -219,8 +219,9 @@ def _check_utf8(file: Path) -> None:
     """Raises :class:`DataError` naming the byte and line where ``file`` stops being UTF-8. Arrow's
     validator (C++, no text decoded) checks it a chunk at a time, each cut before the last
     character that starts in it so that no character is judged in halves; only a file it rejects
-    is decoded, to name the place. (Decoding every file in Python was the main process's largest
-    serial cost of reading a corpus, a third of it at 512 MiB, that no ``num_proc`` shares.)"""
+    is decoded, to name the place (Python's decoder has the last word). The check runs in the main
+    process before the ``num_proc`` readers start: decoding every file in Python there cost
+    0.085 CPU-seconds per 64 MiB, this 0.01 (``benchmarks.read_scale``, docs/benchmarks.md)."""
     buffer = bytearray(UTF8_CHUNK + 4)  # read into, validated in place: no copy of the text
     view, held = memoryview(buffer), 0
     with file.open("rb", buffering=0) as handle:
