@@ -5,7 +5,8 @@
 Times :func:`dapt.data.build_blocks` (read, clean, held-out split, tokenize, pack, into the
 ``datasets`` cache at ``HF_DATASETS_CACHE``) from after the imports to the end on every process
 (wall clock, and CPU seconds of all processes and their workers), and writes one JSON line of
-figures (process 0) to ``--out``.
+figures (process 0) to ``--out``. ``--read-only`` times :func:`dapt.data.load_corpus` alone (the
+reading, with ``--num-proc`` workers; :mod:`benchmarks.read_scale`).
 """
 
 from __future__ import annotations
@@ -23,25 +24,43 @@ def stored_tokens(blocks) -> int:
     return int(pc.sum(pc.list_value_length(blocks.data.column("input_ids"))).as_py() or 0)
 
 
-def cpu_seconds() -> float:
+def cpu_seconds(children: bool = True) -> float:
     """CPU seconds of this process and of its finished children (the ``datasets`` workers, reaped)."""
     import os
 
     times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
+    return times.user + times.system + (times.children_user + times.children_system if children else 0.0)
+
+
+def read_only(args) -> dict:
+    """:func:`dapt.data.load_corpus` alone, in one process with ``--num-proc`` workers: the reading."""
+    from dapt.core.sources import SourceConfig
+    from dapt.data import load_corpus
+
+    started, cpu, own = time.perf_counter(), cpu_seconds(), cpu_seconds(children=False)
+    documents, stats = load_corpus([SourceConfig(path=args.corpus)], seed=args.seed, num_proc=args.num_proc)
+    result = {"seconds": time.perf_counter() - started, "cpu_s": cpu_seconds() - cpu,
+              "main_cpu_s": cpu_seconds(children=False) - own, "stats": stats}
+    Path(args.out).write_text(json.dumps(result) + "\n")
+    return result
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", required=True, help="the corpus's files: a glob")
-    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--tokenizer", help="required unless --read-only")
     parser.add_argument("--processes", type=int, default=1, help="the number of processes this run must have")
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--heldout", type=float, default=0.01)
     parser.add_argument("--num-proc", type=int, default=None, help="data.num_proc")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--read-only", action="store_true", help="only read the files and drop blank documents (load_corpus)")
     args = parser.parse_args(argv)
+    if args.read_only:
+        return read_only(args)
+    if not args.tokenizer:
+        parser.error("--tokenizer is required (unless --read-only)")
 
     from accelerate import Accelerator
     from transformers import AutoTokenizer

@@ -127,6 +127,28 @@ def exponent(rows: list[dict], key: str = "seconds") -> float | None:
     return float(np.polyfit(np.log([r["corpus_bytes"] for r in rows]), np.log([r[key] for r in rows]), 1)[0])
 
 
+def exponents(rows: list[dict]) -> dict:
+    """Per process count, the fit's exponent of wall seconds and of CPU seconds."""
+    return {str(p): {"seconds": exponent([r for r in rows if r["processes"] == p]),
+                     "cpu_s": exponent([r for r in rows if r["processes"] == p], "cpu_s")}
+            for p in sorted({r["processes"] for r in rows})}
+
+
+def merged(reports: list[dict], names: list[str]) -> dict:
+    """One report of several runs' rows (a later report's row replaces an earlier one of the same
+    corpus size and process count), sorted by size then processes, its exponents refitted."""
+    rows = {(r["corpus_bytes"], r["processes"]): {**r, "report": name} for report, name in zip(reports, names)
+            for r in report["rows"]}
+    settings = {key: {report.get(key) for report in reports} for key in ("block_size", "heldout", "num_proc", "tokenizer")}
+    differing = [key for key, values in settings.items() if len(values) > 1]
+    if differing:
+        raise SystemExit(f"cannot merge reports measured with different {', '.join(differing)}: {', '.join(names)}")
+    report = {**reports[0], "created": [r.get("created") for r in reports], "merged_from": names,
+              "rows": [rows[key] for key in sorted(rows)]}
+    report["exponents"] = exponents(report["rows"])
+    return report
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| corpus | processes | documents | tokens | prep s | MB/s | tokens/s | of tokenizer rate (wall / CPU) | "
              "peak RSS / anonymous per process (MiB) | cache / corpus bytes | 2nd run s | 2nd run faster |",
@@ -182,10 +204,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--timeout", type=float, default=4 * 3600)
     parser.add_argument("--keep", action="store_true", help="keep corpora and caches")
     parser.add_argument("--json")
-    parser.add_argument("--from-json", help="print the tables of a saved report, measure nothing")
+    parser.add_argument("--from-json", nargs="+", help="print the tables of saved reports (several: merged, "
+                        "rows sorted, the fit refitted; with --json, written there), measure nothing")
     args = parser.parse_args(argv)
     if args.from_json:
-        report = json.loads(Path(args.from_json).read_text())
+        reports = [json.loads(Path(name).read_text()) for name in args.from_json]
+        report = merged(reports, args.from_json) if len(reports) > 1 else reports[0]
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(table(report["rows"]), details(report["rows"]), json.dumps(report.get("exponents")), sep="\n\n")
         return report
     if not args.scratch:
@@ -218,10 +244,7 @@ def main(argv=None) -> dict:
         finally:
             if not args.keep:
                 shutil.rmtree(folder)
-    report["exponents"] = {
-        str(p): {"seconds": exponent([r for r in report["rows"] if r["processes"] == p]),
-                 "cpu_s": exponent([r for r in report["rows"] if r["processes"] == p], "cpu_s")}
-        for p in sorted({r["processes"] for r in report["rows"]})}
+    report["exponents"] = exponents(report["rows"])
     print(json.dumps(report["exponents"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

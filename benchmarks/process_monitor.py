@@ -39,10 +39,13 @@ class ProcessPeak:
     rss: int = 0
     anon: int = 0
     cpu_s: float = 0.0
+    first_seen: float = 0.0  # seconds since the monitor started: which workers lived at the same time
+    last_seen: float = 0.0
 
     def as_dict(self) -> dict:
         return {"pid": self.pid, "role": self.role, "peak_rss_mib": round(self.rss / 2**20, 1),
-                "peak_anon_mib": round(self.anon / 2**20, 1), "cpu_s": round(self.cpu_s, 2)}
+                "peak_anon_mib": round(self.anon / 2**20, 1), "cpu_s": round(self.cpu_s, 2),
+                "seen_s": [round(self.first_seen, 2), round(self.last_seen, 2)]}
 
 
 @dataclass
@@ -57,6 +60,7 @@ class TreeMonitor:
     def __post_init__(self):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = time.perf_counter()
 
     def __enter__(self) -> "TreeMonitor":
         self._thread.start()
@@ -86,6 +90,7 @@ class TreeMonitor:
             return
         roles = {pid: peak.role for pid, peak in self.peaks.items()}
         total_rss = total_anon = 0
+        now = time.perf_counter() - self._started
         for process in processes:
             try:
                 with process.oneshot():
@@ -94,12 +99,13 @@ class TreeMonitor:
                     cpu = process.cpu_times()
                     peak = self.peaks.get(process.pid)
                     if peak is None:
-                        peak = self.peaks[process.pid] = ProcessPeak(process.pid, self._role(process, roles))
+                        peak = self.peaks[process.pid] = ProcessPeak(process.pid, self._role(process, roles), first_seen=now)
                         roles[process.pid] = peak.role
             except psutil.Error:
                 continue
             peak.rss, peak.anon = max(peak.rss, rss), max(peak.anon, anon)
             peak.cpu_s = max(peak.cpu_s, cpu.user + cpu.system)
+            peak.last_seen = now
             total_rss += rss
             total_anon += anon
         self.total_rss, self.total_anon = max(self.total_rss, total_rss), max(self.total_anon, total_anon)

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.corpus_gen import SentencePool, read_texts, write_corpus
-from benchmarks.corpus_scale import exponent, parse_size
+from benchmarks.corpus_scale import exponent, merged, parse_size
 from benchmarks.process_monitor import run_monitored
+from benchmarks.read_scale import busiest_lane_cpu
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,32 @@ def test_sizes_and_the_exponent_of_the_fit():
     assert exponent(rows[:1]) is None
 
 
+def test_reports_of_several_runs_are_merged_sorted_and_refitted():
+    def row(size, processes, seconds):
+        return {"corpus_bytes": size, "processes": processes, "seconds": seconds, "cpu_s": seconds}
+
+    settings = {"block_size": 128, "heldout": 0.01, "num_proc": None, "tokenizer": "t"}
+    first = {**settings, "rows": [row(10, 1, 1.0), row(10, 2, 0.5), row(100, 1, 10.0), row(1000, 2, 99.0)]}
+    second = {**settings, "rows": [row(1000, 2, 50.0), row(100, 2, 5.0), row(1000, 1, 100.0)]}
+    report = merged([first, second], ["a.json", "b.json"])
+    assert [(r["corpus_bytes"], r["processes"], r["seconds"], r["report"]) for r in report["rows"]] == [
+        (10, 1, 1.0, "a.json"), (10, 2, 0.5, "a.json"), (100, 1, 10.0, "a.json"), (100, 2, 5.0, "b.json"),
+        (1000, 1, 100.0, "b.json"), (1000, 2, 50.0, "b.json")]  # the later report's row of a size and count wins
+    assert report["exponents"]["1"]["seconds"] == pytest.approx(1.0) and report["exponents"]["2"]["cpu_s"] == pytest.approx(1.0)
+    with pytest.raises(SystemExit, match="different block_size: a.json, b.json"):
+        merged([first, {**second, "block_size": 64}], ["a.json", "b.json"])
+
+
+def test_the_busiest_lane_is_the_main_process_and_each_pools_busiest_worker():
+    workers = [{"role": "main worker", "cpu_s": cpu, "seen_s": seen}
+               for cpu, seen in [(0.8, [1.0, 5.0]), (0.6, [1.0, 4.8]), (0.05, [1.2, 5.0]),  # the reading pool
+                                 (0.2, [6.0, 7.0]), (0.3, [6.0, 7.2])]]  # the filter's
+    processes = [{"role": "main", "cpu_s": 9.0, "seen_s": [0.0, 8.0]}, *workers]
+    assert busiest_lane_cpu(1.0, 1.95, processes) == pytest.approx(1.0 + 0.8 + 0.3)  # sampled == exact
+    assert busiest_lane_cpu(1.0, 3.9, processes) == pytest.approx(1.0 + 2 * (0.8 + 0.3))  # sampled short: scaled
+    assert busiest_lane_cpu(2.5, 0.0, processes[:1]) == 2.5  # one reader: the main process alone
+
+
 def test_the_monitor_sees_every_process_of_the_tree_and_its_anonymous_memory(tmp_path):
     child = textwrap.dedent("""
         import multiprocessing, time
@@ -51,9 +78,9 @@ def test_the_monitor_sees_every_process_of_the_tree_and_its_anonymous_memory(tmp
             block = bytearray(megabytes << 20)
             time.sleep(1.5)
         if __name__ == "__main__":
+            held = bytearray(60 << 20)  # held until the worker is done, however late a loaded machine starts it
             worker = multiprocessing.get_context("spawn").Process(target=hold, args=(150,))
             worker.start()
-            hold(60)
             worker.join()
     """)
     (tmp_path / "tree.py").write_text(child)
@@ -63,6 +90,8 @@ def test_the_monitor_sees_every_process_of_the_tree_and_its_anonymous_memory(tmp
     assert roles["main"]["peak_anon_mib"] >= 60
     assert max(p["peak_anon_mib"] for p in report["processes"] if p["role"] != "main") >= 150
     assert report["peak_anon_mib"] >= 150 and report["peak_total_anon_mib"] >= 210
+    worker = max((p for p in report["processes"] if p["role"] != "main"), key=lambda p: p["peak_anon_mib"])
+    assert roles["main"]["seen_s"][0] <= worker["seen_s"][0] < worker["seen_s"][1] <= roles["main"]["seen_s"][1]
 
 
 @pytest.mark.slow  # ~15 s idle, ~50 s on a loaded machine: four short subprocesses

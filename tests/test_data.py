@@ -42,6 +42,34 @@ def test_bad_inputs_name_the_problem(tmp_path):
         load_source(SourceConfig(path=str(docs)))
 
 
+@pytest.mark.parametrize("chunk", [3, 4, 5, 7, 1 << 22])
+def test_the_utf8_check_is_chunked_without_cutting_characters(tmp_path, monkeypatch, chunk):
+    import dapt.core.sources as sources
+
+    monkeypatch.setattr(sources, "UTF8_CHUNK", chunk)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "caf\u00e9 \u20ac \U0001f3ac na\u00efve"}\n{"text": "\u00e9\u00e9"}\n', encoding="utf-8")
+    sources._check_utf8(good)  # 2-, 3- and 4-byte characters across every chunk boundary
+    for bad, byte, line in [(b'{"text": "ok"}\n{"text": "caf\xe9"}\n', 28, 2), (b'{"t": "\xe2\x82"}', 7, 1),
+                            (b'{"t": "\x80\x80\x80\x80\x80"}\n', 7, 1), (b'{"t": "x"}\n{"t": "\xf0\x9f\x8e', 18, 2)]:
+        (tmp_path / "bad.jsonl").write_bytes(bad)
+        with pytest.raises(DataError, match=rf"bad\.jsonl: not valid UTF-8 at byte {byte} \(line {line}\)"):
+            sources._check_utf8(tmp_path / "bad.jsonl")
+
+
+def test_a_valid_file_is_checked_without_decoding_it_in_python(tmp_path, monkeypatch):
+    """The check of every byte runs in the main process before the readers start: Arrow's, not Python's decoder."""
+    import dapt.core.sources as sources
+
+    def no_decoding(*args):
+        raise AssertionError("the valid file was decoded in Python")
+
+    monkeypatch.setattr(sources.codecs, "getincrementaldecoder", no_decoding)
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": f"caf\u00e9 {i}"}, ensure_ascii=False) + "\n" for i in range(50)), encoding="utf-8")
+    assert len(load_source(SourceConfig(path=str(path)))) == 50
+
+
 def test_broken_and_empty_files_say_where_and_why(tmp_path):
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "a"}\n\n{"text": "b"}\n{"text": "c, "n": 1}\n{"text": "d"}\n')
