@@ -297,6 +297,22 @@ def test_trust_remote_code_and_pipeline_match_infer_reviews(run):
     assert [t["label"] for t in top] == ["Positive" if p > 0.5 else "Negative" for p in expected]
 
 
+def test_the_pipeline_reads_a_long_review_by_its_head_as_documented(run):
+    """docs/publishing.md: pipeline() keeps the first max_length tokens of the raw text; infer_reviews
+    applies the model's head+tail rule. Both are what they say, and they differ on a long review."""
+    from transformers import pipeline
+
+    _, folder, classifier, tokenizer = run
+    long_review = "what a great opening scene . " * 20 + "in the end it was a terrible and boring film ."
+    classify = pipeline("text-classification", model=str(folder), trust_remote_code=True)
+    by_label = {s["label"]: s["score"] for s in classify([long_review], truncation=True, max_length=64, top_k=None)[0]}
+    head = tokenizer(long_review, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        p_head = torch.softmax(classifier(**head).logits, -1)[0, 1].item()
+    assert by_label["Positive"] == pytest.approx(p_head, abs=1e-5)
+    assert predict_proba(long_review, classifier, tokenizer) != pytest.approx(p_head, abs=1e-6)  # head+tail
+
+
 def test_a_repo_published_before_the_generic_name_still_loads(run, tmp_path):
     """Repositories published earlier name ``DistilBERTClassifier`` in config.json (architectures,
     auto_map): they load through the Auto classes with today's model.py and through dapt's loader."""
