@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import fnmatch
 import importlib.util
 import inspect
 import json
@@ -38,18 +37,7 @@ from model_card.render import render_card, validate_card
 from classify.model import WEIGHTS_NAME, to_config_json
 from classify.release import space
 from classify.release.hub_io import check_repo_id, explain_hub_error, format_listing, list_folder, push_folder, resolve_token  # noqa: F401 - part of this module's interface
-from classify.release.publish_guard import (  # noqa: F401 - PublishError is part of this module's interface
-    PublishError,
-    check_finite,
-    check_regular,
-    check_same_run,
-    copy_regular,
-    find_leaks,
-    local_prefixes,
-    read_regular,
-    read_run_json,
-    scrub_paths,
-)
+from classify.release.publish_guard import PNG_SIGNATURE, PublishError, check_finite, scrub_paths, vet_run  # noqa: F401 - PNG_SIGNATURE, PublishError: part of this module's interface
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +55,6 @@ TOKENIZER_PATTERNS = (
     "*.model",
     "chat_template.*",
 )
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Remote files a push replaces as a set: what an earlier push left and this run lacks is deleted in
 # the same commit (other files in the repository, e.g. ones added by hand, are kept).
 REPLACED_PATTERNS = ["plots/*.png", *TOKENIZER_PATTERNS]
@@ -160,29 +147,6 @@ def _is_our_folder(folder: Path) -> bool:
         return False
 
 
-def _sources(run_dir: Path) -> dict[str, Path]:
-    """Repository path -> run file for every file copied as is, all checked to be regular files
-    (not links) before anything is written."""
-    model_dir = run_dir / "model"
-    weights = model_dir / WEIGHTS_NAME
-    if not weights.exists() and not weights.is_symlink():
-        raise PublishError(f"{weights} not found: the run has no saved classifier")
-    sources = {WEIGHTS_NAME: check_regular(weights, run_dir)}
-    for path in sorted(model_dir.iterdir()):
-        if any(fnmatch.fnmatch(path.name, p) for p in TOKENIZER_PATTERNS):
-            sources[path.name] = check_regular(path, run_dir)
-    if len(sources) == 1:
-        raise PublishError(f"no tokenizer files in {model_dir}")
-    plots = run_dir / "plots"
-    if plots.exists() or plots.is_symlink():
-        for png in sorted(plots.glob("*.png")):
-            check_regular(png, run_dir)  # also refuses plots/ itself being a link
-            if read_regular(png)[:8] != PNG_SIGNATURE:
-                raise PublishError(f"{png} is not a PNG image; only the run's own plots are published")
-            sources[f"plots/{png.name}"] = png
-    return sources
-
-
 def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> Path:
     """Write the Hub repository for the stage-2 run ``run_dir`` into ``folder``; returns ``folder``.
 
@@ -193,10 +157,8 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
 
     run_dir, folder = Path(run_dir), Path(folder)
     model_dir = run_dir / "model"
-    results = read_run_json(run_dir / "results.json", run_dir)
-    config = read_run_json(model_dir / "config.json", run_dir)
-    check_same_run(results, config, run_dir)
-    sources = _sources(run_dir)
+    run = vet_run(run_dir, WEIGHTS_NAME, TOKENIZER_PATTERNS)  # everything read and checked before a write
+    results, config = run.results, run.config
     if not _is_our_folder(folder):
         raise PublishError(f"{folder} exists and was not built by dapt-publish; choose another --folder")
     if folder.resolve() in (run_dir.resolve(), model_dir.resolve()):
@@ -205,10 +167,8 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
 
-    for name, source in sources.items():
-        (folder / name).parent.mkdir(exist_ok=True)
-        copy_regular(source, folder / name)
-    plots = [name for name in sources if name.startswith("plots/")]
+    run.copy_into(folder)
+    plots = [name for name in run.files if name.startswith("plots/")]
     tokenizer_config = folder / "tokenizer_config.json"
     if tokenizer_config.is_file():  # may record where the tokenizer was loaded from
         original = json.loads(tokenizer_config.read_text(encoding="utf-8"))
@@ -227,7 +187,7 @@ def build_repo_folder(run_dir, folder, repo_id: str, *, verify: bool = True) -> 
     card = render_card(results, repo_id, plots=plots, config=config)
     validate_card(card, results, repo_id, config=config)
     (folder / "README.md").write_text(card, encoding="utf-8")
-    leaks = find_leaks(folder, local_prefixes(run_dir.resolve()))
+    leaks = run.leaks(folder)
     if leaks:
         raise PublishError(f"{folder} would publish local information: {'; '.join(leaks[:5])}")
     if verify:

@@ -1,5 +1,11 @@
 """What may leave this machine when a run is published (used by :mod:`classify.release.publish`).
 
+Publishing goes through one interface: :func:`vet_run` reads a run folder once - ``results.json``
+and ``model/config.json`` (local paths scrubbed, one finished run) and the files to copy as they are
+(weights, tokenizer files, PNG plots; regular files inside the run only) - into a :class:`VettedRun`,
+whose :meth:`~VettedRun.copy_into` writes them and :meth:`~VettedRun.leaks` is the last check over
+the built folder. The rules behind it:
+
 * **Regular files only.** A symbolic link in a run folder (``plots/x.png`` or ``model/vocab.txt``
   pointing at ``~/.ssh/id_rsa``) would upload the target's bytes; :func:`check_regular` refuses
   links, FIFOs and devices by name before anything is written, and :func:`copy_regular` opens with
@@ -27,8 +33,10 @@ import shutil
 import stat
 import sys
 import tempfile
+import fnmatch
+from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 logger = logging.getLogger("classify.release.publish")
 
@@ -39,6 +47,9 @@ _HUB_CACHE_DIR = re.compile(r"^(models|datasets|spaces)--(.+)$")
 # Hugging Face user access tokens: "hf_" and 34 letters (older ones: "api_...").
 _TOKEN_SHAPE = re.compile(rb"(?<![A-Za-z0-9_])(hf|api)_[A-Za-z0-9]{30,}(?![A-Za-z0-9_])")
 _PACKAGE_DIRS = ("site-packages", "dist-packages")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class PublishError(RuntimeError):
@@ -255,3 +266,56 @@ def ensure_repo(api, repo_id: str, private: bool, repo_type: str = "model") -> b
     elif not private and is_private:
         logger.warning(f"{repo_id} exists and is private: it stays private (dapt-publish never makes a repository public)")
     return is_private
+
+
+# --------------------------------------------------------------------------------------------
+# The interface: a run folder, vetted once
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VettedRun:
+    """A stage-2 run folder as publishing may use it (built by :func:`vet_run`)."""
+
+    root: Path
+    results: dict  # results.json, local paths made path-free
+    config: dict  # model/config.json, likewise
+    files: dict[str, Path]  # repository path -> regular file of the run, copied as is
+
+    def copy_into(self, folder: Path) -> None:
+        """Copy :attr:`files` into ``folder`` (no link followed, a file swapped meanwhile refused)."""
+        for name, source in self.files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            copy_regular(source, folder / name)
+
+    def leaks(self, folder: Path) -> list[str]:
+        """The last check over a built folder: local paths (this machine's and the run's) and tokens."""
+        return find_leaks(folder, local_prefixes(self.root.resolve()))
+
+
+def vet_run(run_dir, weights_name: str, tokenizer_patterns: Sequence[str]) -> VettedRun:
+    """Read and check the run folder ``run_dir`` before anything is written: its JSON files, that they
+    describe one run, and every file to publish as is (``model/WEIGHTS``, ``model/`` files matching
+    ``tokenizer_patterns``, ``plots/*.png`` that are PNG images), all regular files inside it."""
+    root = Path(run_dir)
+    model_dir = root / "model"
+    results = read_run_json(root / "results.json", root)
+    config = read_run_json(model_dir / "config.json", root)
+    check_same_run(results, config, root)
+    weights = model_dir / weights_name
+    if not weights.exists() and not weights.is_symlink():
+        raise PublishError(f"{weights} not found: the run has no saved classifier")
+    files = {weights_name: check_regular(weights, root)}
+    for path in sorted(model_dir.iterdir()):
+        if any(fnmatch.fnmatch(path.name, p) for p in tokenizer_patterns):
+            files[path.name] = check_regular(path, root)
+    if len(files) == 1:
+        raise PublishError(f"no tokenizer files in {model_dir}")
+    plots = root / "plots"
+    if plots.exists() or plots.is_symlink():
+        for png in sorted(plots.glob("*.png")):
+            check_regular(png, root)  # also refuses plots/ itself being a link
+            if read_regular(png)[:8] != PNG_SIGNATURE:
+                raise PublishError(f"{png} is not a PNG image; only the run's own plots are published")
+            files[f"plots/{png.name}"] = png
+    return VettedRun(root=root, results=results, config=config, files=files)
