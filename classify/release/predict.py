@@ -27,6 +27,14 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
+from classify.model import (DEFAULT_BATCH_TOKENS, DEFAULT_CHUNK_SIZE, ReviewError, load_classifier, predict_proba,
+                            review_problem)
+from classify.release.prediction_files import OutputError
+from classify.release.predict_stream import StreamError, StreamJob, check_output, score_file
+from classify.release.text_rows import RowsError, TextRows
+
 
 def shorten(text: str, width: int = 80) -> str:
     text = " ".join(text.split())
@@ -79,8 +87,6 @@ def collect_reviews(args, stdin=None) -> list[tuple[str, str]]:
 
 
 def _device(name: str):
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -124,8 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args, device):
-    from classify.model import load_classifier
-
     try:
         return load_classifier(args.model, revision=args.revision, device=device)
     except (OSError, ValueError) as error:
@@ -133,8 +137,6 @@ def _load(args, device):
 
 
 def _inference_settings(args) -> dict:
-    from classify.model import DEFAULT_BATCH_TOKENS
-
     return {"batch_size": args.batch_size, "max_length": args.max_length, "truncation": args.truncation,
             "window_stride": args.window_stride, "batch_tokens": args.batch_tokens or DEFAULT_BATCH_TOKENS}
 
@@ -173,8 +175,6 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     if not reviews:
         _fail("no texts given (pass texts, --file PATH, or pipe them on stdin)")
 
-    from classify.model import ReviewError, predict_proba, review_problem
-
     for where, text in reviews:  # what can be told without the tokenizer, before loading the model
         if problem := review_problem(text):
             _fail(f"{where}: the text {problem}")
@@ -207,11 +207,6 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
 
 def score_to_file(args, stdin, stderr) -> int:
     """``--file IN --output OUT``: :func:`classify.release.predict_stream.score_file`, errors as one line."""
-    from classify.model import DEFAULT_CHUNK_SIZE
-    from classify.release.prediction_files import OutputError
-    from classify.release.predict_stream import StreamError, StreamJob, check_output, score_file
-    from classify.release.text_rows import RowsError, TextRows
-
     settings = _inference_settings(args)
     try:
         rows = TextRows(args.file, args.text_column, args.id_column, stdin=stdin)
