@@ -17,6 +17,13 @@ def _fresh_accelerate_state():
     forget_accelerate_state()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_accelerate_state_for_module_fixtures():
+    """The same before a module's fixtures: a module-scoped fixture that trains is set up before the
+    per-test reset above, after whatever test ran last in this worker (under xdist, any module's)."""
+    forget_accelerate_state()
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     if not (SHARED_DATA / "imdb" / "train.parquet").exists():

@@ -53,6 +53,7 @@ def trained(tiny_headless_encoder_dir, shared_data, tmp_path_factory):
     from dapt.core.runtime import forget_accelerate_state
 
     adapted = tmp_path_factory.mktemp("ag_news_tapt") / "tapt"
+    forget_accelerate_state()  # TAPT in bf16 autocast after a test that built an fp32 state
     summary = tapt(tiny_headless_encoder_dir, shared_data, adapted)
     forget_accelerate_state()
     out = tmp_path_factory.mktemp("ag_news_e2e")
