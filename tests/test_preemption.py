@@ -180,3 +180,30 @@ if __name__ == "__main__":  # one process of a torchrun launch: tests.test_preem
     from dapt.pretrain import main
 
     main(arguments + ["impl.cpu=true"])
+
+
+def _wait_for_terminate():
+    time.sleep(60)  # a pool worker at work; terminate() sends SIGTERM
+
+
+def test_a_forked_worker_still_dies_of_sigterm_while_the_run_holds_its_handler():
+    """datasets' reading / map pools and DataLoader workers are forked from the run's process and inherit
+    its handler; a worker that only recorded the signal would never exit, and the pool's terminate()
+    would wait forever (a two-process stage 1 hung at its read pool). The worker dies of the signal."""
+    import multiprocessing
+
+    from dapt.core import signals
+
+    signals.install()
+    try:
+        worker = multiprocessing.get_context("fork").Process(target=_wait_for_terminate)
+        worker.start()
+        time.sleep(0.5)
+        worker.terminate()  # SIGTERM
+        worker.join(timeout=20)
+        assert worker.exitcode == -signal.SIGTERM
+        assert signals._ACTIVE.received is None  # the run itself was not asked to stop
+    finally:
+        if worker.is_alive():
+            worker.kill()
+        signals.uninstall()

@@ -52,7 +52,7 @@ def test_an_error_other_than_oserror_in_the_final_write_leaves_no_staging(tmp_pa
 
 
 def test_a_failing_plot_in_stage2_leaves_no_staging(tmp_path, tiny_headless_encoder_dir, labelled, monkeypatch):
-    import classify.plots
+    import classify.train
 
     out = tmp_path / "run"
     run2(stage2_args(tiny_headless_encoder_dir, labelled, out, **{"train.epochs": 1}))
@@ -61,7 +61,7 @@ def test_a_failing_plot_in_stage2_leaves_no_staging(tmp_path, tiny_headless_enco
     def broken_plot(*args, **kwargs):
         raise RuntimeError("a plot that fails")
 
-    monkeypatch.setattr(classify.plots, "training_curves_png", broken_plot)
+    monkeypatch.setattr(classify.train, "training_curves_png", broken_plot)  # the name stage 2 calls
     with pytest.raises(RuntimeError, match="a plot that fails"):
         run2(stage2_args(tiny_headless_encoder_dir, labelled, out, **{"overwrite": "true"}))
     assert not (out / ".staging").exists() and _files(out) == kept and not (out / LOCK_NAME).exists()
