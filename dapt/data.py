@@ -161,12 +161,14 @@ def _write_indices(path: Path, positions: np.ndarray, rows: Optional[np.ndarray]
         raise
 
 
-def reading_processes(data: CorpusConfig) -> Optional[int]:
-    """``data.num_proc``, or else one reader per local training process (``LOCAL_WORLD_SIZE``, set by
-    ``torchrun`` and ``accelerate launch``): the main process reads while the others wait."""
+def reading_processes(data: CorpusConfig, num_processes: int = 1) -> Optional[int]:
+    """``data.num_proc``, or else one reader per local training process of this run (``LOCAL_WORLD_SIZE``,
+    set by ``torchrun`` and ``accelerate launch``, bounded by the run's ``num_processes``: a variable
+    left in the environment by another launch never makes a one-process run fork readers): the main
+    process reads while the others wait."""
     if data.num_proc:
         return data.num_proc
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local = min(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), num_processes)
     return local if local > 1 else None
 
 
@@ -187,7 +189,7 @@ def build_blocks(data: CorpusConfig, tokenizer, accelerator, seed: int):
     seconds: dict = {}
     with accelerator.main_process_first():
         with timed(seconds, "read"):
-            documents, stats = load_corpus(data.sources, seed=seed, num_proc=reading_processes(data))
+            documents, stats = load_corpus(data.sources, seed=seed, num_proc=reading_processes(data, accelerator.num_processes))
         with timed(seconds, "split"):
             train_docs, heldout_docs = split_heldout(documents, data.heldout, seed=seed)
         with timed(seconds, "heldout"):

@@ -244,7 +244,8 @@ def test_reading_uses_one_process_per_local_training_process_unless_set(tmp_path
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert reading_processes(CorpusConfig()) is None
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert reading_processes(CorpusConfig()) == 2 and reading_processes(CorpusConfig(num_proc=3)) == 3
+    assert reading_processes(CorpusConfig(), 2) == 2 and reading_processes(CorpusConfig(num_proc=3), 2) == 3
+    assert reading_processes(CorpusConfig(), 1) is None  # a variable another launch left: this run is one process
     corpus = write_sentences(tmp_path / "corpus", 400, per_file=100)
     read = {}
     for workers in (None, 2):  # each into a cache of its own: both really read the four files

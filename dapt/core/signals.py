@@ -62,6 +62,7 @@ class StopRequest:
             return  # only the main thread may set handlers; the run then stops on signals as before
         for number in STOP_SIGNALS:
             self._previous[number] = signal.signal(number, self._handle)
+        _forget_in_forked_children()
 
     def restore(self) -> None:
         for number, handler in self._previous.items():
@@ -85,6 +86,24 @@ class StopRequest:
 
 
 _ACTIVE: Optional[StopRequest] = None
+_FORK_HOOK = False
+
+
+def _child_after_fork() -> None:
+    """In a process forked while a run holds the handlers (a datasets pool worker, a DataLoader
+    worker): the default actions again, at once, so the pool's terminate() ends it."""
+    global _ACTIVE
+    if _ACTIVE is not None:
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_DFL if number == signal.SIGTERM else signal.default_int_handler)
+        _ACTIVE = None
+
+
+def _forget_in_forked_children() -> None:
+    global _FORK_HOOK
+    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_child_after_fork)
+        _FORK_HOOK = True
 
 
 def install() -> StopRequest:
