@@ -46,7 +46,7 @@ dapt_args+=(${DAPT_ARGS:-})
 # shellcheck disable=SC2206
 classify_args+=(${CLASSIFY_ARGS:-})
 
-# Seconds each step took on an idle 2-core machine (README, "The demo, measured"): the ETA lines scale
+# Seconds each step took on an idle 2-core machine (README, "Results"): the ETA lines scale
 # what is left by the pace so far, so a busy machine (the same demo once took 21.5 min) gets a later ETA.
 EXPECTED=(215 242 10 7)
 STEPS=("stage 1 (DAPT)" "stage 2 (classifier + evaluation)" "publish (dry run)" "predict")
