@@ -48,7 +48,7 @@ classify_args+=(${CLASSIFY_ARGS:-})
 
 # Seconds each step took on an idle 2-core machine (README, "Results"): the ETA lines scale
 # what is left by the pace so far, so a busy machine (the same demo once took 21.5 min) gets a later ETA.
-EXPECTED=(215 242 10 7)
+EXPECTED=(135 151 5 4)
 STEPS=("stage 1 (DAPT)" "stage 2 (classifier + evaluation)" "publish (dry run)" "predict")
 span() { if [ "$1" -lt 90 ]; then echo "$1 s"; else echo "$(( ($1 + 30) / 60 )) min"; fi; }
 progress() {  # progress DONE_STEPS: elapsed, and an estimate of what is left at the pace so far
