@@ -37,10 +37,24 @@ def calibration_problems(where: str, block) -> list[str]:
             if not isinstance((block.get(side) or {}).get(m), (int, float))]
 
 
-def read_expected(path: Path) -> dict[str, str]:
-    """review text -> expected label, from a TSV with the header ``expected<TAB>review``."""
+def read_expected(path: Path, text_column: str = "review") -> dict[str, str]:
+    """text -> expected label, from a TSV with the header ``expected<TAB>review`` (or another text column)."""
     with open(path, newline="", encoding="utf-8") as handle:
-        return {row["review"]: row["expected"] for row in csv.DictReader(handle, delimiter="\t")}
+        return {row[text_column]: row["expected"] for row in csv.DictReader(handle, delimiter="\t")}
+
+
+def finish(summary, problems: list[str]) -> int:
+    """Print the summary (``summary()``; a malformed artifact leaves it incomplete, the problems say
+    which), then the problems; the exit code of a demo's report."""
+    try:
+        print(summary())
+    except (KeyError, TypeError) as error:
+        print(f"(summary incomplete: {error!r})")
+    if problems:
+        print("\nDEMO INCOMPLETE:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print("all promised artifacts present")
+    return 0
 
 
 def check(out: Path, expected: dict[str, str] | None = None) -> tuple[list[str], dict]:
@@ -174,15 +188,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     problems, found = check(args.out, read_expected(args.expected) if args.expected else None)
     times = dict(item.split("=", 1) for item in args.times)
-    try:
-        print(report(args.out, found, times))
-    except (KeyError, TypeError) as error:  # a malformed artifact: the problems below say which
-        print(f"(summary incomplete: {error!r})")
-    if problems:
-        print("\nDEMO INCOMPLETE:\n  " + "\n  ".join(problems), file=sys.stderr)
-        return 1
-    print("all promised artifacts present")
-    return 0
+    return finish(lambda: report(args.out, found, times), problems)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ card ``ModelCard`` parses) and a prediction (with every class's probability) per
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
+
+from demo_report import finish, read_expected  # beside this file: run as `python scripts/demo_task_report.py`
 
 KEYS = ("accuracy", "macro_f1", "micro_f1", "roc_auc", "loss", "n")
 
@@ -101,18 +102,9 @@ def main(argv=None) -> int:
     parser.add_argument("--times", nargs="*", default=[], help="name=seconds pairs")
     parser.add_argument("--expected", type=Path, required=True, help="TSV (expected<TAB>text) of the headlines' topics")
     args = parser.parse_args(argv)
-    with open(args.expected, newline="", encoding="utf-8") as handle:
-        expected = {row["text"]: row["expected"] for row in csv.DictReader(handle, delimiter="\t")}
-    problems, found = check(args.out, expected)
-    try:
-        print(report(args.out, found, dict(item.split("=", 1) for item in args.times)))
-    except (KeyError, TypeError) as error:  # a malformed artifact: the problems below say which
-        print(f"(summary incomplete: {error!r})")
-    if problems:
-        print("\nDEMO INCOMPLETE:\n  " + "\n  ".join(problems), file=sys.stderr)
-        return 1
-    print("all promised artifacts present")
-    return 0
+    problems, found = check(args.out, read_expected(args.expected, text_column="text"))
+    times = dict(item.split("=", 1) for item in args.times)
+    return finish(lambda: report(args.out, found, times), problems)
 
 
 if __name__ == "__main__":
