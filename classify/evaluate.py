@@ -134,7 +134,7 @@ def evaluate_set(model, tokenizer, labelled: LabelledSet, settings: dict, accele
     (:mod:`classify.metrics`), ``calibration`` and ``by_length``."""
     dataset = ReviewDataset(labelled.texts, labelled.labels, tokenizer, settings["max_length"],
                             settings["truncation"], settings["head_tokens"],
-                            settings.get("window_stride") or default_span(settings["max_length"]))
+                            settings.get("window_stride", default_span(settings["max_length"])))
     loader = accelerator.prepare(make_eval_loader(dataset, tokenizer, batch_size, group_by_length, workers))
     predictions = predict(model, loader, accelerator)
     predictions.row = np.asarray(labelled.rows, dtype=np.int64)

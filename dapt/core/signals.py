@@ -55,7 +55,6 @@ class StopRequest:
     def __init__(self):
         self.received: Optional[int] = None
         self._previous: dict = {}
-        self._pid = os.getpid()
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -70,12 +69,6 @@ class StopRequest:
         self._previous = {}
 
     def _handle(self, number: int, frame) -> None:
-        if os.getpid() != self._pid:
-            # a forked worker (datasets' map/read pool, a DataLoader worker) inherited the handler: it
-            # must die of the signal as before, or a pool that terminates its workers waits forever
-            signal.signal(number, signal.SIG_DFL)
-            os.kill(os.getpid(), number)
-            return
         if self.received is None:
             self.received = number
             os.write(2, f"\n{signal.Signals(number).name} received: the run stops after its current optimizer step with a "
